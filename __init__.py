@@ -1,0 +1,15 @@
+"""lenslab: an interactive mechanistic-interpretability workbench.
+
+The repository root is the ``lenslab`` package (see ``pyproject.toml``): ``lenslab.models`` loads
+models, ``lenslab.probes`` holds the probe families, ``lenslab.analyses`` saves reports and
+``lenslab.app`` is the Streamlit front end.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("lenslab")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+local"
+
+__all__ = ["__version__"]

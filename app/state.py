@@ -1,0 +1,186 @@
+"""The only place holding Streamlit state: the shared model, the sidebar, per-session results.
+
+The model is loaded once per process with ``st.cache_resource`` and shared by every browser
+session; the ModelSession's lock keeps their forward passes from interleaving. Errors from probes
+become ``st.error`` messages (never tracebacks) so the app stays usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+import torch
+
+from lenslab.analyses.report import Report, default_report_name, provenance, resolve_in
+from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline
+from lenslab.models.paths import reports_dir
+from lenslab.probes import Cancelled, Result
+
+log = logging.getLogger("lenslab.app")
+OTHER = "other (HF id or local folder)…"
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, Cancelled)
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _shared_session(name: str, device: str, dtype: str) -> ModelSession:
+    return ModelSession.load(name, device=device, dtype=dtype)
+
+
+def devices() -> list[str]:
+    """Devices offered in the sidebar: CUDA first when present."""
+    return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]
+
+
+def sidebar() -> None:
+    """Model picker, device/dtype and memory facts; stores the choice in session state."""
+    ss = st.session_state
+    with st.sidebar:
+        st.markdown("### 🔬 lenslab")
+        offline = available_offline()
+        options = [*offline, OTHER]
+        default = os.environ.get("LENSLAB_MODEL", DEFAULT_MODEL)
+        choice = st.selectbox(
+            "Model",
+            options,
+            index=options.index(default) if default in options else 0,
+            key="model_choice",
+            help="Embedded models work offline; others need a hub or a local HF folder.",
+        )
+        if choice == OTHER:
+            typed = st.text_input("HF id or local folder", key="model_other", placeholder="gpt2")
+            ss["model_name"] = typed.strip() or default
+        else:
+            ss["model_name"] = choice
+        ss["device"] = st.selectbox("Device", devices(), key="device_choice")
+        dtypes = ["float32", "bfloat16"] if ss["device"] == "cuda" else ["float32", "float64"]
+        ss["dtype"] = st.selectbox("dtype", dtypes, key="dtype_choice")
+        session = ss.get("_session")
+        if session is not None and session.model_id:
+            facts = session.describe()
+            st.caption(
+                f"{facts['architecture']} · {facts['n_layers']} layers · d_model "
+                f"{facts['d_model']} · {facts['n_params'] / 1e6:.0f}M params · {facts['device']}"
+            )
+        st.caption(memory_line())
+
+
+def memory_line() -> str:
+    """One line of memory facts for the sidebar."""
+    if torch.cuda.is_available():
+        used = torch.cuda.memory_allocated() / 2**30
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        return f"GPU memory: {used:.2f} / {total:.1f} GiB"
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        return f"CPU · peak process memory {rss:.2f} GiB"
+    except (ImportError, OSError):
+        return "CPU"
+
+
+def session() -> ModelSession | None:
+    """The shared ModelSession for the sidebar's choice, loading it (once) with a status box."""
+    ss = st.session_state
+    name = ss.get("model_name", os.environ.get("LENSLAB_MODEL", DEFAULT_MODEL))
+    device = ss.get("device", devices()[0])
+    dtype = ss.get("dtype", "float32")
+    try:
+        with st.spinner(f"Loading {name} on {device} (first time converts the model: ~1 min)…"):
+            loaded = _shared_session(name, device, dtype)
+    except USER_ERRORS as exc:
+        st.error(f"Could not load model: {exc}")
+        return None
+    except Exception as exc:  # keep the app alive on any loader failure
+        log.exception("model load failed")
+        st.error(f"Could not load model {name!r}: {type(exc).__name__}: {exc}")
+        return None
+    ss["_session"] = loaded
+    return loaded
+
+
+def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], Any]) -> Any | None:
+    """Run ``job(progress)`` inside a status box with a progress bar; errors become messages."""
+    cancel_key = f"cancel:{label}"
+    st.session_state[cancel_key] = False
+    with st.status(label, expanded=False) as status:
+        bar = st.progress(0.0)
+        started = time.perf_counter()
+
+        def progress(fraction: float, message: str = "") -> None:
+            if st.session_state.get(cancel_key):
+                raise Cancelled("cancelled by the user")
+            bar.progress(min(max(float(fraction), 0.0), 1.0), text=message or None)
+
+        try:
+            value = job(progress)
+        except USER_ERRORS as exc:
+            status.update(label=f"{label}: stopped", state="error", expanded=True)
+            st.error(str(exc))
+            return None
+        except torch.OutOfMemoryError:
+            _free_memory()
+            status.update(label=f"{label}: out of memory", state="error", expanded=True)
+            st.error("Out of memory: try a shorter prompt, fewer layers or the CPU.")
+            return None
+        except Exception as exc:
+            log.exception("%s failed", label)
+            status.update(label=f"{label}: failed", state="error", expanded=True)
+            st.error(f"{type(exc).__name__}: {exc}")
+            return None
+        status.update(label=f"{label}: done in {time.perf_counter() - started:.1f} s", state="complete")
+    return value
+
+
+def _free_memory() -> None:
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def store(key: str, value: Any) -> None:
+    """Keep a result for this browser session."""
+    st.session_state[f"result:{key}"] = value
+
+
+def stored(key: str) -> Any | None:
+    """A result kept by :func:`store`, if any."""
+    return st.session_state.get(f"result:{key}")
+
+
+def report_folder() -> Path:
+    """The folder reports are saved into and listed from."""
+    return reports_dir()
+
+
+def save_report(results: list[Result], session_: ModelSession | None, key: str) -> None:
+    """A 'save report' form: title field + button; shows where it was saved."""
+    with st.form(f"save:{key}", clear_on_submit=False, border=False):
+        title = st.text_input("Report title", value=results[0].probe.replace("_", " "), key=f"t:{key}")
+        submitted = st.form_submit_button("💾 Save report")
+    if not submitted:
+        return
+    try:
+        meta = {
+            "title": title.strip() or results[0].probe,
+            "prompt": results[0].prompt,
+            "model": results[0].model_id,
+            **provenance(session_),
+        }
+        folder = report_folder()
+        path = Report(results, meta).save(resolve_in(folder, default_report_name(results)))
+    except USER_ERRORS as exc:
+        st.error(f"Could not save the report: {exc}")
+        return
+    except OSError as exc:
+        st.error(f"Could not write the report: {exc}")
+        return
+    st.success(f"Saved report {path.name} (open it on the Reports page)")

@@ -1,0 +1,63 @@
+"""Small plotly helpers shared by probes: token labels and token-annotated heatmaps."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+
+def label(token: str) -> str:
+    """A token as plotly should show it: whitespace made visible, HTML markup escaped.
+
+    Plotly interprets a subset of HTML in text, so a token such as ``<b>`` would otherwise change
+    the rendering; escaping shows it literally and keeps markup out of saved reports.
+    """
+    visible = token.replace("\n", "⏎").replace("\t", "⇥")
+    if visible.strip() == "":
+        visible = visible.replace(" ", "␣")
+    return html.escape(visible, quote=False)
+
+
+def unique_labels(tokens: Sequence[str]) -> list[str]:
+    """Axis labels that stay distinct when a token repeats (plotly merges equal categories)."""
+    return [f"{i}:{label(t)}" for i, t in enumerate(tokens)]
+
+
+def token_grid(
+    values: np.ndarray,
+    cell_text: Sequence[Sequence[str]],
+    hover: Sequence[Sequence[str]],
+    x_labels: Sequence[str],
+    y_labels: Sequence[str],
+    title: str,
+    colorbar: str,
+    colorscale: str = "Blues",
+) -> go.Figure:
+    """Heatmap with a (pre-escaped) token written in every cell and rich hover text."""
+    fig = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=unique_labels(x_labels),
+            y=list(y_labels),
+            text=[list(row) for row in cell_text],
+            texttemplate="%{text}",
+            textfont={"size": 10},
+            customdata=[list(row) for row in hover],
+            hovertemplate="%{y} · %{x}<br>%{customdata}<extra></extra>",
+            colorscale=colorscale,
+            zmin=0.0,
+            zmax=1.0,
+            colorbar={"title": colorbar},
+        )
+    )
+    fig.update_layout(
+        title=title,
+        xaxis={"title": "position · input token", "tickangle": -45},
+        yaxis={"title": "layer", "autorange": True},
+        template="plotly_white",
+        height=max(320, 28 * len(y_labels) + 160),
+    )
+    return fig
