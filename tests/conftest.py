@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny random models (fast, exact) and the embedded model (loaded once)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def embedded_session():
+    """The embedded Gemma 3 270M, loaded once for the whole test run (CPU unless on a GPU box)."""
+    from lenslab.models import ModelSession
+
+    return ModelSession.load()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    """A 2-layer random Gemma 3 model with a character tokenizer."""
+    from lenslab.models.tiny import tiny_session
+
+    return tiny_session("gemma3")
+
+
+@pytest.fixture(params=["gemma3", "llama", "gpt2"])
+def tiny_any(request):
+    """One tiny random model per supported family."""
+    from lenslab.models.tiny import tiny_session
+
+    return tiny_session(request.param)
+
+
+@pytest.fixture
+def lenslab_home(tmp_path, monkeypatch):
+    """An isolated LENSLAB_HOME for tests that write artefacts or reports; models stay shared."""
+    from lenslab.models.loading import models_dir
+
+    real_models = models_dir()
+    monkeypatch.setenv("LENSLAB_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("LENSLAB_REPORTS", str(tmp_path / "reports"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "models").symlink_to(real_models, target_is_directory=True)
+    return tmp_path / "home"
