@@ -9,10 +9,12 @@ complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import time
 import uuid
@@ -47,6 +49,30 @@ def provenance(session: Any | None = None, seed: int | None = None) -> dict[str,
     if session is not None:
         info.update(session.describe())
     return info
+
+
+def rerun_command(result: Result) -> str:
+    """The ``lenslab run`` command that reproduces ``result`` (non-default settings only)."""
+    config = result.config
+    defaults = type(config)()
+    parts = ["lenslab", "run", result.probe, "--model", result.model_id, "--prompt", result.prompt]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value != getattr(defaults, f.name):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            parts += ["--config", f"{f.name}={'none' if shown is None else shown}"]
+    return shlex.join(parts)
+
+
+def report_meta(results: list[Result], session: Any | None, title: str) -> dict[str, Any]:
+    """Metadata the app and the CLI both write: title, prompt, model, re-run commands, provenance."""
+    return {
+        "title": title.strip() or results[0].probe,
+        "prompt": results[0].prompt,
+        "model": results[0].model_id,
+        "rerun": [rerun_command(r) for r in results],
+        **provenance(session),
+    }
 
 
 def safe_name(name: str) -> str:

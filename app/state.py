@@ -17,7 +17,7 @@ from typing import Any
 import streamlit as st
 import torch
 
-from lenslab.analyses.report import Report, default_report_name, provenance, resolve_in
+from lenslab.analyses.report import Report, default_report_name, report_meta, resolve_in
 from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline
 from lenslab.models.paths import reports_dir
 from lenslab.probes import Cancelled, Result
@@ -169,12 +169,7 @@ def save_report(results: list[Result], session_: ModelSession | None, key: str) 
     if not submitted:
         return
     try:
-        meta = {
-            "title": title.strip() or results[0].probe,
-            "prompt": results[0].prompt,
-            "model": results[0].model_id,
-            **provenance(session_),
-        }
+        meta = report_meta(results, session_, title)
         folder = report_folder()
         path = Report(results, meta).save(resolve_in(folder, default_report_name(results)))
     except USER_ERRORS as exc:

