@@ -75,10 +75,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run one probe on one prompt and save its report."""
     from lenslab.analyses.report import Report, report_meta
     from lenslab.models import ModelSession
+    from lenslab.models.session import validate_prompt
     from lenslab.probes import get_probe
 
     probe = get_probe(args.probe)
     config = build_config(probe, args.config or [])
+    config.check_numbers()
+    validate_prompt(args.prompt)
     session = ModelSession.load(args.model, device=args.device, dtype=args.dtype)
     config.validate(session)
     result = probe.run(session, args.prompt, config, _progress_printer(probe.name))

@@ -18,6 +18,7 @@ import shlex
 import shutil
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +148,7 @@ class Report:
             document = json.loads((folder / "report.json").read_text(encoding="utf-8"))
             with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
                 arrays = {key: npz[key] for key in npz.files}
-        except (OSError, ValueError, json.JSONDecodeError, EOFError) as exc:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise ValueError(f"report {folder.name} is corrupt or truncated: {exc}") from exc
         if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
             raise ValueError(f"report {folder.name} has an unknown format")
@@ -243,7 +244,6 @@ def delete_report(folder: str | Path, name: str) -> None:
 def zip_report(path: str | Path) -> bytes:
     """The report folder as zip bytes (for download buttons)."""
     import io
-    import zipfile
 
     buffer = io.BytesIO()
     folder = Path(path)
