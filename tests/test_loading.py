@@ -60,12 +60,12 @@ def test_failed_conversion_leaves_no_model(tmp_path, monkeypatch):
 
 
 def test_resolution_rules(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"no config.json"):
         loading.resolve(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
     assert loading.resolve(str(tmp_path)).local_only
     assert loading.resolve("gpt2").source == "gpt2"
-    with pytest.raises(ValueError, match="Available offline: gemma-3-270m"):
+    with pytest.raises(ValueError, match=r"Available offline: gemma-3-270m"):
         loading.resolve("not a model!!")
 
 
@@ -73,7 +73,7 @@ def test_unknown_hub_model_lists_offline_models(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from lenslab.models import ModelSession
 
-    with pytest.raises(FileNotFoundError, match="Available offline: .*gemma-3-270m"):
+    with pytest.raises(FileNotFoundError, match=r"Available offline: .*gemma-3-270m"):
         ModelSession.load("no-such-org/no-such-model-xyz")
 
 
