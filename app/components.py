@@ -119,7 +119,25 @@ def show_result(result: Result, key: str) -> None:
         for col, (name, value) in zip(cols * 4, summary.items(), strict=False):
             col.metric(name, _fmt(value))
     for name, fig in result.figures().items():
-        st.plotly_chart(fig, key=f"{key}:{name}", width="stretch")
+        if name not in result.state_figures:
+            st.plotly_chart(fig, key=f"{key}:{name}", width="stretch")
+            continue
+        event = st.plotly_chart(
+            fig, key=f"{key}:{name}", width="stretch", on_select="rerun", selection_mode="points"
+        )
+        _inspect_link(result, name, event, key)
+
+
+def _inspect_link(result: Result, figure: str, event: Any, key: str) -> None:
+    """Under a figure of states: open the inspector on the clicked cell (or a picked one)."""
+    points = list(getattr(getattr(event, "selection", None), "points", []) or [])
+    picked = result.state_at(figure, points[0]) if points else None
+    if picked is not None:
+        layer, position = picked
+        if st.button(f"🔍 Inspect layer {layer}, position {position}", key=f"{key}:{figure}:inspect"):
+            state.open_inspector(result.prompt, layer, position)
+    else:
+        st.caption("Click a cell to open the state inspector on that hidden state.")
 
 
 def _fmt(value: Any) -> str:

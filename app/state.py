@@ -32,6 +32,27 @@ def _shared_session(name: str, device: str, dtype: str) -> ModelSession:
     return ModelSession.load(name, device=device, dtype=dtype)
 
 
+_PAGES: dict[str, Any] = {}
+
+
+def set_pages(pages: dict[str, Any]) -> None:
+    """Remember the navigation's pages by URL path (for links such as 'open in inspector')."""
+    _PAGES.clear()
+    _PAGES.update(pages)
+
+
+def open_inspector(prompt: str, layer: int, position: int) -> None:
+    """Switch to the state inspector on (prompt, layer, position), state kept in the URL."""
+    from lenslab.probes.state_inspector import StateRef
+
+    params = StateRef(prompt, layer, position).to_query()
+    page = _PAGES.get("inspector")
+    if page is None:  # pages rendered on their own (tests): just record the state
+        st.query_params.from_dict(params)
+        return
+    st.switch_page(page, query_params=params)
+
+
 def devices() -> list[str]:
     """Devices offered in the sidebar: CUDA first when present."""
     return (["cuda"] if torch.cuda.is_available() else []) + ["cpu"]

@@ -91,6 +91,7 @@ class Result:
     """
 
     probe: ClassVar[str] = ""
+    state_figures: ClassVar[tuple[str, ...]] = ()  # figures whose cells are hidden states
     model_id: str
     prompt: str
     config: Config
@@ -102,6 +103,14 @@ class Result:
     def summary(self) -> dict[str, Any]:
         """A few headline numbers/strings for tables and the report header."""
         return {}
+
+    def state_at(self, figure: str, point: dict[str, Any]) -> tuple[int, int] | None:
+        """(layer, position) of the hidden state a clicked figure cell denotes, if any.
+
+        The app uses it to open the state inspector from a figure; ``point`` is plotly's
+        click data (``x``, ``y`` labels). Figures whose cells are not states return None.
+        """
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict; numpy arrays stay arrays (``Report`` stores them in ``arrays.npz``)."""

@@ -17,7 +17,8 @@ from jaxtyping import Float, Int
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
-from lenslab.probes.plotting import label, token_grid
+from lenslab.probes.plotting import cell_state, label, token_grid
+from lenslab.probes.state_inspector import StateRef, StateView, register_state_view
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class LogitLensResult(Result):
     """Top-k decoded tokens per (layer, position) and how the final prediction emerges."""
 
     probe = "logit_lens"
+    state_figures = ("grid",)
     config: LogitLensConfig
     tokens: list[str]
     layers: Int[np.ndarray, " layer"]
@@ -60,6 +62,10 @@ class LogitLensResult(Result):
             "first layer with it top-1": first,
             "final probability": float(self.final_prob[-1, -1]),
         }
+
+    def state_at(self, figure: str, point: dict[str, object]) -> tuple[int, int] | None:
+        """A grid cell is the state (layer, position)."""
+        return cell_state(point, self.layers.tolist()) if figure == "grid" else None
 
     def figures(self) -> dict[str, go.Figure]:
         """Heatmap of top-1 probability with the token in each cell; final-token probability."""
@@ -153,3 +159,19 @@ def lens_probs(
 ) -> Float[torch.Tensor, "pos vocab"]:
     """Softmax of the logit-lens logits, computed in float32 for stable ranks."""
     return session.decode_resid(resid).float().softmax(-1)
+
+
+def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> LogitLensResult:
+    return LogitLens().run(session, ref.prompt, LogitLensConfig(k=10, layers=(ref.layer,)), progress)
+
+
+def _describe(result: LogitLensResult, ref: StateRef) -> list[str]:
+    cell = zip(result.top_tokens[0][ref.position], result.top_probs[0, ref.position].tolist(), strict=True)
+    return [
+        "top tokens: " + ", ".join(f"{token!r} {prob:.3f}" for token, prob in cell),
+        f"model's final prediction here: {result.final_tokens[ref.position]!r} "
+        f"(rank {int(result.final_rank[0, ref.position])} at this layer)",
+    ]
+
+
+register_state_view(StateView("logit_lens", "Logit lens", _state_view, order=10, describe=_describe))

@@ -61,3 +61,15 @@ def token_grid(
         height=max(320, 28 * len(y_labels) + 160),
     )
     return fig
+
+
+def cell_state(point: dict, layers: Sequence[int] | None = None) -> tuple[int, int] | None:
+    """(layer, position) from a clicked :func:`token_grid` cell: x is ``"pos:token"``, y ``"L<n>"``."""
+    x, y = str(point.get("x", "")), str(point.get("y", ""))
+    head = x.split(":", 1)[0]
+    if not head.isdigit() or not y.startswith("L") or not y[1:].lstrip("-").isdigit():
+        return None
+    layer = int(y[1:])
+    if layers is not None and layer not in list(layers):
+        return None
+    return layer, int(head)

@@ -24,6 +24,7 @@ def render() -> None:
     if not entries:
         st.info("No reports yet: run a probe and press “Save report”.")
         return
+    _compare(entries)
     for entry in entries:
         with st.expander(f"{entry.title} — {', '.join(entry.probes)} · {entry.model} · {entry.created}"):
             st.text(entry.prompt[:500])
@@ -49,5 +50,30 @@ def render() -> None:
                 except (ValueError, FileNotFoundError) as exc:
                     st.error(f"Cannot open this report: {exc}")
                     continue
+                for command in report.meta.get("rerun", []):
+                    st.code(command, language="bash")
                 for i, result in enumerate(report.results):
                     show_result(result, f"report:{entry.name}:{i}")
+
+
+def _compare(entries) -> None:
+    """Two reports side by side, each re-rendered from its saved data."""
+    labels = {f"{e.title} · {e.name}": e for e in entries}
+    picked = st.multiselect("Compare two reports side by side", list(labels), max_selections=2, key="cmp")
+    if len(picked) != 2:
+        return
+    for column, name in zip(st.columns(2), picked, strict=True):
+        entry = labels[name]
+        with column:
+            st.subheader(entry.title)
+            st.caption(f"{entry.model} · {entry.created}")
+            try:
+                report = Report.load(entry.path)
+            except (ValueError, FileNotFoundError) as exc:
+                st.error(f"Cannot open this report: {exc}")
+                continue
+            for command in report.meta.get("rerun", []):
+                st.code(command, language="bash")
+            for i, result in enumerate(report.results):
+                show_result(result, f"cmp:{entry.name}:{i}")
+    st.divider()
