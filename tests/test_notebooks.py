@@ -21,9 +21,10 @@ def test_notebook_runs(path, lenslab_home):
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
         "notebooks are committed without outputs"
     )
-    NotebookClient(
+    client = NotebookClient(
         nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    ).execute()
+    )
+    client.execute()
     errors = [
         out
         for cell in nb.cells
