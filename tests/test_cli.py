@@ -57,3 +57,31 @@ def test_list_shows_probes_and_models(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "logit_lens" in out and "gemma-3-270m" in out
+
+
+@pytest.mark.slow
+def test_cli_report_equals_app_report(lenslab_home, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from lenslab.analyses.report import list_reports
+    from lenslab.models.paths import reports_dir
+
+    prompt = "Paris is the capital of"
+    at = AppTest.from_string(
+        "from lenslab.app import state\nfrom lenslab.app.pages import logit_lens as page\n"
+        "state.sidebar()\npage.render()\n",
+        default_timeout=300,
+    ).run()
+    at.text_area[0].set_value(prompt)
+    next(b for b in at.button if b.label == "Run").click().run()
+    next(b for b in at.button if "Save report" in b.label).click().run()
+    (entry,) = list_reports(reports_dir())
+    app_report = Report.load(entry.path)
+    cli_out = tmp_path / "cli"
+    assert main(["run", "logit_lens", "--prompt", prompt, "--out", str(cli_out)]) == 0
+    cli_report = Report.load(cli_out)
+    a, b = app_report.results[0], cli_report.results[0]
+    assert a.config == b.config and a.tokens == b.tokens and a.top_tokens == b.top_tokens
+    for name in ("top_ids", "top_probs", "final_rank", "final_prob"):
+        assert np.array_equal(getattr(a, name), getattr(b, name))
+    assert app_report.meta["rerun"] == cli_report.meta["rerun"]
