@@ -113,26 +113,59 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepared_stamp(model: str) -> Path:
+    from lenslab.models.paths import artefacts_dir
+
+    return artefacts_dir() / f".prepared-{model}"
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Convert the embedded model and build each probe's default artefacts (idempotent)."""
+    from filelock import FileLock
+
     from lenslab.models import ModelSession, prepare_embedded
+    from lenslab.models.paths import lenslab_home
     from lenslab.probes import registered_probes
 
     started = time.perf_counter()
     prepare_embedded(args.model, progress=lambda m: print(m, file=sys.stderr))
     if args.skip_artefacts:
         return 0
-    session = ModelSession.load(args.model)
-    seen = set()
-    for cls in registered_probes().values():
-        module = sys.modules[cls.__module__]
-        prepare = getattr(module, "prepare_default_artefacts", None)
-        if prepare is None or module.__name__ in seen:
-            continue
-        seen.add(module.__name__)
-        prepare(session, _progress_printer(f"prepare {cls.name}"))
+    lenslab_home().mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lenslab_home() / ".prepare.lock")):
+        session = ModelSession.load(args.model)
+        seen = set()
+        for cls in registered_probes().values():
+            module = sys.modules[cls.__module__]
+            prepare = getattr(module, "prepare_default_artefacts", None)
+            if prepare is None or module.__name__ in seen:
+                continue
+            seen.add(module.__name__)
+            prepare(session, _progress_printer(f"prepare {cls.name}"))
+        _prepared_stamp(args.model).parent.mkdir(parents=True, exist_ok=True)
+        _prepared_stamp(args.model).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     print(f"prepared in {time.perf_counter() - started:.0f} s", file=sys.stderr)
     return 0
+
+
+def _prepare_in_background(model: str) -> None:
+    """Start ``lenslab prepare`` detached so the app opens at once while artefacts build."""
+    import subprocess
+
+    from lenslab.models.paths import lenslab_home
+
+    if _prepared_stamp(model).exists():
+        return
+    log_path = lenslab_home() / "prepare.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        subprocess.Popen(
+            [sys.executable, "-m", "lenslab.cli", "prepare", "--model", model],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    print(f"building default artefacts in the background (log: {log_path})", file=sys.stderr)
 
 
 def cmd_app(args: argparse.Namespace) -> int:
@@ -155,6 +188,10 @@ def cmd_app(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.model:
         env["LENSLAB_MODEL"] = args.model
+    if not args.no_prepare:
+        from lenslab.models.loading import DEFAULT_MODEL
+
+        _prepare_in_background(DEFAULT_MODEL)
     os.execve(sys.executable, command, env)
     return 0  # pragma: no cover - execve does not return
 
@@ -184,6 +221,7 @@ def parser() -> argparse.ArgumentParser:
     app.add_argument("--address", default="localhost")
     app.add_argument("--port", type=int, default=8501)
     app.add_argument("--model", default=None)
+    app.add_argument("--no-prepare", action="store_true", help="don't build missing artefacts")
     app.set_defaults(func=cmd_app)
     return p
 

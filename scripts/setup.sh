@@ -46,4 +46,8 @@ if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
 fi
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-"$VENV/bin/lenslab" prepare
+if [ "$want_test" = 1 ]; then
+    "$VENV/bin/lenslab" prepare                  # model + every probe's default artefacts
+else
+    "$VENV/bin/lenslab" prepare --skip-artefacts # model only; `lenslab app` builds artefacts in the background
+fi
