@@ -14,7 +14,9 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(path, lenslab_home):
+def test_notebook_runs(path, tmp_path, monkeypatch):
+    # The real LENSLAB_HOME: notebooks reuse the artefacts `lenslab prepare` built; reports go to tmp.
+    monkeypatch.setenv("LENSLAB_REPORTS", str(tmp_path / "reports"))
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
