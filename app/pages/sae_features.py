@@ -1,0 +1,263 @@
+"""SAE features page: per-token features of a prompt, feature pages, steering, and training an SAE."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lenslab.app import state
+from lenslab.app.components import DEFAULT_PROMPT, config_form, show_result
+from lenslab.probes import get_probe
+from lenslab.probes.sae_features import (
+    SAEFeatureConfig,
+    SAEFeatureResult,
+    SAEFeaturesConfig,
+    SAEFeaturesResult,
+)
+from lenslab.probes.sae_loading import LoadedSAE, available_specs, load_sae
+from lenslab.probes.sae_steering import MODES, SAESteeringConfig
+from lenslab.probes.sae_training import SAETrainingConfig, train_sae
+
+TITLE = "SAE features"
+ICON = "🧩"
+ORDER = 30
+URL = "sae-features"
+KEY = "sae"
+PRETRAINED = "pretrained (sae-lens release/id)…"
+FOLDER = "folder on disk (sae-lens format)…"
+
+
+def _pick_sae(session) -> str:
+    """SAE picker: trained ones for this model, a sae-lens release/id, or a folder."""
+    options = [*available_specs(session), PRETRAINED, FOLDER]
+    choice = st.selectbox("SAE", options, key=f"{KEY}:choice", help="SAEs trained here are listed first")
+    if choice == PRETRAINED:
+        typed = st.text_input(
+            "release/sae_id",
+            key=f"{KEY}:pretrained",
+            placeholder="gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_small",
+            help="Needs the Hugging Face hub (or its local cache).",
+        )
+        return f"pretrained:{typed.strip()}" if typed.strip() else ""
+    if choice == FOLDER:
+        return st.text_input("SAE folder", key=f"{KEY}:folder").strip()
+    return choice
+
+
+def _load(session, spec: str) -> LoadedSAE | None:
+    if not spec:
+        return None
+    try:
+        return load_sae(session, spec)
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(str(exc))
+        return None
+
+
+def render() -> None:
+    """SAE picker, then four tabs: prompt, feature page, steering, training."""
+    st.title(TITLE)
+    st.caption(
+        "Sparse-autoencoder features of the loaded model: which features fire on each token, what a "
+        "feature responds to across a corpus, what happens when you steer with it, and training a new SAE."
+    )
+    session = state.session()
+    if session is None:
+        return
+    if not available_specs(session):
+        st.info(
+            f"No SAE has been trained for {session.model_id} yet. Train one in the **Train** tab "
+            "(or run `lenslab prepare`), or pick a pretrained SAE or a folder."
+        )
+    spec = _pick_sae(session)
+    loaded = _load(session, spec)
+    if loaded is not None:
+        metrics = loaded.info.get("metrics", {})
+        extra = (
+            f" · trained L0 {metrics['l0']:.1f}, explained variance {metrics['explained_variance']:.3f}"
+            if metrics
+            else ""
+        )
+        st.caption(loaded.label + extra)
+    tab_prompt, tab_feature, tab_steer, tab_train = st.tabs(["Prompt", "Feature page", "Steer", "Train"])
+    with tab_prompt:
+        if loaded is not None:
+            _prompt_tab(session, loaded)
+    with tab_feature:
+        if loaded is not None:
+            _feature_tab(session, loaded)
+    with tab_steer:
+        if loaded is not None:
+            _steer_tab(session, loaded)
+    with tab_train:
+        _train_tab(session)
+
+
+def _prompt_tab(session, loaded: LoadedSAE) -> None:
+    probe = get_probe("sae_features")
+    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    cols = st.columns(2)
+    k = cols[0].number_input("top features per token", 1, 64, 5, key=f"{KEY}:k")
+    n_heat = cols[1].number_input("features in the heatmap", 1, 200, 24, key=f"{KEY}:nheat")
+    if st.button("Run", type="primary", key=f"{KEY}:run"):
+        config = SAEFeaturesConfig(sae=loaded.spec, k=int(k), n_heatmap=int(n_heat))
+        result = state.run_with_status(
+            "SAE features", lambda progress: probe.run(session, prompt, config, progress, loaded=loaded)
+        )
+        if result is not None:
+            state.store("sae_features", result)
+    result: SAEFeaturesResult | None = state.stored("sae_features")
+    if result is None:
+        return
+    show_result(result, "sae_features")
+    st.caption(
+        f"CE with the activation zeroed: {result.ce_zero:.3f} · MSE {result.mse:.4g} · "
+        f"{len(result.tokens) / max(result.seconds, 1e-9):.0f} tokens/s (3 forward passes)"
+    )
+    options = list(range(1, len(result.tokens))) or [0]
+    position = st.selectbox(
+        "Token",
+        options,
+        index=len(options) - 1,
+        format_func=lambda p: f"{p}: {result.tokens[p]!r}",
+        key=f"{KEY}:token",
+    )
+    st.plotly_chart(result.token_figure(position), key=f"{KEY}:tokenfig", width="stretch")
+    pairs = result.token_features(position)
+    if pairs:
+        picked = st.selectbox(
+            "Open a feature page for",
+            [f for f, _ in pairs],
+            format_func=lambda f: f"feature {f} ({dict(pairs)[f]:.3g})",
+            key=f"{KEY}:open",
+        )
+        if st.button("Show in the Feature page tab", key=f"{KEY}:goto"):
+            state.store("sae_feature_pick", int(picked))
+            st.info(f"Feature {picked} selected: open the **Feature page** tab.")
+    state.save_report([result], session, "sae_features")
+
+
+def _feature_tab(session, loaded: LoadedSAE) -> None:
+    probe = get_probe("sae_feature")
+    picked = state.stored("sae_feature_pick") or 0
+    feature = st.number_input("Feature", 0, loaded.d_sae - 1, int(picked), key=f"{KEY}:feature:{picked}")
+    with st.expander("Corpus for the dashboards", expanded=False):
+        corpus = st.text_input(
+            "corpus",
+            value="python-docs",
+            key=f"{KEY}:corpus",
+            help="'python-docs' (Python's documentation, always offline) or a .txt / .jsonl file path",
+        )
+        cols = st.columns(2)
+        n_seq = cols[0].number_input("windows", 1, 100_000, 256, key=f"{KEY}:nseq")
+        context = cols[1].number_input("tokens per window", 4, 1024, 64, key=f"{KEY}:ctx")
+    st.caption(
+        "The first request builds dashboards for all features in one pass over the corpus "
+        "(cached on disk); later features open instantly."
+    )
+    if st.button("Show feature", type="primary", key=f"{KEY}:showfeature"):
+        config = SAEFeatureConfig(
+            sae=loaded.spec,
+            feature=int(feature),
+            corpus=corpus.strip(),
+            n_seq=int(n_seq),
+            context_size=int(context),
+        )
+        result = state.run_with_status(
+            "Feature dashboard", lambda progress: probe.run(session, "", config, progress, loaded=loaded)
+        )
+        if result is not None:
+            state.store("sae_feature", result)
+    result: SAEFeatureResult | None = state.stored("sae_feature")
+    if result is None:
+        return
+    show_result_summary(result)
+    st.markdown("**Top-activating contexts** (activating token highlighted)")
+    for context in result.top_contexts:
+        st.markdown(
+            f"`{context.value:.3g}` &nbsp; {SAEFeatureResult.context_html(context)}", unsafe_allow_html=True
+        )
+    if not result.top_contexts:
+        st.info("This feature never fired on the corpus (a dead feature).")
+    for band, contexts in zip(result.quantile_labels, result.quantile_contexts, strict=True):
+        st.markdown(f"**{band}**")
+        for context in contexts:
+            st.markdown(
+                f"`{context.value:.3g}` &nbsp; {SAEFeatureResult.context_html(context)}",
+                unsafe_allow_html=True,
+            )
+    figures = result.figures()
+    left, right = st.columns(2)
+    left.plotly_chart(figures["histogram"], key=f"{KEY}:hist", width="stretch")
+    right.plotly_chart(figures["logits"], key=f"{KEY}:logits", width="stretch")
+    state.save_report([result], session, "sae_feature")
+
+
+def show_result_summary(result: SAEFeatureResult) -> None:
+    """Metric boxes for a feature page."""
+    cols = st.columns(4)
+    for col, (name, value) in zip(cols, result.summary().items(), strict=False):
+        col.metric(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def _steer_tab(session, loaded: LoadedSAE) -> None:
+    probe = get_probe("sae_steering")
+    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:steerprompt", height=80)
+    picked = state.stored("sae_feature_pick") or 0
+    cols = st.columns(4)
+    feature = cols[0].number_input("Feature", 0, loaded.d_sae - 1, int(picked), key=f"{KEY}:sfeat:{picked}")
+    mode = cols[1].selectbox(
+        "Mode", MODES, key=f"{KEY}:mode", help="add α·W_dec[f]; clamp the feature to α; zero it"
+    )
+    alpha = cols[2].number_input(
+        "α",
+        value=150.0,
+        key=f"{KEY}:alpha",
+        format="%g",
+        help="≈ the feature's max activation (see its feature page) is a good start",
+    )
+    n_new = cols[3].number_input("new tokens", 1, 64, 12, key=f"{KEY}:nnew")
+    if st.button("Steer", type="primary", key=f"{KEY}:steer"):
+        config = SAESteeringConfig(
+            sae=loaded.spec, feature=int(feature), mode=mode, alpha=float(alpha), n_new=int(n_new)
+        )
+        result = state.run_with_status(
+            "SAE steering", lambda progress: probe.run(session, prompt, config, progress, loaded=loaded)
+        )
+        if result is not None:
+            state.store("sae_steering", result)
+    result = state.stored("sae_steering")
+    if result is None:
+        return
+    left, right = st.columns(2)
+    left.markdown("**Clean continuation**")
+    left.code(result.prompt + result.continuation_before, language=None, wrap_lines=True)
+    right.markdown(f"**{result.config.mode} feature {result.feature} (α={result.config.alpha:g})**")
+    right.code(result.prompt + result.continuation_after, language=None, wrap_lines=True)
+    show_result(result, "sae_steering")
+    state.save_report([result], session, "sae_steering")
+
+
+def _train_tab(session) -> None:
+    st.markdown(
+        "Train a TopK SAE on one hook point with sae-lens' trainer: activations are collected from the "
+        "corpus once, then the trainer streams shuffled batches. Saved in sae-lens format under "
+        "lenslab's artefacts folder, with its training config and held-out metrics."
+    )
+    config = config_form(SAETrainingConfig, f"{KEY}:train", session)
+    overwrite = st.checkbox("Replace an existing SAE of the same name", key=f"{KEY}:overwrite")
+    if st.button("Train SAE", type="primary", key=f"{KEY}:trainbtn", disabled=config is None):
+        trained = state.run_with_status(
+            "Training SAE", lambda progress: train_sae(session, config, progress, overwrite=overwrite)
+        )
+        if trained is not None:
+            state.store("sae_trained", trained.info)
+    info = state.stored("sae_trained")
+    if info:
+        metrics = info.get("metrics", {})
+        st.success(
+            f"Trained {info['training_config']['name']!r} on {info['hook_name']}: "
+            f"L0 {metrics.get('l0', 0):.1f}, "
+            f"explained variance {metrics.get('explained_variance', 0):.3f}, CE recovered "
+            f"{metrics.get('ce_recovered', 0):.3f} — pick it in the SAE box above."
+        )
+        st.json(info, expanded=False)

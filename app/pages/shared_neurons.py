@@ -1,0 +1,121 @@
+"""Shared neurons page: pick two prompt sets (or a second model), compare top units, ablate them."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lenslab.app import state
+from lenslab.app.components import config_form, show_result
+from lenslab.probes import get_probe
+from lenslab.probes.shared_neurons import PERTURBED, SharedNeuronsConfig, SharedNeuronsResult
+from lenslab.probes.tasks import builtin_names, load_task_set
+
+TITLE = "Shared neurons"
+ICON = "🧬"
+ORDER = 50
+URL = "shared-neurons"
+KEY = "shared_neurons"
+TYPED = "type prompts…"
+FILE = "load a .txt / .jsonl file…"
+TWO_SETS, TWO_MODELS = "two prompt sets, one model", "two models, one prompt set"
+TYPED_EXAMPLE = "12 + 7 => 19\n23 + 41 => 64\nThe capital of France is => Paris"
+
+
+def _set_picker(which: str, default: str) -> str:
+    """Built-in set, typed lines or a file path; returns the spec string the probe resolves."""
+    options = [*builtin_names(), TYPED, FILE]
+    choice = st.selectbox(
+        f"Prompt set {which}", options, index=options.index(default), key=f"{KEY}:set{which}"
+    )
+    if choice == TYPED:
+        return st.text_area(
+            f"Set {which}: one `prompt => answer` per line (`\\n` for a newline)",
+            value=TYPED_EXAMPLE,
+            key=f"{KEY}:typed{which}",
+            height=140,
+        )
+    if choice == FILE:
+        return st.text_input(
+            f"Set {which}: path of a .txt (prompt => answer lines) or .jsonl ({{'prompt', 'answer'}}) file",
+            key=f"{KEY}:file{which}",
+        )
+    return choice
+
+
+def _preview(spec: str, n: int, seed: int) -> bool:
+    """Show the first items of a set; False (with the message shown) if it cannot be loaded."""
+    try:
+        task_set = load_task_set(spec, n=n, seed=seed)
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(str(exc))
+        return False
+    with st.expander(f"{task_set.name}: {len(task_set.items)} prompts — {task_set.description}"):
+        st.table([{"prompt": i.prompt[-80:], "expected": i.answer} for i in task_set.items[:5]])
+    return True
+
+
+def render() -> None:
+    """Set pickers, settings, run; overlap figures, the causal test and a plain-language reading."""
+    probe = get_probe(KEY)
+    st.title(probe.title)
+    st.caption(
+        "Which MLP units (the hidden activation before the down projection) are most active for two "
+        "prompt sets — or for two models of the same architecture — how much more they overlap than "
+        "random sets would, and whether ablating the shared or set-specific units hurts each task."
+    )
+    session = state.session()
+    if session is None:
+        return
+    mode = st.radio("Compare", [TWO_SETS, TWO_MODELS], horizontal=True, key=f"{KEY}:mode")
+    with st.expander("Settings", expanded=False):
+        base = config_form(SharedNeuronsConfig, KEY, session)
+    n_prompts = base.n_prompts if base is not None else SharedNeuronsConfig.n_prompts
+    seed = base.seed if base is not None else 0
+    left, right = st.columns(2)
+    with left:
+        spec_a = _set_picker("A", "exact_arithmetic")
+        ok = _preview(spec_a, n_prompts, seed) if spec_a.strip() else False
+    with right:
+        if mode == TWO_SETS:
+            spec_b, model_b = _set_picker("B", "approximate_arithmetic"), ""
+            ok = (_preview(spec_b, n_prompts, seed) if spec_b.strip() else False) and ok
+        else:
+            spec_b = ""
+            kind = st.selectbox(
+                "Second model",
+                ["perturbed copy of this model (offline demo)", "HF folder or id of the same architecture"],
+                key=f"{KEY}:model_kind",
+            )
+            if kind.startswith("perturbed"):
+                model_b = PERTURBED
+                st.caption(
+                    "Noise of size `noise scale` × each weight matrix's std is added to the block "
+                    "weights for the scoring pass and removed afterwards."
+                )
+            else:
+                model_b = st.text_input(
+                    "Model B", key=f"{KEY}:model_b", placeholder="/path/to/finetuned-checkpoint"
+                )
+    config = None
+    if base is not None:
+        try:
+            config = base.replace(set_a=spec_a, set_b=spec_b or base.set_b, model_b=model_b)
+            config.validate(session)
+        except (ValueError, TypeError) as exc:
+            st.error(f"Invalid settings: {exc}")
+            config = None
+    if mode == TWO_MODELS and not model_b.strip():
+        st.info("Name the second model (an HF folder or id) or choose the perturbed copy.")
+    runnable = config is not None and ok and (mode == TWO_SETS or bool(model_b.strip()))
+    if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable):
+        result = state.run_with_status(probe.title, lambda progress: probe.run(session, "", config, progress))
+        if result is not None:
+            state.store(KEY, result)
+    result = state.stored(KEY)
+    if isinstance(result, SharedNeuronsResult):
+        st.markdown(result.interpretation())
+        show_result(result, KEY)
+        if result.conditions:
+            st.subheader("Causal test, per condition and set")
+            st.dataframe(result.causal_table(), hide_index=True)
+        state.save_report([result], session, KEY)
