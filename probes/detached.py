@@ -1,0 +1,324 @@
+"""The detached forward: the model made exactly linear in its input embeddings for one input.
+
+Golden ("Large Language Models are Locally Linear Mappings", 2025) freezes every nonlinear
+*coefficient* of the forward pass at the value it takes on the real input: the normalisation
+scale (RMSNorm / LayerNorm), the gate activation of gated MLPs (GeGLU, SwiGLU) or the ratio
+act(z)/z of plain MLPs (GPT-2), and the softmax attention pattern (which also freezes Q, K,
+RoPE cos/sin and any Q/K norms, since they only reach the output through the pattern). What is
+left — embeddings → V → pattern·V → O, the up projection, the down projection, norm weights —
+is linear, so with no additive biases ``y = Σ_i J_i x_i`` exactly, and with biases (GPT-2)
+``y = Σ_i J_i x_i + b`` where ``b`` is the output for all-zero inputs.
+
+How: TransformerBridge hooks, attached only through ``session.hooks`` (so they are removed on
+exit, also after an exception). The bridge reimplements attention and fires ``hook_pattern`` on
+the post-softmax weights *before* multiplying by V, and its norms fire ``hook_scale`` and rebuild
+their output from the hooked scale; the MLP projections are LinearBridges with ``hook_out`` /
+``hook_in``. So every coefficient has a hook point where a recorded constant can replace it, and
+no HF module or module-level function is monkey-patched (patching HF classes would be global
+state shared by every session in the process). Pass 1 (:func:`record_coefficients`) runs the
+model normally and records the coefficients; pass 2 (:class:`DetachedModel`, inside
+:func:`detached`) replaces them with the recorded constants. The detached network is then run
+through the HF inner model with ``inputs_embeds`` (no unembedding: 60% of a Gemma forward is the
+262k-wide unembedding, useless for hidden-state targets), on any batch of inputs: the constants
+broadcast over the batch, so one forward on ``seq`` copies gives every token's exact
+contribution.
+
+x_i is the residual stream's input at position i (``blocks.0.hook_in``): for Gemma the token
+embedding after its √d scaling, for GPT-2 token + position embedding (so the position embedding
+is part of token i's contribution and ``b`` holds only the layers' biases).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lenslab.models.session import ModelSession
+
+SUPPORTED: dict[str, str] = {
+    "Gemma3ForCausalLM": "gemma3",
+    "LlamaForCausalLM": "llama",
+    "GPT2LMHeadModel": "gpt2",
+}
+"""HF architecture class → family the detached forward knows how to linearise."""
+
+COMPONENTS = ("resid", "attn", "mlp")
+
+
+def model_family(session: ModelSession) -> str:
+    """The detached-forward family of ``session``'s model, or a ValueError naming the supported ones."""
+    family = SUPPORTED.get(session.architecture)
+    if family is None:
+        raise ValueError(
+            f"the detached Jacobian does not support {session.architecture} ({session.model_id}); "
+            f"supported architectures: {', '.join(sorted(SUPPORTED))} (Gemma 3, Llama/SmolLM, GPT-2)"
+        )
+    return family
+
+
+def target_hook(session: ModelSession, layer: int | None, component: str = "resid") -> str:
+    """Hook name of a Jacobian target: the final-norm state (``layer=None``) or a layer's part.
+
+    ``resid`` is the residual stream after block ``layer``; ``attn`` and ``mlp`` are what the block
+    adds to the residual stream (for Gemma after its post-attention / post-feed-forward norms), so
+    ``resid[l] = resid[l-1] + attn[l] + mlp[l]`` holds exactly.
+    """
+    if component not in COMPONENTS:
+        raise ValueError(f"component must be one of {list(COMPONENTS)}, got {component!r}")
+    if layer is None:
+        if component != "resid":
+            raise ValueError("the final-norm target has no attention/MLP part: choose a layer")
+        return "ln_final.hook_out"
+    layer = session.check_layer(layer)
+    if component == "resid":
+        return f"blocks.{layer}.hook_out"
+    gemma = model_family(session) == "gemma3"
+    if component == "attn":
+        return f"blocks.{layer}.ln1_post.hook_out" if gemma else f"blocks.{layer}.attn.hook_out"
+    return f"blocks.{layer}.ln2_post.hook_out" if gemma else f"blocks.{layer}.mlp.hook_out"
+
+
+@dataclass
+class FrozenCoefficients:
+    """Everything the detached forward holds constant, recorded from one real forward pass."""
+
+    family: str
+    tokens: Int[Tensor, "1 seq"]
+    inputs: Float[Tensor, "1 seq d_model"]  # x_i: the residual stream's input (blocks.0.hook_in)
+    logits: Float[Tensor, "1 seq vocab"]
+    final_hidden: Float[Tensor, "1 seq d_model"]
+    scales: dict[str, Tensor] = field(default_factory=dict)  # norm hook_scale → recorded value
+    patterns: dict[str, Tensor] = field(default_factory=dict)  # attn hook_pattern → recorded value
+    gates: dict[int, Tensor] = field(default_factory=dict)  # layer → act(gate) or act(z)/z
+    outputs: dict[str, Tensor] = field(default_factory=dict)  # every Jacobian target, real forward
+
+    @property
+    def seq_len(self) -> int:
+        """Number of input tokens."""
+        return int(self.tokens.shape[-1])
+
+
+def _mlp_act(session: ModelSession, layer: int) -> Any:
+    hf_mlp = session.bridge.blocks[layer].mlp.original_component
+    act = getattr(hf_mlp, "act_fn", None) or getattr(hf_mlp, "act", None)
+    if act is None:
+        raise ValueError(f"cannot find the MLP activation of layer {layer} in {session.model_id}")
+    return act
+
+
+def record_coefficients(session: ModelSession, tokens: Int[Tensor, "1 seq"]) -> FrozenCoefficients:
+    """Pass 1: run the model normally on ``tokens`` and record every coefficient to freeze."""
+    family = model_family(session)
+    if tokens.ndim != 2 or tokens.shape[0] != 1:
+        raise ValueError("record_coefficients takes one prompt (tokens of shape [1, seq])")
+    store: dict[str, Tensor] = {}
+
+    def keep(tensor: Tensor, *, hook: Any) -> None:
+        store[hook.name] = tensor.detach().clone()
+
+    def keep_scale(tensor: Tensor, *, hook: Any) -> Tensor:
+        # Returning a new tensor makes the bridge rebuild the norm output from the scale in the
+        # model's dtype (HF's RMSNorm upcasts to float32, which would cap float64 checks at 1e-7).
+        store[hook.name] = tensor.detach().clone()
+        return store[hook.name]
+
+    names = [n for n in session.bridge.hook_dict if n.endswith(".hook_scale") or n.endswith(".hook_pattern")]
+    for layer in range(session.n_layers):
+        names += [f"blocks.{layer}.mlp.in.hook_out", f"blocks.{layer}.mlp.out.hook_in"]
+        if family != "gpt2":
+            names.append(f"blocks.{layer}.mlp.gate.hook_out")
+    targets = ["ln_final.hook_out"] + [
+        target_hook(session, layer, component)
+        for layer in range(session.n_layers)
+        for component in COMPONENTS
+    ]
+    names += ["blocks.0.hook_in", *targets]
+    table = {name: keep_scale if name.endswith(".hook_scale") else keep for name in names}
+    with session.hooks(dispatch_hooks(session, table)) as bridge, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bridge warns when a hook returns a new norm scale
+        logits = bridge(tokens)
+    gates: dict[int, Tensor] = {}
+    with torch.no_grad():
+        for layer in range(session.n_layers):
+            if family == "gpt2":
+                pre = store[f"blocks.{layer}.mlp.in.hook_out"]
+                post = store[f"blocks.{layer}.mlp.out.hook_in"]
+                # act(z) = z · (act(z)/z); at z = 0 the ratio's limit for GELU is 1/2.
+                safe = torch.where(pre == 0, torch.ones_like(pre), pre)
+                gates[layer] = torch.where(pre == 0, torch.full_like(pre, 0.5), post / safe)
+            else:
+                gates[layer] = _mlp_act(session, layer)(store[f"blocks.{layer}.mlp.gate.hook_out"])
+    return FrozenCoefficients(
+        family=family,
+        tokens=tokens,
+        inputs=store["blocks.0.hook_in"],
+        logits=logits.detach(),
+        final_hidden=store["ln_final.hook_out"],
+        scales={k: v for k, v in store.items() if k.endswith(".hook_scale")},
+        patterns={k: v for k, v in store.items() if k.endswith(".hook_pattern")},
+        gates=gates,
+        outputs={name: store[name] for name in targets},
+    )
+
+
+class DetachedModel:
+    """The detached network as a function of the input embeddings (valid inside :func:`detached`).
+
+    Call it on a batch of inputs ``x`` [batch, seq, d_model]; it returns the requested target
+    activations, each [batch, seq, d]. Every batch row sees the same frozen coefficients, so the
+    map is linear (affine for GPT-2) in each row's ``x``.
+    """
+
+    def __init__(self, session: ModelSession, coefficients: FrozenCoefficients) -> None:
+        """Bind a session and recorded coefficients; hooks are attached by :func:`detached`."""
+        self.session = session
+        self.coefficients = coefficients
+        self._captured: dict[str, Tensor] | None = None
+        self._wanted: set[str] = set()
+        self._stash: dict[int, Tensor] = {}
+
+    # ------------------------------------------------------------------ hooks (live in detached())
+    def hooks(self) -> list[tuple[str, Any]]:
+        """The hook list that freezes every coefficient and captures requested targets."""
+        coeffs = self.coefficients
+        hooks: list[tuple[str, Any]] = []
+        for name, value in coeffs.scales.items():
+            hooks.append((name, _constant(value)))
+        for name, value in coeffs.patterns.items():
+            hooks.append((name, _constant(value)))
+        for layer, gate in coeffs.gates.items():
+            hooks.append((f"blocks.{layer}.mlp.in.hook_out", self._stash_hook(layer)))
+            hooks.append((f"blocks.{layer}.mlp.out.hook_in", self._gate_hook(layer, gate)))
+        if coeffs.family == "gpt2":
+            hooks.append(("pos_embed.hook_out", lambda tensor, *, hook: torch.zeros_like(tensor)))
+        return hooks
+
+    def capture_hooks(self, names: Sequence[str]) -> list[tuple[str, Any]]:
+        """Hooks that record the target activations of each call."""
+        return [(name, self._capture(name)) for name in dict.fromkeys(names) if name != "ln_final.hook_out"]
+
+    def _stash_hook(self, layer: int) -> Any:
+        def stash(tensor: Tensor, *, hook: Any) -> None:
+            self._stash[layer] = tensor
+
+        return stash
+
+    def _gate_hook(self, layer: int, gate: Tensor) -> Any:
+        def apply(tensor: Tensor, *, hook: Any) -> Tensor:
+            # Gated MLP: act(gate(x)) · up(x) with act(gate(x)) frozen; GPT-2: z · (act(z)/z).
+            return gate * self._stash.pop(layer)
+
+        return apply
+
+    def _capture(self, name: str) -> Any:
+        def capture(tensor: Tensor, *, hook: Any) -> None:
+            if self._captured is not None and name in self._wanted:
+                self._captured[name] = tensor
+
+        return capture
+
+    # ----------------------------------------------------------------------------------- running
+    def __call__(
+        self, inputs: Float[Tensor, "batch seq d_model"], targets: Sequence[str] = ("ln_final.hook_out",)
+    ) -> dict[str, Float[Tensor, "batch seq d"]]:
+        """Run the detached network on ``inputs``; returns ``{target hook: activation}``."""
+        hf = self.session.bridge.original_model
+        inner = hf.transformer if self.coefficients.family == "gpt2" else hf.model
+        self._captured, self._wanted = {}, set(targets)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the bridge warns on every edited norm scale
+                hidden = inner(inputs_embeds=inputs, use_cache=False).last_hidden_state
+            captured = self._captured
+        finally:
+            self._captured, self._stash = None, {}
+        out = {}
+        for name in targets:
+            out[name] = hidden if name == "ln_final.hook_out" else captured[name]
+        return out
+
+    def logits(self, inputs: Float[Tensor, "batch seq d_model"]) -> Float[Tensor, "batch seq vocab"]:
+        """Logits of the detached network (final norm + unembedding of the detached state)."""
+        hidden = self(inputs)["ln_final.hook_out"]
+        hf = self.session.bridge.original_model
+        logits = hf.lm_head(hidden)
+        softcap = getattr(hf.config, "final_logit_softcapping", None)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        return logits
+
+
+@contextmanager
+def detached(
+    session: ModelSession, coefficients: FrozenCoefficients, targets: Sequence[str] = ()
+) -> Iterator[DetachedModel]:
+    """Context manager: the model with every coefficient frozen at ``coefficients``.
+
+    Holds the session lock; the hooks are attached through ``session.hooks`` and therefore
+    removed on exit, also when the body raises. ``targets`` are the hook names (besides the
+    final-norm output) that calls of the yielded :class:`DetachedModel` may return.
+    """
+    model = DetachedModel(session, coefficients)
+    with session.hooks(dispatch_hooks(session, dict([*model.hooks(), *model.capture_hooks(targets)]))):
+        yield model
+
+
+def dispatch_hooks(session: ModelSession, table: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """One filter hook that dispatches by hook name: ``{name: fn}`` → a ``session.hooks`` list.
+
+    The bridge recomputes its 200-entry ``hook_dict`` for every string hook it attaches (≈20 ms
+    each on CPU, 10 s for a few hundred hooks); a single name filter attaches them in one pass.
+    Names are resolved to their hook point's canonical name, so aliases cannot attach twice.
+    """
+    hook_dict = session.bridge.hook_dict
+    unknown = [name for name in table if name not in hook_dict]
+    if unknown:
+        raise ValueError(f"unknown hook point(s) {unknown[:5]} for {session.model_id}")
+    canonical = {hook_dict[name].name or name: fn for name, fn in table.items()}
+
+    def dispatch(tensor: Tensor, *, hook: Any) -> Tensor | None:
+        return canonical[hook.name](tensor, hook=hook)
+
+    return [(canonical.__contains__, dispatch)]
+
+
+def _constant(value: Tensor) -> Any:
+    def replace(tensor: Tensor, *, hook: Any) -> Tensor:
+        return value
+
+    return replace
+
+
+# --------------------------------------------------------------------------------------- float64
+_FLOAT64_COPIES: weakref.WeakKeyDictionary[Any, ModelSession] = weakref.WeakKeyDictionary()
+_COPY_LOCK = threading.Lock()
+
+
+def as_float64(session: ModelSession) -> ModelSession:
+    """A float64 copy of ``session`` (cached per session; the session itself if already float64).
+
+    Costs 8 bytes per parameter on top of the original model (2.1 GB for Gemma 3 270M); made once
+    and kept while the original session lives. On a GPU the copy stays on the same device.
+    """
+    if session.dtype == torch.float64:
+        return session
+    with _COPY_LOCK:
+        cached = _FLOAT64_COPIES.get(session.bridge)
+        if cached is None:
+            with session.lock:
+                bridge = copy.deepcopy(session.bridge).to(torch.float64)
+            cached = ModelSession.from_bridge(
+                bridge, model_id=session.model_id, max_tokens=session.max_tokens
+            )
+            _FLOAT64_COPIES[session.bridge] = cached
+        return cached
