@@ -1,0 +1,184 @@
+"""Future Lens page: the (layer × position) grid of future tokens, training and the evaluation."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lenslab.app import state
+from lenslab.app.components import DEFAULT_PROMPT, config_form, show_result
+from lenslab.probes.future_lens import (
+    METHODS,
+    FutureLens,
+    FutureLensConfig,
+    FutureLensEvalConfig,
+    prepare_default_artefacts,
+    run_evaluation,
+    train_learned_prompt,
+)
+from lenslab.probes.future_lens_eval import default_eval_layers
+from lenslab.probes.future_lens_methods import Artefacts, PromptTraining, artefact_signature
+
+TITLE = "Future Lens"
+ICON = "🔮"
+ORDER = 20
+URL = "future-lens"
+KEY = "future_lens"
+METHOD_HELP = {
+    "direct": "logit lens of the state, read as the guess for every future token (no training)",
+    "linear": "linear map to the last layer's state at t+N (saved maps)",
+    "fixed": "state transplanted into a generic prompt that the model continues (no training)",
+    "learned": "state transplanted into a learned soft prompt (one trained prompt per layer)",
+}
+
+
+def render() -> None:
+    """Prompt → grid; train / evaluate panel; save everything as a report."""
+    st.title(TITLE)
+    st.caption(
+        "Does one hidden state h_t^ℓ already know the tokens at t+2, t+3, …? Each cell decodes a single "
+        "state into the tokens it predicts for t+1 … t+1+N (Pal et al., 2023). The top row is what the "
+        "model actually produces."
+    )
+    session = state.session()
+    if session is None:
+        return
+    artefacts = _saved_artefacts(session)
+    _grid_panel(session, artefacts)
+    with st.expander("Train / evaluate", expanded=False):
+        _train_panel(session, artefacts)
+        st.divider()
+        _evaluation_panel(session)
+    results = [r for r in (state.stored(KEY), state.stored(f"{KEY}_eval")) if r is not None]
+    if results:
+        st.subheader("Save")
+        state.save_report(results, session, KEY)
+
+
+def _saved_artefacts(session) -> Artefacts:
+    """The saved artefacts, re-read from disk only when a file changed (linear maps are ~100 MB)."""
+    signature = (session.model_id, artefact_signature(session))
+    cached = state.stored(f"{KEY}_artefacts")
+    if cached is None or cached[0] != signature:
+        cached = (signature, Artefacts.saved(session))
+        state.store(f"{KEY}_artefacts", cached)
+    return cached[1]
+
+
+def _grid_panel(session, artefacts: Artefacts) -> None:
+    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    cols = st.columns([2, 1, 3, 1])
+    default_method = "linear" if artefacts.linear is not None else "direct"
+    method = cols[0].selectbox(
+        "Method",
+        METHODS,
+        index=METHODS.index(default_method),
+        key=f"{KEY}:method",
+        format_func=lambda m: f"{m} — {METHOD_HELP[m]}",
+    )
+    horizon = cols[1].slider("N", 0, 3, 3, key=f"{KEY}:horizon", help="show t+1 … t+1+N")
+    if method == "learned":
+        default_layers = sorted(artefacts.prompts) or [session.n_layers // 2]
+    elif method == "fixed":
+        default_layers = default_eval_layers(session.n_layers)
+    else:
+        default_layers = list(range(session.n_layers))
+    layers = cols[2].multiselect(
+        "Layers",
+        list(range(session.n_layers)),
+        default=default_layers,
+        key=f"{KEY}:layers:{method}",
+        help="the causal methods run one short forward per cell: pick fewer layers on a CPU",
+    )
+    k = cols[3].number_input("top-k", 1, 20, 5, key=f"{KEY}:k")
+    missing = artefacts.missing(method, layers)
+    if missing:
+        st.warning(f"The {method} method needs a trained artefact: {missing}.")
+        fit = method == "linear" and st.button(
+            "Fit the linear maps now (≈1–2 min on a CPU)", key=f"{KEY}:prep"
+        )
+        if fit and state.run_with_status(
+            "Fitting linear maps", lambda p: prepare_default_artefacts(session, p)
+        ):
+            st.rerun()
+    config = FutureLensConfig(method=method, horizon=int(horizon), layers=tuple(layers) or None, k=int(k))
+    if st.button("Run", type="primary", key=f"{KEY}:run", disabled=bool(missing) or not layers):
+        result = state.run_with_status(
+            "Future Lens", lambda progress: FutureLens().run(session, prompt, config, progress, artefacts)
+        )
+        if result is not None:
+            state.store(KEY, result)
+    result = state.stored(KEY)
+    if result is not None:
+        if result.artefact:
+            st.caption(f"Artefact: {result.artefact}")
+        show_result(result, KEY)
+
+
+def _cancel_button(label: str) -> None:
+    st.button(
+        "Cancel",
+        key=f"{KEY}:cancel:{label}",
+        on_click=lambda: st.session_state.update({f"cancel:{label}": True}),
+        help="stops the running job at its next progress update",
+    )
+
+
+def _train_panel(session, artefacts: Artefacts) -> None:
+    st.markdown("#### Trained artefacts")
+    if artefacts.linear is not None:
+        meta = artefacts.linear.meta
+        st.write(
+            f"Linear maps: layers {artefacts.linear.layers[0]}–{artefacts.linear.layers[-1]}, "
+            f"N = 0..3, {meta.get('n_train')} training examples, ridge {meta.get('ridge')}."
+        )
+    else:
+        st.write("Linear maps: none yet.")
+    st.write(f"Learned prompts: layers {sorted(artefacts.prompts) or 'none yet'}.")
+    if st.button("Fit linear maps on the default corpus", key=f"{KEY}:fit"):
+        _cancel_button("Fitting linear maps")
+        if state.run_with_status("Fitting linear maps", lambda p: prepare_default_artefacts(session, p)):
+            st.rerun()
+    st.markdown("#### Train a learned prompt")
+    cols = st.columns(4)
+    layer = cols[0].number_input("layer", 0, session.n_layers - 1, session.n_layers // 2, key=f"{KEY}:tl")
+    epochs = cols[1].number_input("epochs", 1, 50, 2, key=f"{KEY}:te")
+    lr = cols[2].number_input("lr", 1e-5, 1e-1, 5e-4, format="%g", key=f"{KEY}:tlr")
+    limit = cols[3].number_input("max examples (0: all)", 0, 100000, 0, key=f"{KEY}:tmax")
+    st.caption(
+        "KL(original ‖ intervened) at t+1 … t+4, AdamW, 10 soft-prompt vectors initialised N(0, 0.02) "
+        "in the raw embedding space (Gemma multiplies embeddings by √d_model). On a CPU one epoch of "
+        "the default 240 training examples takes about a minute."
+    )
+    if st.button(f"Train the learned prompt for layer {int(layer)}", key=f"{KEY}:train"):
+        label = "Training learned prompt"
+        _cancel_button(label)
+        training = PromptTraining(epochs=int(epochs), lr=float(lr), max_examples=int(limit) or None)
+        prompt = state.run_with_status(
+            label, lambda p: train_learned_prompt(session, int(layer), training, progress=p)
+        )
+        if prompt is not None:
+            losses = prompt.meta["losses"]
+            st.success(
+                f"Saved the learned prompt for layer {prompt.layer}: KL {losses[0]:.3f} → {losses[-1]:.3f}, "
+                f"{prompt.meta['examples_per_second']:.1f} examples/s"
+            )
+
+
+def _evaluation_panel(session) -> None:
+    st.markdown("#### Evaluation")
+    st.caption(
+        "Top-1 and precision@k against the model's own greedy continuation on held-out documents, "
+        "with a bigram baseline. Collected hidden states and linear maps are cached."
+    )
+    config = config_form(FutureLensEvalConfig, f"{KEY}:eval", session)
+    if st.button("Evaluate", key=f"{KEY}:evaluate", disabled=config is None):
+        _cancel_button("Future Lens evaluation")
+        result = state.run_with_status("Future Lens evaluation", lambda p: run_evaluation(session, config, p))
+        if result is not None:
+            state.store(f"{KEY}_eval", result)
+    result = state.stored(f"{KEY}_eval")
+    if result is not None:
+        st.dataframe(result.table_rows(), hide_index=True)
+        for note in result.notes:
+            st.caption(note)
+        show_result(result, f"{KEY}_eval")
