@@ -38,7 +38,7 @@ from lenslab.probes.future_lens_methods import (
     soft_prompt_path,
     train_soft_prompt,
 )
-from lenslab.probes.plotting import label, unique_labels
+from lenslab.probes.plotting import cell_state, label, unique_labels
 
 __all__ = [
     "METHODS",
@@ -84,6 +84,7 @@ class FutureLensResult(Result):
     """Top-k predictions for t+1..t+1+N of every (layer, position) state, and the actual tokens."""
 
     probe = "future_lens"
+    state_figures = ("grid",)
     config: FutureLensConfig
     method: str
     tokens: list[str]
@@ -107,6 +108,10 @@ class FutureLensResult(Result):
         for n, value in enumerate(agree):
             out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%"
         return out
+
+    def state_at(self, figure: str, point: dict[str, Any]) -> tuple[int, int] | None:
+        """A grid cell is the hidden state (layer, position) the predictions were read from."""
+        return cell_state(point, self.layers.tolist()) if figure == "grid" else None
 
     def figures(self) -> dict[str, go.Figure]:
         """The (layer × position) grid with the actual continuation on top, and agreement by layer."""

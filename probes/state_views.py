@@ -10,6 +10,7 @@ import numpy as np
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Progress
+from lenslab.probes.future_lens import FutureLens, FutureLensConfig, FutureLensResult
 from lenslab.probes.jacobian import JacobianConfig, JacobianProbe, JacobianResult
 from lenslab.probes.sae_features import SAEFeatures, SAEFeaturesConfig, SAEFeaturesResult
 from lenslab.probes.sae_loading import load_sae
@@ -66,4 +67,25 @@ def _jacobian_describe(result: JacobianResult, ref: StateRef) -> list[str]:
 
 register_state_view(
     StateView("jacobian", "Detached Jacobian", _jacobian_view, order=30, describe=_jacobian_describe)
+)
+
+
+def _future_view(session: ModelSession, ref: StateRef, progress: Progress) -> FutureLensResult:
+    config = FutureLensConfig(method="linear", horizon=3, layers=(ref.layer,))
+    try:
+        return FutureLens().run(session, ref.prompt, config, progress)
+    except FileNotFoundError:  # no linear maps fitted yet: the untrained fixed-prompt method
+        return FutureLens().run(session, ref.prompt, config.replace(method="fixed"), progress)
+
+
+def _future_describe(result: FutureLensResult, ref: StateRef) -> list[str]:
+    cell = result.top_tokens[0][ref.position]
+    probs = result.top_probs[0, ref.position]
+    predicted = ", ".join(f"t+{n + 1}: {cell[n][0]!r} ({probs[n, 0]:.2f})" for n in range(len(cell)))
+    actual = " ".join(repr(t) for t in result.actual_tokens[ref.position])
+    return [f"{result.method} method — {predicted}", f"model's actual continuation: {actual}"]
+
+
+register_state_view(
+    StateView("future_lens", "Future Lens (t+1..t+4)", _future_view, order=20, describe=_future_describe)
 )
