@@ -152,15 +152,20 @@ class Report:
             raise ValueError(f"report {folder.name} is corrupt or truncated: {exc}") from exc
         if not isinstance(document, dict) or document.get("format") != FORMAT_VERSION:
             raise ValueError(f"report {folder.name} has an unknown format")
+        entries = document.get("results")
+        if not isinstance(entries, list) or not entries or not isinstance(document.get("meta", {}), dict):
+            raise ValueError(f"report {folder.name} is corrupt: report.json has no results list")
         results = []
-        for i, entry in enumerate(document["results"]):
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or not {"probe", "data"} <= set(entry):
+                raise ValueError(f"report {folder.name} is corrupt: result {i} lacks its probe or data")
             mine = {
                 key.split("/", 1)[1]: value for key, value in arrays.items() if key.split("/", 1)[0] == str(i)
             }
             payload = {"probe": entry["probe"], "data": entry["data"], "arrays": mine}
             try:
                 results.append(Result.from_dict(payload))
-            except (TypeError, KeyError) as exc:
+            except (TypeError, KeyError, AttributeError, IndexError) as exc:
                 raise ValueError(f"report {folder.name} is corrupt: {exc}") from exc
         return cls(results=results, meta=document.get("meta", {}))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from typing import Any, get_args, get_origin, get_type_hints
@@ -19,10 +20,15 @@ def config_form(config_cls: type[Config], key: str, session: Any | None = None) 
     """Widgets for every field of ``config_cls``; returns the config or None (error shown)."""
     hints = get_type_hints(config_cls)
     values: dict[str, Any] = {}
+    # LENSLAB_FAST_CONFIGS=1 (set by the browser tests) starts every form at Config.fast_for_tests().
+    fast = config_cls.fast_for_tests() if os.environ.get("LENSLAB_FAST_CONFIGS") == "1" else None
     for f in dataclasses.fields(config_cls):
         if f.metadata.get("hidden"):
+            if fast is not None:
+                values[f.name] = getattr(fast, f.name)
             continue
-        values[f.name] = _field_widget(f, hints[f.name], f"{key}:{f.name}", session)
+        start = getattr(fast, f.name) if fast is not None else dataclasses.MISSING
+        values[f.name] = _field_widget(f, hints[f.name], f"{key}:{f.name}", session, start)
     try:
         config = config_cls(**values)
         if session is not None:
@@ -33,10 +39,14 @@ def config_form(config_cls: type[Config], key: str, session: Any | None = None) 
     return config
 
 
-def _field_widget(f: dataclasses.Field, tp: Any, key: str, session: Any | None) -> Any:
+def _field_widget(
+    f: dataclasses.Field, tp: Any, key: str, session: Any | None, start: Any = dataclasses.MISSING
+) -> Any:
     label = f.name.replace("_", " ")
     help_text = f.metadata.get("help")
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if start is not dataclasses.MISSING:
+        default = start
     choices = f.metadata.get("choices")
     origin = get_origin(tp)
     if choices is not None or origin is typing.Literal:

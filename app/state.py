@@ -18,7 +18,7 @@ import streamlit as st
 import torch
 
 from lenslab.analyses.report import Report, default_report_name, report_meta, resolve_in
-from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline
+from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline, guards
 from lenslab.models.paths import reports_dir
 from lenslab.probes import Cancelled, Result
 
@@ -140,8 +140,12 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             bar.progress(min(max(float(fraction), 0.0), 1.0), text=message or None)
 
         try:
-            value = job(progress)
+            limited = guards.time_limited(progress, guards.time_limit_s(guards.DEFAULT_APP_TIME_LIMIT_S))
+            with guards.oom_guard(label):
+                value = job(limited)
         except USER_ERRORS as exc:
+            if isinstance(exc, guards.OutOfMemory | Cancelled):
+                guards.release_memory()
             status.update(label=f"{label}: stopped", state="error", expanded=True)
             st.error(str(exc))
             return None
@@ -200,3 +204,25 @@ def save_report(results: list[Result], session_: ModelSession | None, key: str) 
         st.error(f"Could not write the report: {exc}")
         return
     st.success(f"Saved report {path.name} (open it on the Reports page)")
+
+
+def _leave_legacy_pages_mode() -> None:
+    """Switch Streamlit out of its legacy ``pages/`` mode when a page file was run as a script.
+
+    Streamlit sees the ``app/pages/`` folder beside ``main.py`` and, until the first run of
+    ``main.py`` calls ``st.navigation``, serves a fresh server's first visitor of a deep link
+    (``/reports``) by executing ``app/pages/reports.py`` on its own: a blank page with a wrong
+    sidebar. Every page imports this module, so here the flag is cleared and the run restarted,
+    which then goes through ``main.py`` and its ``st.navigation`` like any later visit.
+    """
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+    except ImportError:  # a future Streamlit without the legacy mode
+        return
+    if PagesManager.uses_pages_directory and get_script_run_ctx(suppress_warning=True) is not None:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_legacy_pages_mode()

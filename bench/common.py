@@ -28,7 +28,11 @@ def timeit(fn: Callable[[], object], repeat: int = 7, warmup: int = 2) -> float:
 
 
 def compare(fns: dict[str, Callable[[], object]], repeat: int = 7, warmup: int = 1) -> dict[str, float]:
-    """Median times of several functions measured interleaved (robust to a shared, noisy CPU)."""
+    """Best (minimum) times of several functions, measured interleaved.
+
+    On a shared, noisy CPU the minimum is the least-disturbed run of each; interleaving makes load
+    changes hit every function alike, so the ratios stay meaningful.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -40,7 +44,7 @@ def compare(fns: dict[str, Callable[[], object]], repeat: int = 7, warmup: int =
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def machine() -> str:

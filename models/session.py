@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslab.models import loading
+from lenslab.models import guards, loading
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -266,9 +266,15 @@ class ModelSession:
         unknown = [n for n in wanted if n not in self.bridge.hook_dict]
         if unknown:
             raise ValueError(f"unknown hook point(s) {unknown} for {self.model_id}")
-        with self.lock, torch.inference_mode():
+        guards.check_run(
+            self, int(tokens.shape[-1]), wanted, batch=int(tokens.shape[0]) if tokens.ndim > 1 else 1
+        )
+        with self.lock, torch.inference_mode(), guards.oom_guard("the forward pass"):
             if wanted:
                 logits, cache = self.bridge.run_with_cache(tokens, names_filter=wanted)
+                skipped = [n for n in wanted if n not in cache.cache_dict]
+                if skipped:  # gated-off hook points exist in hook_dict but never fire
+                    raise ValueError(f"hook point(s) {skipped} are not computed by {self.model_id}")
                 activations = {n: cache[n] for n in wanted}
             else:
                 logits, activations = self.bridge(tokens), {}
@@ -299,6 +305,13 @@ def validate_prompt(prompt: Any) -> str:
         raise ValueError("the prompt is empty: type some text to analyse")
     if "\x00" in prompt:
         raise ValueError("the prompt contains a NUL character; remove control characters")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates crash the tokenizer with a TypeError
+        raise ValueError(
+            f"the prompt contains a character that is not valid text ({exc.object[exc.start]!r} at "
+            f"position {exc.start}); remove it"
+        ) from None
     return prompt
 
 

@@ -68,6 +68,14 @@ class Config:
             if choices is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
 
+    @classmethod
+    def fast_for_tests(cls) -> Config:
+        """Cheap settings for the reliability tests (fuzz, concurrency, browser); default: the defaults.
+
+        Probes whose defaults take long on the embedded model override this with smaller sizes.
+        """
+        return cls()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (configs hold no arrays)."""
         return to_plain(self, {}, "config")

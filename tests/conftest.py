@@ -48,3 +48,16 @@ def lenslab_home(tmp_path, monkeypatch):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "models").symlink_to(real_models, target_is_directory=True)
     return tmp_path / "home"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Print the reliability figures (issue 9) collected by the reliability tests, if any ran."""
+    from e2e_support import STATS
+
+    if STATS.empty():
+        return
+    terminalreporter.section("reliability figures")
+    for line in STATS.lines():
+        terminalreporter.write_line(line)
+    failed = len(terminalreporter.stats.get("failed", [])) + len(terminalreporter.stats.get("error", []))
+    terminalreporter.write_line(f"failed tests in this run: {failed}")

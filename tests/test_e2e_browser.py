@@ -1,0 +1,243 @@
+"""Real-browser end-to-end tests: Debian's Chromium (via Playwright) against a real `streamlit run`.
+
+For every page the app discovers: load it, type a prompt, press its run button, see a plotly figure
+render, save a report, and find it on the Reports page. The prompt carries an HTML/JS payload, so
+each page also shows that token text is never executed. Screenshots and the server log go to
+``tests/_artifacts/`` on failure. Skipped (with the reason) only when Chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from e2e_support import (
+    CHROMIUM,
+    STATS,
+    exceptions_on,
+    launch_chromium,
+    save_server_log,
+    screenshot,
+    start_app,
+)
+from e2e_support import errors_on as page_errors
+from e2e_support import wait_idle as idle
+
+from lenslab.app.pages import discover
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"),
+]
+
+# Harmless-looking for the model, hostile for a renderer: if any of it is executed, window.__xss is set.
+PROMPT = 'The <b>Eiffel</b> Tower "><img src=x onerror="window.__xss=1"> is in the city of'
+FAKE_TOKEN = "hf_e2eFakeTokenDoNotLog0123456789"
+PREPARE_WORDS = re.compile(r"^\W*(fit|train|prepare)\b", re.IGNORECASE)
+PAGES = [m for m in discover() if m.URL != "reports"]
+LOAD_TIMEOUT_S = 240
+RUN_TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One app server for the module, with its own reports folder and a fake secret in its env."""
+    env = {"HF_TOKEN": FAKE_TOKEN, "LENSLAB_FAST_CONFIGS": "1"}  # forms start at fast_for_tests()
+    env["LENSLAB_TIME_LIMIT_S"] = str(RUN_TIMEOUT_S - 30)  # a runaway run ends with a message
+    app = start_app(tmp_path_factory.mktemp("e2e"), extra_env=env)
+    yield app
+    app.stop()
+    assert FAKE_TOKEN not in app.log(), "the server printed a secret from its environment"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server, request):
+    """A fresh page; on failure a screenshot and the server log are kept under tests/_artifacts."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    tab.dialogs = []
+    tab.on("dialog", lambda dialog: (tab.dialogs.append(dialog.message), dialog.dismiss()))
+    yield tab
+    context.close()
+
+
+@pytest.fixture(autouse=True)
+def _keep_evidence(request, server):
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        save_server_log(server, request.node.name)
+
+
+def _open(page, server, url_path: str) -> None:
+    """Open a page by its URL (a deep link, as from a bookmark) and wait for its run to finish."""
+    page.goto(f"{server.url}/{url_path}", wait_until="domcontentloaded")
+    page.locator("h1").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+    idle(page, timeout_s=LOAD_TIMEOUT_S)
+    assert not page.get_by_text("Page not found").count(), f"/{url_path}: 'Page not found'"
+    nav = page.locator("[data-testid='stSidebarNav'] a")
+    hrefs = [nav.nth(i).get_attribute("href") or "" for i in range(nav.count())]
+    default = url_path == discover()[0].URL  # the default page is served at "/"
+    listed = any(h.endswith(f"/{url_path}") or (default and h.rstrip("/") == server.url) for h in hrefs)
+    assert listed, f"/{url_path} is not in the navigation {hrefs}"
+
+
+def _no_crash(page) -> None:
+    assert not exceptions_on(page), f"traceback shown: {exceptions_on(page)}"
+    assert page.evaluate("() => window.__xss") is None, "a script from the prompt ran"
+    assert not page.dialogs, f"a dialog fired: {page.dialogs}"
+
+
+def _run_button(page):
+    """The page's main action: the first visible, enabled primary button that is not a preparation step."""
+    buttons = page.locator(
+        "[data-testid='stBaseButton-primary']:visible, [data-testid='stBaseButton-primaryFormSubmit']:visible"
+    )
+    for i in range(buttons.count()):
+        button = buttons.nth(i)
+        text = button.inner_text().strip()
+        if button.is_enabled() and not PREPARE_WORDS.match(text):
+            return button, text
+    texts = [buttons.nth(i).inner_text().strip() for i in range(buttons.count())]
+    return None, texts
+
+
+DONE = re.compile(r": done in [0-9.]+ s")
+
+
+def _status_texts(page) -> list[str]:
+    """Texts of the run_with_status boxes that say "done in … s"."""
+    labels = page.get_by_text(DONE)
+    return [labels.nth(i).inner_text() for i in range(labels.count())]
+
+
+def _wait_for_run(page, before: list[str]) -> None:
+    """After a click: wait until the script ran and settled, with a new status, an error or a traceback."""
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    saw_running, calm_since = False, None
+    while time.monotonic() < deadline:
+        if page.locator("[data-testid='stStatusWidget']").count():
+            saw_running, calm_since = True, None
+        else:
+            calm_since = calm_since or time.monotonic()
+            changed = _status_texts(page) != before or page_errors(page) or exceptions_on(page)
+            if (saw_running or changed) and time.monotonic() - calm_since > 1.5:
+                return
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"the run did not finish within {RUN_TIMEOUT_S} s")
+
+
+def _figure_rendered(page) -> bool:
+    """Whether a plotly figure is in the page (plotly.js loads lazily: give it time)."""
+    try:
+        page.locator(".js-plotly-plot .main-svg").first.wait_for(state="attached", timeout=60_000)
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("module", PAGES, ids=lambda m: m.URL)
+def test_page_runs_renders_and_saves(module, page, server):
+    try:
+        _open(page, server, module.URL)
+        _no_crash(page)
+        prompt = page.locator("textarea[aria-label='Prompt']:visible")
+        if prompt.count():
+            prompt.first.fill(PROMPT)
+            prompt.first.press("Tab")  # commit the value before pressing the button
+            idle(page)
+        button, label = _run_button(page)
+        if button is None:
+            STATS.note(f"browser: page {module.URL} offers only {label} until its artefacts are prepared")
+            pytest.skip(f"page {module.URL} has no runnable action before preparation (buttons: {label})")
+        before = _status_texts(page)
+        button.click()
+        _wait_for_run(page, before)
+        _no_crash(page)
+        assert not page_errors(page), f"{module.URL}: {label!r} showed errors {page_errors(page)}"
+        assert _figure_rendered(page), f"{module.URL}: no plotly figure after {label!r}"
+        STATS.add("browser_pages")
+
+        title = f"e2e {module.URL} {int(time.time())}"
+        save = page.get_by_role("button", name=re.compile("Save report"))
+        assert save.count(), f"{module.URL}: no 'Save report' button after a run"
+        title_box = page.locator("input[aria-label='Report title']:visible").first
+        title_box.fill(title)
+        title_box.press("Tab")
+        save.first.click()
+        page.get_by_text("Saved report").first.wait_for(state="visible", timeout=120_000)
+        _no_crash(page)
+
+        _open(page, server, "reports")
+        _no_crash(page)
+        page.get_by_text(title).first.wait_for(state="visible", timeout=30_000)
+        STATS.add("browser_reports")
+        STATS.add("reports_checked")
+        STATS.add("xss_blocked")
+    except Exception:
+        screenshot(page, f"e2e-{module.URL}")
+        save_server_log(server, f"e2e-{module.URL}")
+        raise
+
+
+def test_reports_page_opens_a_saved_report(page, server, tiny_gemma):
+    """A report saved by the API is listed, opens (figures re-rendered) and its prompt stays text."""
+    from lenslab.analyses.report import Report, report_meta
+    from lenslab.probes import LogitLens, LogitLensConfig
+
+    result = LogitLens().run(tiny_gemma, PROMPT, LogitLensConfig(k=3))
+    Report([result], report_meta([result], tiny_gemma, "e2e opened report")).save(server.reports / "opened")
+    try:
+        _open(page, server, "reports")
+        page.get_by_text("e2e opened report").first.click()
+        page.get_by_text("Open").first.wait_for(state="visible")
+        page.locator("[data-testid='stCheckbox'], [data-testid='stToggle']").first.click()
+        idle(page)
+        page.locator(".js-plotly-plot").first.wait_for(state="attached", timeout=60_000)
+        _no_crash(page)
+        STATS.add("reports_checked")
+        STATS.add("xss_blocked")
+    except Exception:
+        screenshot(page, "e2e-reports-open")
+        raise
+
+
+def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server):
+    """An empty prompt gives a message (no traceback); the next good run on the same page works."""
+    try:
+        _open(page, server, "logit-lens")
+        prompt = page.locator("textarea[aria-label='Prompt']").first
+        prompt.fill("   ")
+        prompt.press("Tab")
+        idle(page)
+        before = _status_texts(page)
+        page.get_by_role("button", name="Run").first.click()
+        _wait_for_run(page, before)
+        assert any("empty" in e for e in page_errors(page)), page_errors(page)
+        _no_crash(page)
+        prompt.fill("Paris is the capital of")
+        prompt.press("Tab")
+        idle(page)
+        before = _status_texts(page)
+        page.get_by_role("button", name="Run").first.click()
+        _wait_for_run(page, before)
+        assert _figure_rendered(page)
+        assert not page_errors(page)
+        _no_crash(page)
+    except Exception:
+        screenshot(page, "e2e-bad-input")
+        raise
