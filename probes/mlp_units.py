@@ -24,6 +24,11 @@ from lenslab.probes.state_inspector import StateRef, StateView, register_state_v
 class MLPUnitsConfig(Config):
     """Which state and how many units."""
 
+    @classmethod
+    def fast_for_tests(cls) -> MLPUnitsConfig:
+        """Small settings for the reliability tests."""
+        return cls(layer=0)
+
     layer: int = field(default=6, metadata={"help": "layer whose MLP units are read", "min": 0})
     position: int = field(default=-1, metadata={"help": "token position (-1: last)"})
     k: int = field(default=12, metadata={"help": "units shown", "min": 1, "max": 200})

@@ -27,6 +27,11 @@ from lenslab.probes.state_inspector import StateRef, StateView, register_state_v
 class VSAReadoutConfig(Config):
     """Which state to read and the confidence threshold."""
 
+    @classmethod
+    def fast_for_tests(cls) -> VSAReadoutConfig:
+        """Small settings for the reliability tests."""
+        return cls(layer=0)
+
     layer: int = field(default=6, metadata={"help": "layer of the state", "min": 0})
     position: int = field(default=-1, metadata={"help": "token position (-1: last)"})
     threshold: float = field(default=0.8, metadata={"help": "act only above this operation score"})

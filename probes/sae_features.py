@@ -260,6 +260,11 @@ def _mean_ce(logits: torch.Tensor, tokens: torch.Tensor) -> float:
 class SAEFeatureConfig(Config):
     """Which feature to show, and the corpus its dashboard is built from."""
 
+    @classmethod
+    def fast_for_tests(cls) -> SAEFeatureConfig:
+        """Small settings for the reliability tests."""
+        return cls(n_seq=8, context_size=16)
+
     sae: str = field(
         default=DEFAULT_SAE,
         metadata={"help": "'default', 'trained:<name>', 'pretrained:<release>/<sae_id>' or an SAE folder"},

@@ -142,6 +142,11 @@ class SharedNeuronsConfig(Config):
     )
     batch_size: int = field(default=8, metadata={"help": "prompts per forward pass", "min": 1, "max": 256})
 
+    @classmethod
+    def fast_for_tests(cls) -> SharedNeuronsConfig:
+        """Small settings for the reliability tests."""
+        return cls(n_prompts=4, causal=False)
+
     def validate(self, session: ModelSession) -> None:
         """Check numbers, that the sets resolve, and that k fits the MLP width."""
         super().validate(session)
