@@ -45,15 +45,7 @@ def render() -> None:
                 else:
                     st.rerun()
             if opened:
-                try:
-                    report = Report.load(entry.path)
-                except (ValueError, FileNotFoundError) as exc:
-                    st.error(f"Cannot open this report: {exc}")
-                    continue
-                for command in report.meta.get("rerun", []):
-                    st.code(command, language="bash")
-                for i, result in enumerate(report.results):
-                    show_result(result, f"report:{entry.name}:{i}")
+                _show_report(entry, "report")
 
 
 def _compare(entries) -> None:
@@ -67,13 +59,18 @@ def _compare(entries) -> None:
         with column:
             st.subheader(entry.title)
             st.caption(f"{entry.model} · {entry.created}")
-            try:
-                report = Report.load(entry.path)
-            except (ValueError, FileNotFoundError) as exc:
-                st.error(f"Cannot open this report: {exc}")
-                continue
-            for command in report.meta.get("rerun", []):
-                st.code(command, language="bash")
-            for i, result in enumerate(report.results):
-                show_result(result, f"cmp:{entry.name}:{i}")
+            _show_report(entry, "cmp")
     st.divider()
+
+
+def _show_report(entry, key: str) -> None:
+    """Re-render a saved report from its data (no model needed), with its re-run commands."""
+    try:
+        report = Report.load(entry.path)
+    except (ValueError, FileNotFoundError) as exc:
+        st.error(f"Cannot open this report: {exc}")
+        return
+    for command in report.meta.get("rerun", []):
+        st.code(command, language="bash")
+    for i, result in enumerate(report.results):
+        show_result(result, f"{key}:{entry.name}:{i}")
