@@ -99,7 +99,7 @@ class JacobianConfig(Config):
     @classmethod
     def fast_for_tests(cls) -> JacobianConfig:
         """Small settings for the reliability tests."""
-        return cls(max_tokens=24, layer_sweep=False, n_components=2)
+        return cls(max_tokens=48, layer_sweep=False, n_components=2)
 
     def validate(self, session: ModelSession) -> None:
         """Check the architecture, the layer and the sizes against the model."""
