@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -13,36 +13,7 @@ from plotly.subplots import make_subplots
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Result
 from lenslab.probes.plotting import label
-from lenslab.probes.shared_neurons_stats import (  # noqa: F401 - re-exported
-    Overlap,
-    expected_overlap,
-    overlap_p_value,
-    overlap_stats,
-    top_units,
-    total_overlap_p_value,
-)
-from lenslab.probes.shared_neurons_units import (  # noqa: F401 - re-exported
-    AnswerScores,
-    EncodedItem,
-    UnitStats,
-    answer_scores,
-    check_same_architecture,
-    describe_architecture,
-    encode_items,
-    head_hook,
-    head_output_weight,
-    intervention_hooks,
-    mlp_hook,
-    mlp_width,
-    perturbed_weights,
-    unit_groups,
-    unit_output_weight,
-    unit_scores,
-    unit_statistics,
-)
-
-if TYPE_CHECKING:
-    pass
+from lenslab.probes.shared_neurons_units import mlp_width
 
 PERTURBED = "perturbed"
 CONDITIONS = ("none", "shared", "A-only", "B-only", "random")
