@@ -228,6 +228,19 @@ class ModelSession:
         return position % seq_len
 
     # ---------------------------------------------------------------------------------- running
+    @property
+    def hook_names(self) -> frozenset[str]:
+        """Every hook point name (aliases included), computed once per session.
+
+        The bridge rebuilds ``hook_dict`` on each access (≈4 ms for Gemma 3 270M); checking 18
+        names against it one by one cost more than the forward pass it guarded.
+        """
+        names = self.__dict__.get("_hook_names")
+        if names is None:
+            names = frozenset(self.bridge.hook_dict)
+            self.__dict__["_hook_names"] = names
+        return names
+
     @contextmanager
     def hooks(
         self,
@@ -239,8 +252,9 @@ class ModelSession:
         Hook functions follow TransformerLens' signature ``fn(tensor, *, hook)``. Yields the
         bridge so the caller can run forwards while the hooks are live.
         """
+        known = self.hook_names
         for name, _ in [*fwd_hooks, *bwd_hooks]:
-            if isinstance(name, str) and name not in self.bridge.hook_dict:
+            if isinstance(name, str) and name not in known:
                 raise ValueError(f"unknown hook point {name!r} for {self.model_id}")
         with self.lock:
             try:
@@ -263,7 +277,8 @@ class ModelSession:
         """
         tokens = self.tokenize(prompt, prepend_bos=prepend_bos) if isinstance(prompt, str) else prompt
         wanted = list(dict.fromkeys(names))
-        unknown = [n for n in wanted if n not in self.bridge.hook_dict]
+        known = self.hook_names
+        unknown = [n for n in wanted if n not in known]
         if unknown:
             raise ValueError(f"unknown hook point(s) {unknown} for {self.model_id}")
         guards.check_run(

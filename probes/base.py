@@ -13,11 +13,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
 
 import numpy as np
+import typeguard
 
 from lenslab.probes.serialize import from_plain, to_plain
+
+ALL_ITEMS = typeguard.CollectionCheckStrategy.ALL_ITEMS
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -52,8 +55,29 @@ class Config:
         """Raise ``ValueError`` if this config cannot run on ``session``."""
         self.check_numbers()
 
+    def check_types(self) -> None:
+        """Reject values of the wrong type (``"3"`` for an int, ``True`` for a number, 2.5 for an int).
+
+        Configs are frozen dataclasses built from forms, the CLI, notebooks and saved reports; a
+        wrong type would otherwise surface deep inside a probe as an unrelated error.
+        """
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            if isinstance(value, bool | np.bool_) and hint is not bool:
+                raise ValueError(f"{f.name} must be {_type_name(hint)}, got the boolean {value!r}")
+            if hint is float and isinstance(value, int):
+                continue  # an int is a fine float
+            try:
+                typeguard.check_type(value, hint, collection_check_strategy=ALL_ITEMS)
+            except typeguard.TypeCheckError:
+                raise ValueError(
+                    f"{f.name} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
+                ) from None
+
     def check_numbers(self) -> None:
-        """Reject NaN/inf and values outside the ``min``/``max``/``choices`` in field metadata."""
+        """Check types, then reject NaN/inf and values outside the ``min``/``max``/``choices`` metadata."""
+        self.check_types()
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -88,6 +112,11 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (configs are frozen)."""
         return dataclasses.replace(self, **changes)
+
+
+def _type_name(hint: Any) -> str:
+    """``int``, ``tuple[int, ...]``, ``str | None`` — how a type reads in an error message."""
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,28 @@ def test_builtin_logit_lens_registered():
         ({"scale": float("nan")}, "finite"),
         ({"scale": float("inf")}, "finite"),
         ({"mode": "z"}, "one of"),
+        ({"k": "3"}, "k must be int, got str '3'"),
+        ({"k": 2.5}, "k must be int, got float"),
+        ({"k": True}, "k must be int, got the boolean"),
+        ({"scale": "1"}, "scale must be float"),
+        ({"mode": 1}, "mode must be str"),
+        ({"layers": (1, "2")}, "layers must be"),
+        ({"layers": [1, 2]}, "layers must be"),
     ],
 )
 def test_config_rejects_bad_numbers(kwargs, message):
     with pytest.raises(ValueError, match=message):
         _Cfg(**kwargs).check_numbers()
+
+
+def test_config_accepts_well_typed_values():
+    """An int for a float, None for an optional, and every built-in probe's own configs pass."""
+    _Cfg(scale=2, layers=None).check_numbers()
+    _Cfg(layers=(1, 2)).check_numbers()
+    for name in registered_probes():
+        probe = get_probe(name)
+        probe.default_config().check_numbers()
+        probe.config_cls.fast_for_tests().check_numbers()
 
 
 def test_config_round_trip_and_unknown_keys():

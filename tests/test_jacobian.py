@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -15,8 +17,8 @@ from lenslab.probes.jacobian_linear import (
     contributions,
     func_vjp_rows,
     jacobian,
+    krylov_svd,
     layer_sweep,
-    randomized_svd,
 )
 
 PROMPT = "the cat sat on"
@@ -52,9 +54,9 @@ def test_adjoint_equals_autograd(linear64):
     reference = torch.autograd.functional.jacobian(lambda x: fn(x[None])[0], inputs[0], vectorize=True)
     assert torch.allclose(jacobian(model, inputs, target, -1), reference, atol=1e-12, rtol=0)
     cotangents = torch.randn(5, session.d_model, dtype=torch.float64)
-    rows = model.adjoint(cotangents, target, coefficients.seq_len - 1, coefficients.seq_len)
+    rows = model.adjoint(cotangents, target, coefficients.seq_len - 1)
     assert torch.allclose(rows, func_vjp_rows(fn, inputs, cotangents), atol=1e-12, rtol=0)
-    several = model.adjoint_layers(cotangents[:2], [0, 1], coefficients.seq_len - 1, coefficients.seq_len)
+    several = model.adjoint_layers(cotangents[:2], [0, 1], coefficients.seq_len - 1)
     assert torch.allclose(several[1], rows[1], atol=1e-12, rtol=0)
 
 
@@ -73,21 +75,70 @@ def test_contributions_match_jacobian(linear64):
             assert torch.allclose(total, coefficients.outputs[target][0, position], atol=1e-10)
 
 
-def test_randomized_svd_matches_exact(linear64):
-    """Block-Krylov SVD of J and of one J_i equals the exact singular values when the basis spans J."""
+def test_krylov_svd_matches_exact(linear64):
+    """Lanczos SVD of J, of J at an earlier position and of one J_i equals the exact singular values."""
+    _session, coefficients, model = linear64
+    inputs = coefficients.inputs
+    for position in (-1, 2):
+        full = jacobian(model, inputs, "ln_final.hook_out", position)
+        exact = torch.linalg.svdvals(full.reshape(full.shape[0], -1))
+        top = krylov_svd(model, inputs, "ln_final.hook_out", position, rank=4, block=3, tol=1e-12)
+        assert top.converged
+        assert torch.allclose(top.s, exact[:4], rtol=1e-8)
+        assert torch.allclose(top.vh @ top.vh.T, torch.eye(4, dtype=torch.float64), atol=1e-10)
+        # right vectors live on the full sequence (zero after the target position) and are J's
+        flat = full.reshape(full.shape[0], -1)
+        assert torch.allclose(top.vh @ flat.T @ top.u, torch.diag(top.s), atol=1e-8)
+    full = jacobian(model, inputs, "ln_final.hook_out", -1)
+    for token in (0, coefficients.seq_len - 1):
+        exact_token = torch.linalg.svdvals(full[:, token])
+        top = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=3, block=4, tol=1e-12, token=token)
+        assert torch.allclose(top.s, exact_token[:3], rtol=1e-8)
+
+
+def test_krylov_svd_stops_within_tolerance(linear64):
+    """With a loose tolerance it stops early, and its error estimate bounds the real error."""
     _session, coefficients, model = linear64
     inputs = coefficients.inputs
     full = jacobian(model, inputs, "ln_final.hook_out", -1)
     exact = torch.linalg.svdvals(full.reshape(full.shape[0], -1))
-    _, s, vh = randomized_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=8, iterations=4)
-    assert torch.allclose(s, exact[:4], rtol=1e-8)
-    assert torch.allclose(vh @ vh.T, torch.eye(4, dtype=torch.float64), atol=1e-10)
-    token = coefficients.seq_len - 1
-    exact_token = torch.linalg.svdvals(full[:, token])
-    _, s_token, _ = randomized_svd(
-        model, inputs, "ln_final.hook_out", -1, rank=3, block=8, iterations=4, token=token
-    )
-    assert torch.allclose(s_token, exact_token[:3], rtol=1e-8)
+    loose = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-3)
+    tight = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-12)
+    assert loose.converged and loose.error_estimate <= 1e-3
+    assert loose.products < tight.products
+    assert float(((loose.s - exact[:4]).abs() / exact[:4]).max()) < 1e-3
+    with pytest.raises(ValueError, match="at or before"):
+        krylov_svd(model, inputs, "ln_final.hook_out", 1, token=3)
+
+
+def test_krylov_svd_is_scale_free(linear64):
+    """Scaling J by 1e-4 scales the singular values and changes nothing else (same stopping point).
+
+    Guards the stopping rule against mixing absolute and relative residuals: per-token J_i of the
+    embedded model have σ ≈ 0.03, the stacked J σ ≈ 10.
+    """
+    _session, coefficients, model = linear64
+    inputs = coefficients.inputs
+    scaled = model.window(0, coefficients.seq_len)
+    scaled.final_norm = dataclasses.replace(scaled.final_norm, factor=scaled.final_norm.factor * 1e-4)
+    plain = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-3)
+    small = krylov_svd(scaled, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-3)
+    assert small.products == plain.products
+    assert small.error_estimate == pytest.approx(plain.error_estimate, rel=1e-6)
+    assert torch.allclose(small.s, plain.s * 1e-4, rtol=1e-9)
+
+
+def test_window_is_exact(linear64):
+    """The operator on a window of positions gives the same target values and transpose rows."""
+    session, coefficients, model = linear64
+    inputs = coefficients.inputs
+    target = target_hook(session, 1, "mlp")
+    full = jacobian(model, inputs, target, 2)
+    windowed = jacobian(model.window(0, 3), inputs[:, :3], target, 2)
+    assert torch.allclose(windowed, full[:, :3], atol=1e-12, rtol=0)
+    assert float(full[:, 3:].abs().max()) == 0.0  # causal: later tokens do not reach position 2
+    with pytest.raises(ValueError, match="outside"):
+        model.window(2, 99)
 
 
 def test_layer_sweep_estimates(linear64):
@@ -244,12 +295,13 @@ def test_embedded_float32_reconstruction(embedded_session):
 
 
 def test_fused_mlp_adjoint_matches(linear64, monkeypatch):
-    """The per-position fused MLP adjoint (used for large batches) equals the unfused one."""
-    import lenslab.probes.jacobian_linear as jl
+    """The per-position fused MLP transpose (used for many rows) equals the unfused one."""
+    import lenslab.probes.jacobian_operator as operator
 
     session, coefficients, model = linear64
-    target = target_hook(session, 1, "resid")
-    plain = jacobian(model, coefficients.inputs, target, -1)
-    monkeypatch.setattr(jl, "FUSE_MLP_ROWS", 1)
-    fused = jacobian(model, coefficients.inputs, target, -1, chunk=7)
-    assert torch.allclose(fused, plain, atol=1e-12, rtol=0)
+    for target in (target_hook(session, 1, "resid"), "ln_final.hook_out"):
+        monkeypatch.setattr(operator, "FUSE_MARGIN", float("inf"))
+        plain = jacobian(model, coefficients.inputs, target, -1)
+        monkeypatch.setattr(operator, "FUSE_MARGIN", 0.0)
+        fused = jacobian(model, coefficients.inputs, target, -1, chunk=7)
+        assert torch.allclose(fused, plain, atol=1e-12, rtol=0)

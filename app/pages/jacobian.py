@@ -33,4 +33,10 @@ def render() -> None:
     )
     (st.success if error < bound else st.warning)(message)
     timings = " · ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
-    st.caption(f"Time: {timings}")
+    svd = (
+        f"SVD: J built from {result.svd_products} adjoint rows, exact"
+        if result.svd_error_estimate == 0.0
+        else f"SVD: matrix-free, {result.svd_products} J·v / Jᵀ·u products, singular values within "
+        f"≈{result.svd_error_estimate:.0e} (relative, estimated from the residuals)"
+    )
+    st.caption(f"Time: {timings}. {svd}.")
