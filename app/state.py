@@ -140,9 +140,9 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             bar.progress(min(max(float(fraction), 0.0), 1.0), text=message or None)
 
         try:
-            limited = guards.time_limited(progress, guards.time_limit_s(guards.DEFAULT_APP_TIME_LIMIT_S))
-            with guards.oom_guard(label):
-                value = job(limited)
+            limit = guards.time_limit_s(guards.DEFAULT_APP_TIME_LIMIT_S)
+            with guards.oom_guard(label), guards.deadline(limit):
+                value = job(guards.time_limited(progress, limit))
         except USER_ERRORS as exc:
             if isinstance(exc, guards.OutOfMemory | Cancelled):
                 guards.release_memory()

@@ -11,7 +11,10 @@ Three guards, usable from probes, the app, the CLI and notebooks alike (no strea
   :class:`OutOfMemory` (a ``ValueError`` with a readable message) after freeing what it can.
 - **time limit** — :func:`time_limited` wraps a progress callback so that it raises ``Cancelled``
   once a request has run longer than ``$LENSLAB_TIME_LIMIT_S`` (or the limit given): a long job
-  stops cleanly at its next progress update, the same way a user's cancel does.
+  stops cleanly at its next progress update, the same way a user's cancel does. Inside
+  :func:`deadline` the same limit is also checked by :func:`check_deadline` before every forward
+  pass and hook context of a :class:`~lenslab.models.session.ModelSession`, so work that reports
+  progress rarely still stops within one forward of the limit.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -224,10 +228,44 @@ def time_limited(
 
     def limited(fraction: float, message: str = "") -> None:
         if clock() > deadline:
-            raise Cancelled(
-                f"stopped after the time limit of {float(limit_s):g} s ({TIME_LIMIT_ENV}); "
-                "pick smaller settings or raise the limit"
-            )
+            raise Cancelled(_limit_message(float(limit_s)))
         progress(fraction, message)
 
     return limited
+
+
+def _limit_message(limit_s: float) -> str:
+    return (
+        f"stopped after the time limit of {limit_s:g} s ({TIME_LIMIT_ENV}); pick smaller settings or raise "
+        "the limit"
+    )
+
+
+_Deadline = tuple[float, float, Callable[[], float]]  # (deadline, limit, clock)
+_DEADLINE: ContextVar[_Deadline | None] = ContextVar("lenslab_deadline", default=None)
+
+
+@contextmanager
+def deadline(limit_s: float | None, *, clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+    """Within this block, :func:`check_deadline` raises ``Cancelled`` once ``limit_s`` have passed.
+
+    A context variable, so each thread (each app session, each test worker) has its own; ``None``
+    or 0 sets no limit. Pair it with :func:`time_limited` on the progress callback.
+    """
+    if not limit_s:
+        yield
+        return
+    token = _DEADLINE.set((clock() + float(limit_s), float(limit_s), clock))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def check_deadline() -> None:
+    """Raise ``Cancelled`` if the enclosing :func:`deadline` has passed (called before each forward)."""
+    current = _DEADLINE.get()
+    if current is not None and current[2]() > current[0]:
+        from lenslab.probes.base import Cancelled  # lazy: probes import models, not the reverse
+
+        raise Cancelled(_limit_message(current[1]))

@@ -256,6 +256,7 @@ class ModelSession:
         for name, _ in [*fwd_hooks, *bwd_hooks]:
             if isinstance(name, str) and name not in known:
                 raise ValueError(f"unknown hook point {name!r} for {self.model_id}")
+        guards.check_deadline()
         with self.lock:
             try:
                 with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
@@ -284,6 +285,7 @@ class ModelSession:
         guards.check_run(
             self, int(tokens.shape[-1]), wanted, batch=int(tokens.shape[0]) if tokens.ndim > 1 else 1
         )
+        guards.check_deadline()
         with self.lock, torch.inference_mode(), guards.oom_guard("the forward pass"):
             if wanted:
                 logits, cache = self.bridge.run_with_cache(tokens, names_filter=wanted)

@@ -261,3 +261,24 @@ def test_app_without_limit_finishes(monkeypatch):
     at = AppTest.from_function(_status_app, args=("slow",), default_timeout=60).run()
     assert not at.exception and not at.error
     assert at.success[0].value == "finished"
+
+
+def test_deadline_stops_the_next_forward_and_leaves_the_model_clean(tiny_gemma):
+    """Inside ``deadline`` a forward after the limit raises ``Cancelled``; outside, runs are normal.
+
+    Covers work that reports progress rarely: the session checks the deadline before every forward
+    pass and every hook context.
+    """
+    now = [0.0]
+    before = tiny_gemma.run("abc def").logits
+    with guards.deadline(10, clock=lambda: now[0]):
+        tiny_gemma.run("abc def")  # within the limit
+        now[0] = 11.0
+        with pytest.raises(Cancelled, match="time limit of 10 s"):
+            tiny_gemma.run("abc def")
+        with pytest.raises(Cancelled), tiny_gemma.hooks():
+            pass
+    assert torch.equal(tiny_gemma.run("abc def").logits, before)
+    assert tiny_gemma.active_hook_count() == 0
+    with guards.deadline(None):
+        guards.check_deadline()  # no limit: nothing raised
