@@ -10,7 +10,8 @@ greedy tokens beyond its end). The causal methods feed those actual tokens after
 
 Direct projection and the fixed prompt need no training; the linear maps and learned prompts come
 from saved artefacts (``prepare_default_artefacts`` fits the linear maps once per model).
-Training and the evaluation live in ``future_lens_data``/``future_lens_methods``/``future_lens_eval``.
+Data, training and the evaluation live in ``future_lens_data``, ``future_lens_linear``,
+``future_lens_prompts`` and ``future_lens_eval``; ``future_lens_methods`` dispatches between methods.
 """
 
 from __future__ import annotations
@@ -27,17 +28,9 @@ from lenslab.models.session import ModelSession
 from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
 from lenslab.probes.future_lens_data import HORIZONS, DataSettings, build_dataset
 from lenslab.probes.future_lens_eval import FutureLensEvalConfig, FutureLensEvalResult, run_evaluation
-from lenslab.probes.future_lens_methods import (
-    DEFAULT_RIDGE,
-    METHODS,
-    Artefacts,
-    PromptTraining,
-    SoftPrompt,
-    ensure_linear,
-    method_topk,
-    soft_prompt_path,
-    train_soft_prompt,
-)
+from lenslab.probes.future_lens_linear import DEFAULT_RIDGE, ensure_linear
+from lenslab.probes.future_lens_methods import METHODS, Artefacts, method_topk
+from lenslab.probes.future_lens_prompts import PromptTraining, SoftPrompt, soft_prompt_path, train_soft_prompt
 from lenslab.probes.plotting import cell_state, label, unique_labels
 
 __all__ = [

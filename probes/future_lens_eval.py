@@ -21,7 +21,8 @@ from plotly.subplots import make_subplots
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register
 from lenslab.probes.future_lens_data import HORIZONS, DataSettings, FutureLensData, build_dataset
-from lenslab.probes.future_lens_methods import DEFAULT_RIDGE, Artefacts, ensure_linear, method_topk
+from lenslab.probes.future_lens_linear import DEFAULT_RIDGE, ensure_linear
+from lenslab.probes.future_lens_methods import Artefacts, method_topk
 
 COLOURS = {"direct": "#7f7f7f", "linear": "#1f77b4", "fixed": "#ff7f0e", "learned": "#2ca02c"}
 
