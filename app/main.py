@@ -3,11 +3,19 @@
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.pages import discover
+from lenslab.app.views import DEFAULT_URL, discover
 
 st.set_page_config(page_title="lenslab", page_icon="🔬", layout="wide")
 state.sidebar()
-pages = [
-    st.Page(module.render, title=module.TITLE, icon=module.ICON, url_path=module.URL) for module in discover()
-]
-st.navigation(pages).run()
+pages = {
+    module.URL: st.Page(
+        module.render,
+        title=module.TITLE,
+        icon=module.ICON,
+        url_path=module.URL,
+        default=module.URL == DEFAULT_URL,
+    )
+    for module in discover()
+}
+state.set_pages(pages)  # lets figures link to other pages (a clicked cell opens the inspector)
+st.navigation(list(pages.values())).run()

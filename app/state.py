@@ -204,25 +204,3 @@ def save_report(results: list[Result], session_: ModelSession | None, key: str) 
         st.error(f"Could not write the report: {exc}")
         return
     st.success(f"Saved report {path.name} (open it on the Reports page)")
-
-
-def _leave_legacy_pages_mode() -> None:
-    """Switch Streamlit out of its legacy ``pages/`` mode when a page file was run as a script.
-
-    Streamlit sees the ``app/pages/`` folder beside ``main.py`` and, until the first run of
-    ``main.py`` calls ``st.navigation``, serves a fresh server's first visitor of a deep link
-    (``/reports``) by executing ``app/pages/reports.py`` on its own: a blank page with a wrong
-    sidebar. Every page imports this module, so here the flag is cleared and the run restarted,
-    which then goes through ``main.py`` and its ``st.navigation`` like any later visit.
-    """
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-    except ImportError:  # a future Streamlit without the legacy mode
-        return
-    if PagesManager.uses_pages_directory and get_script_run_ctx(suppress_warning=True) is not None:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_leave_legacy_pages_mode()

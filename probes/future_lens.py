@@ -31,7 +31,7 @@ from lenslab.probes.future_lens_eval import FutureLensEvalConfig, FutureLensEval
 from lenslab.probes.future_lens_linear import DEFAULT_RIDGE, ensure_linear
 from lenslab.probes.future_lens_methods import METHODS, Artefacts, method_topk
 from lenslab.probes.future_lens_prompts import PromptTraining, SoftPrompt, soft_prompt_path, train_soft_prompt
-from lenslab.probes.plotting import cell_state, label, unique_labels
+from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
 
 __all__ = [
     "METHODS",
@@ -139,8 +139,6 @@ class FutureLensResult(Result):
                 text=text,
                 texttemplate="%{text}",
                 textfont={"size": 9},
-                customdata=hover,
-                hovertemplate="%{y} · %{x}<br>%{customdata}<extra></extra>",
                 colorscale="Blues",
                 zmin=0.0,
                 zmax=1.0,
@@ -160,6 +158,7 @@ class FutureLensResult(Result):
                 showscale=False,
             )
         )
+        add_clickable_cells(fig, x, y, hover)
         fig.update_layout(
             title=f"Future Lens ({self.method}): tokens t+1 … t+{horizon} decoded from each single state",
             xaxis={"title": "position · input token", "tickangle": -45},

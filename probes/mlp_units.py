@@ -13,11 +13,34 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float, Int
+from torch import Tensor
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
 from lenslab.probes.plotting import label
 from lenslab.probes.state_inspector import StateRef, StateView, register_state_view
+
+
+@dataclass(frozen=True)
+class StateActivation:
+    """One activation vector of a prompt, with the prompt's tokens and the resolved position."""
+
+    tokens: list[str]
+    position: int  # non-negative
+    vector: Float[Tensor, " width"]  # float32
+
+
+def read_state(session: ModelSession, prompt: str, hook: str, position: int) -> StateActivation:
+    """One forward caching only ``hook``; its activation at ``position`` (negative: from the end).
+
+    The lenses that look at a single vector of one state (these units, the VSA readout of
+    :mod:`lenslab.probes.neurosymbolic_state`) share it, so they resolve the position and label
+    the tokens the same way.
+    """
+    run = session.run(prompt, [hook])
+    position = session.check_position(position, int(run.tokens.shape[-1]))
+    tokens = session.decode_each(run.tokens[0].tolist())
+    return StateActivation(tokens, position, run.activations[hook][0, position].float())
 
 
 @dataclass(frozen=True)
@@ -89,19 +112,17 @@ class MLPUnits(Probe[MLPUnitsConfig, MLPUnitsResult]):
         """One forward with only the chosen layer's MLP hidden cached."""
         config.validate(session)
         layer = session.check_layer(config.layer)
-        hook = f"blocks.{layer}.mlp.out.hook_in"
-        run = session.run(prompt, [hook])
-        position = session.check_position(config.position, int(run.tokens.shape[-1]))
-        hidden = run.activations[hook][0, position].float()
+        state = read_state(session, prompt, f"blocks.{layer}.mlp.out.hook_in", config.position)
+        hidden = state.vector
         top = hidden.abs().topk(min(config.k, hidden.numel())).indices
         progress(1.0, "done")
         return MLPUnitsResult(
             model_id=session.model_id,
             prompt=prompt,
             config=config,
-            tokens=session.decode_each(run.tokens[0].tolist()),
+            tokens=state.tokens,
             layer=layer,
-            position=position,
+            position=state.position,
             units=to_numpy(top).astype(np.int64),
             values=to_numpy(hidden[top]).astype(np.float32),
             mean_abs=float(hidden.abs().mean()),
@@ -123,4 +144,4 @@ def _describe(result: MLPUnitsResult, ref: StateRef) -> list[str]:
 
 register_state_view(StateView("mlp_units", "MLP units", _view, order=50, describe=_describe))
 
-__all__ = ["MLPUnits", "MLPUnitsConfig", "MLPUnitsResult"]
+__all__ = ["MLPUnits", "MLPUnitsConfig", "MLPUnitsResult", "StateActivation", "read_state"]

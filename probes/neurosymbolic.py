@@ -15,8 +15,9 @@ steps. Step j (the j-th written digit, then the newline) gets its own decoded ve
 answer with the j-th digit's position unbound and cleaned up, plus a step atom — merged at the
 position that predicts token j. Greedy generation re-runs the sequence each step and applies
 the same merges at all earlier answer positions, so generation and the teacher-forced evaluation
-see identical interventions. See :mod:`lenslab.probes.neurosymbolic_model` for fitting and
-evaluation, :mod:`lenslab.probes.vsa` for the algebra.
+see identical interventions. See :mod:`lenslab.probes.neurosymbolic_model` for fitting,
+:mod:`lenslab.probes.neurosymbolic_readout` for reading out and evaluation, :mod:`lenslab.probes.vsa`
+for the algebra.
 
 Deviations from the paper (details in docs/notes/issue-7.md): operands below 100 by default
 instead of 1000 (CPU budget; configurable), a few hundred training problems instead of
@@ -38,17 +39,9 @@ import plotly.graph_objects as go
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register
-from lenslab.probes.neurosymbolic_model import (
-    FORMAT,
-    Artefact,
-    TrainConfig,
-    answer_tokens,
-    artefact_folder,
-    decoded_steps,
-    fit_artefact,
-    greedy_answer,
-    read_out,
-)
+from lenslab.probes.neurosymbolic_artefact import FORMAT, Artefact, TrainConfig, artefact_folder
+from lenslab.probes.neurosymbolic_model import fit_artefact
+from lenslab.probes.neurosymbolic_readout import answer_tokens, decoded_steps, greedy_answer, read_out
 from lenslab.probes.neurosymbolic_tasks import OPERATIONS, default_shots, few_shot_prompt, parse_problem
 from lenslab.probes.plotting import label
 

@@ -1,4 +1,4 @@
-r"""Fitting, saving, reading out and evaluating the neurosymbolic encoder/decoder.
+r"""Fitting the neurosymbolic encoder/decoder: the pipeline from tasks to a saved artefact.
 
 Pipeline (Dhanraj & Eliasmith 2025, scaled to a CPU and a 270M model):
 
@@ -24,336 +24,65 @@ position that predicts token j (p0 + j). Teacher forcing the true answer and che
 at every step is exactly greedy decoding's result (the merge at step j depends only on j), so
 exact match and cross-entropy come from one forward per problem. Tokenizers that merge digits
 (GPT-2) are refused with a clear message.
+
+The artefact and its storage live in :mod:`lenslab.probes.neurosymbolic_artefact`, reading out
+and evaluating in :mod:`lenslab.probes.neurosymbolic_readout`; both are re-exported here so
+existing imports from ``lenslab.probes.neurosymbolic_model`` keep working.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
-from torch import Tensor
 
-from lenslab.models.paths import artefacts_dir
 from lenslab.models.session import ModelSession
-from lenslab.probes.base import NO_PROGRESS, Config, Progress
-from lenslab.probes.neurosymbolic_fit import (
-    Collected,
-    LinearMap,
-    Merge,
-    collect,
-    mean_cosine,
-    ridge_path,
+from lenslab.probes.base import NO_PROGRESS, Progress
+from lenslab.probes.neurosymbolic_artefact import (
+    FORMAT,
+    Artefact,
+    TrainConfig,
+    artefact_folder,
+    model_slug,
 )
-from lenslab.probes.neurosymbolic_tasks import (
-    ALL_OPERATIONS,
-    OPERATIONS,
-    Problem,
-    generate_tasks,
-    n_digits_for,
-    solve,
+from lenslab.probes.neurosymbolic_fit import Collected, LinearMap, collect, mean_cosine, ridge_path
+from lenslab.probes.neurosymbolic_readout import (
+    Encoded,
+    Readout,
+    answer_tokens,
+    decoded_steps,
+    encode_prompts,
+    evaluate,
+    greedy_answer,
+    read_out,
+    readout_metrics,
 )
-from lenslab.probes.vsa import Codebook, ProblemReadout, digits_of
+from lenslab.probes.neurosymbolic_tasks import generate_tasks, n_digits_for
+from lenslab.probes.vsa import Codebook
 
 ALPHAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-FORMAT = 2
+
+__all__ = [
+    "ALPHAS",
+    "FORMAT",
+    "Artefact",
+    "Encoded",
+    "Readout",
+    "TrainConfig",
+    "answer_tokens",
+    "artefact_folder",
+    "decoded_steps",
+    "encode_prompts",
+    "evaluate",
+    "fit_artefact",
+    "greedy_answer",
+    "model_slug",
+    "read_out",
+    "readout_metrics",
+]
 
 
-@dataclass(frozen=True)
-class TrainConfig(Config):
-    """What the encoders/decoder are fitted on (part of the artefact's identity)."""
-
-    operations: tuple[str, ...] = field(default=ALL_OPERATIONS, metadata={"help": "task types"})
-    bound: int = field(default=100, metadata={"help": "operands are 0..bound-1", "min": 4, "max": 1000})
-    n_train_per_operation: int = field(default=20, metadata={"help": "training problems", "min": 4})
-    n_test_per_operation: int = field(default=6, metadata={"help": "test problems", "min": 2})
-    shots: int = field(default=1, metadata={"help": "solved examples before the query", "min": 0, "max": 8})
-    vsa_dim: int = field(default=2048, metadata={"help": "VSA dimension", "min": 64, "max": 16384})
-    seed: int = field(default=0, metadata={"help": "codebook and task seed"})
-    merge_layer: int = field(
-        default=-1,
-        metadata={"help": "decoder layer (-1: best decoder R² at/after the encoder layer)", "min": -1},
-    )
-    threshold: float = field(default=0.8, metadata={"help": "evaluation: act above this score"})
-    merge_weight: float = field(default=0.5, metadata={"help": "evaluation: w in (1-w)h + w·decoded"})
-    batch_size: int = field(default=16, metadata={"help": "sequences per forward", "min": 1, "max": 256})
-
-    def validate(self, session: ModelSession) -> None:
-        """Check operations and the merge layer against the model."""
-        super().validate(session)
-        unknown = [op for op in self.operations if op not in OPERATIONS]
-        if unknown or not self.operations:
-            raise ValueError(f"unknown or no operations {unknown}; choose from {list(OPERATIONS)}")
-        if self.merge_layer != -1:
-            session.check_layer(self.merge_layer)
-        if not 0.0 <= self.merge_weight <= 1.0:
-            raise ValueError(f"merge_weight must be in [0, 1], got {self.merge_weight}")
-
-    def key(self) -> str:
-        """Short stable id of the fields that change the fitted maps."""
-        fields = asdict(self)
-        for runtime in ("batch_size",):
-            fields.pop(runtime)
-        return hashlib.sha1(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-
-
-@dataclass
-class Artefact:
-    """Fitted encoders (one per layer), the decoder, the codebook and their test metrics."""
-
-    model_id: str
-    d_model: int
-    n_layers: int
-    config: TrainConfig
-    codebook: Codebook
-    encoders: dict[int, LinearMap]
-    decoder: LinearMap
-    chosen_layer: int
-    merge_layer: int
-    metrics: dict[str, Any]  # layer curve + evaluation table (plain JSON)
-
-    @property
-    def operand_digits(self) -> int:
-        """Digits an operand can have."""
-        return len(str(self.config.bound - 1))
-
-    def check_session(self, session: ModelSession) -> None:
-        """Refuse maps fitted on another model."""
-        if session.model_id != self.model_id or session.d_model != self.d_model:
-            raise ValueError(
-                f"these neurosymbolic encoders were fitted on {self.model_id!r} (d_model {self.d_model}); "
-                f"the loaded model is {session.model_id!r} (d_model {session.d_model}). Fit them for this "
-                "model first (prepare_default_artefacts or the page's 'Fit encoders' button)."
-            )
-
-    # ------------------------------------------------------------------------------- save/load
-    def save(self, folder: Path) -> Path:
-        """Write ``tensors.safetensors`` + ``meta.json`` (meta last, so a crash leaves no half)."""
-        from safetensors.torch import save_file
-
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors: dict[str, Tensor] = {}
-        for name in ("digit_atoms", "positions", "roles", "operation_atoms", "step_atoms", "end_atom"):
-            tensors[f"codebook.{name}"] = getattr(self.codebook, name)
-        for layer, encoder in self.encoders.items():
-            _put(tensors, f"encoder.{layer}", encoder)
-        _put(tensors, "decoder", self.decoder)
-        save_file(
-            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, folder / "tensors.safetensors"
-        )
-        meta = {
-            "format": FORMAT,
-            "model_id": self.model_id,
-            "d_model": self.d_model,
-            "n_layers": self.n_layers,
-            "config": self.config.to_dict(),
-            "codebook": {
-                "dim": self.codebook.dim,
-                "seed": self.codebook.seed,
-                "n_digits": self.codebook.n_digits,
-                "operations": list(self.codebook.operations),
-            },
-            "encoder_alphas": {str(k): v.alpha for k, v in self.encoders.items()},
-            "decoder_alpha": self.decoder.alpha,
-            "chosen_layer": self.chosen_layer,
-            "merge_layer": self.merge_layer,
-            "metrics": self.metrics,
-        }
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
-        return folder
-
-    @classmethod
-    def load(cls, folder: Path, session: ModelSession | None = None) -> Artefact:
-        """Read a saved artefact; with ``session``, refuse it if it was fitted on another model."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / "meta.json").is_file() or not (folder / "tensors.safetensors").is_file():
-            raise FileNotFoundError(f"no neurosymbolic encoders in {folder} (meta.json/tensors.safetensors)")
-        meta = json.loads((folder / "meta.json").read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{folder} holds format {meta.get('format')}, expected {FORMAT}: refit")
-        if session is not None and (
-            meta["model_id"] != session.model_id or meta["d_model"] != session.d_model
-        ):
-            raise ValueError(
-                f"the neurosymbolic encoders in {folder} were fitted on {meta['model_id']!r}; the loaded "
-                f"model is {session.model_id!r}. Fit them for this model first."
-            )
-        device = session.device if session is not None else torch.device("cpu")
-        tensors = {k: v.to(device) for k, v in load_file(folder / "tensors.safetensors").items()}
-        book = meta["codebook"]
-        codebook = Codebook(
-            dim=book["dim"],
-            seed=book["seed"],
-            n_digits=book["n_digits"],
-            operations=tuple(book["operations"]),
-            **{
-                name: tensors[f"codebook.{name}"]
-                for name in ("digit_atoms", "positions", "roles", "operation_atoms", "step_atoms", "end_atom")
-            },
-        )
-        encoders = {
-            int(layer): _get(tensors, f"encoder.{layer}", alpha)
-            for layer, alpha in meta["encoder_alphas"].items()
-        }
-        return cls(
-            model_id=meta["model_id"],
-            d_model=meta["d_model"],
-            n_layers=meta["n_layers"],
-            config=TrainConfig.from_dict(meta["config"]),  # type: ignore[arg-type]
-            codebook=codebook,
-            encoders=encoders,
-            decoder=_get(tensors, "decoder", meta["decoder_alpha"]),
-            chosen_layer=meta["chosen_layer"],
-            merge_layer=meta["merge_layer"],
-            metrics=meta["metrics"],
-        )
-
-
-def _put(tensors: dict[str, Tensor], prefix: str, linear: LinearMap) -> None:
-    tensors[f"{prefix}.weight"] = linear.weight
-    tensors[f"{prefix}.input_mean"] = linear.input_mean
-    tensors[f"{prefix}.output_mean"] = linear.output_mean
-
-
-def _get(tensors: dict[str, Tensor], prefix: str, alpha: float) -> LinearMap:
-    return LinearMap(
-        tensors[f"{prefix}.weight"], tensors[f"{prefix}.input_mean"], tensors[f"{prefix}.output_mean"], alpha
-    )
-
-
-def model_slug(model_id: str) -> str:
-    """A folder name for a model id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip(".-") or "model"
-
-
-def artefact_folder(model_id: str, config: TrainConfig) -> Path:
-    """``artefacts_dir()/neurosymbolic/<model-slug>/<config key>``."""
-    return artefacts_dir() / "neurosymbolic" / model_slug(model_id) / config.key()
-
-
-# --------------------------------------------------------------------------------- sequences
-@dataclass
-class Encoded:
-    """Token ids of problems: the prompt, the answer tokens and where the answer starts."""
-
-    sequences: list[list[int]]
-    answers: list[list[int]]  # answer token ids: digits then the newline
-    starts: list[int]  # position of the prompt's last token (predicts the first answer token)
-
-    def positions(self) -> list[list[int]]:
-        """Positions predicting each answer token."""
-        return [list(range(s, s + len(a))) for s, a in zip(self.starts, self.answers, strict=True)]
-
-
-def answer_tokens(session: ModelSession, answer: int) -> list[int]:
-    r"""Token ids of ``"{answer}\n"``; refuses tokenizers that do not write one digit per token."""
-    ids = session.tokenizer(f"{answer}\n", add_special_tokens=False)["input_ids"]
-    if len(ids) != len(str(answer)) + 1:
-        raise ValueError(
-            f"{session.model_id}'s tokenizer writes {answer} as {len(ids) - 1} token(s); the neurosymbolic "
-            "merge needs one token per digit (as Gemma, Llama-3-style and SmolLM tokenizers do)"
-        )
-    return [int(i) for i in ids]
-
-
-def encode_prompts(session: ModelSession, prompts: list[str], problems: list[Problem]) -> Encoded:
-    """Tokenize prompts (with BOS) and append the exact answers' tokens."""
-    sequences, answers, starts = [], [], []
-    for prompt, problem in zip(prompts, problems, strict=True):
-        prompt_ids = session.tokenize(prompt)[0].tolist()
-        answer_ids = answer_tokens(session, problem.answer)
-        sequences.append(prompt_ids + answer_ids)
-        answers.append(answer_ids)
-        starts.append(len(prompt_ids) - 1)
-    return Encoded(sequences, answers, starts)
-
-
-# -------------------------------------------------------------------------------------- readout
-@dataclass
-class Readout:
-    """Decoded structure of a batch of hidden states and what the system would do with it."""
-
-    vectors: Float[Tensor, "n dim"]
-    decoded: ProblemReadout
-    operations: list[str]
-    top_score: list[float]
-    fired: list[bool]
-    system_answers: list[int | None]
-
-
-def read_out(
-    codebook: Codebook, encoder: LinearMap, states: Float[Tensor, "n d_model"], threshold: float
-) -> Readout:
-    """Encode hidden states, decode operation and operands, and compute answers where confident."""
-    vectors = encoder(states.to(encoder.weight.device)).float()
-    decoded = codebook.decode_problems(vectors)
-    top = decoded.operation_scores.max(-1).values.tolist()
-    operations = [codebook.operations[i] for i in decoded.operation.tolist()]
-    fired, answers = [], []
-    for op, first, second, score in zip(
-        operations, decoded.first.tolist(), decoded.second.tolist(), top, strict=True
-    ):
-        answer: int | None = None
-        try:
-            answer = solve(op, first, second)
-        except ValueError:
-            answer = None
-        if answer is not None and answer > codebook.max_value:
-            answer = None
-        answers.append(answer)
-        fired.append(bool(score >= threshold and answer is not None))
-    return Readout(vectors, decoded, operations, top, fired, answers)
-
-
-def decoded_steps(artefact: Artefact, answers: list[int | None], fired: list[bool]) -> list[Tensor]:
-    """Hidden-state vectors to merge for each problem (empty where the system does not act)."""
-    empty = torch.zeros(0, artefact.d_model, device=artefact.decoder.weight.device)
-    out = []
-    for answer, act in zip(answers, fired, strict=True):
-        if not act or answer is None:
-            out.append(empty)
-        else:
-            out.append(artefact.decoder(artefact.codebook.answer_step_vectors(answer)).float())
-    return out
-
-
-def readout_metrics(
-    artefact_codebook: Codebook, readout: Readout, problems: list[Problem], operand_digits: int
-) -> dict[str, float]:
-    """Operation accuracy, operand digit / whole-number accuracy, cosine to target, fired share."""
-    ops = torch.as_tensor([artefact_codebook.operation_index(p.operation) for p in problems])
-    first = torch.as_tensor([p.first for p in problems])
-    second = torch.as_tensor([p.second for p in problems])
-    target = artefact_codebook.encode_problems(first, ops, second)
-    decoded = readout.decoded
-    digits_true = torch.cat([digits_of(first, operand_digits), digits_of(second, operand_digits)], 1)
-    digits_read = torch.cat(
-        [decoded.first_digits[:, :operand_digits].cpu(), decoded.second_digits[:, :operand_digits].cpu()], 1
-    )
-    return {
-        "operation_accuracy": float((decoded.operation.cpu() == ops).float().mean()),
-        "digit_accuracy": float((digits_true == digits_read).float().mean()),
-        "number_accuracy": float(
-            torch.cat([decoded.first.cpu() == first, decoded.second.cpu() == second]).float().mean()
-        ),
-        "both_operands_accuracy": float(
-            ((decoded.first.cpu() == first) & (decoded.second.cpu() == second)).float().mean()
-        ),
-        "cosine": mean_cosine(readout.vectors.cpu(), target.cpu()),
-        "fired": float(np.mean(readout.fired)) if readout.fired else 0.0,
-    }
-
-
-# ------------------------------------------------------------------------------------- fitting
 def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress = NO_PROGRESS) -> Artefact:
     """Generate tasks, collect hidden states, fit encoders and decoder, evaluate on the test split."""
     config.validate(session)
@@ -527,98 +256,3 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         "fit_seconds": time.perf_counter() - started,
     }
     return artefact
-
-
-def evaluate(
-    session: ModelSession,
-    artefact: Artefact,
-    problems: list[Problem],
-    encoded: Encoded,
-    encoder_states: Float[Tensor, "n d_model"],
-    *,
-    threshold: float,
-    weight: float,
-    batch_size: int = 16,
-    baseline: Collected | None = None,
-    progress: Progress = NO_PROGRESS,
-) -> dict[str, Any]:
-    """Exact match and answer-token cross-entropy per task: baseline, merge, and oracle merge.
-
-    The oracle merge writes the *true* answer's decoded vectors into every problem: it separates
-    "the encoder read the problem wrong" from "the decoder cannot steer the model". ``baseline``
-    may pass an unmodified run of the same sequences with ``targets`` (saves one pass).
-    """
-    readout = read_out(artefact.codebook, artefact.encoders[artefact.chosen_layer], encoder_states, threshold)
-    runs: dict[str, Collected] = {} if baseline is None else {"baseline": baseline}
-    merges = {
-        **({"baseline": None} if baseline is None else {}),
-        "merged": decoded_steps(artefact, readout.system_answers, readout.fired),
-        "oracle": decoded_steps(artefact, [p.answer for p in problems], [True] * len(problems)),
-    }
-    for k, (name, vectors) in enumerate(merges.items()):
-        merge = None if vectors is None else Merge(artefact.merge_layer, weight, vectors, encoded.starts)
-        runs[name] = collect(
-            session,
-            encoded.sequences,
-            encoded.positions(),
-            [artefact.merge_layer],
-            targets=encoded.answers,
-            merge=merge,
-            batch_size=batch_size,
-            progress=lambda f, m, k=k: progress((k + f) / len(merges), m),
-            message=f"evaluating ({name})",
-        )
-    runs = {name: runs[name] for name in ("baseline", "merged", "oracle")}
-    table: dict[str, Any] = {"threshold": threshold, "weight": weight, "merge_layer": artefact.merge_layer}
-    groups = {
-        op: [i for i, p in enumerate(problems) if p.operation == op] for op in artefact.codebook.operations
-    }
-    groups["all"] = list(range(len(problems)))
-    rows = []
-    for op, members in groups.items():
-        if not members:
-            continue
-        row: dict[str, Any] = {"task": op, "n": len(members)}
-        row["fired"] = float(np.mean([readout.fired[i] for i in members]))
-        row["system_correct"] = float(
-            np.mean([readout.system_answers[i] == problems[i].answer for i in members])
-        )
-        for name, run in runs.items():
-            assert run.argmax is not None and run.target_logprob is not None
-            exact = [
-                bool((run.argmax[i].cpu() == torch.as_tensor(encoded.answers[i])).all()) for i in members
-            ]
-            ce = [float(-run.target_logprob[i].mean()) for i in members]
-            row[f"{name}_accuracy"] = float(np.mean(exact))
-            row[f"{name}_ce"] = float(np.mean(ce))
-        rows.append(row)
-    table["rows"] = rows
-    return table
-
-
-# ----------------------------------------------------------------------------------- generation
-def greedy_answer(
-    session: ModelSession,
-    prompt_ids: list[int],
-    *,
-    merge_vectors: Tensor | None = None,
-    merge_layer: int = 0,
-    weight: float = 0.5,
-    max_steps: int = 8,
-) -> tuple[str, list[int]]:
-    """Greedy continuation until a non-digit token (merging step j's vector at p0 + j if given)."""
-    generated: list[int] = []
-    start = len(prompt_ids) - 1
-    for _ in range(max_steps):
-        sequence = prompt_ids + generated
-        merge = None
-        if merge_vectors is not None and len(merge_vectors):
-            merge = Merge(merge_layer, weight, [merge_vectors], [start])
-        run = collect(session, [sequence], [[len(sequence) - 1]], [merge_layer], targets=[[0]], merge=merge)
-        assert run.argmax is not None
-        token = int(run.argmax[0][0])
-        generated.append(token)
-        if not session.tokenizer.decode([token]).strip().isdigit():
-            break
-    text = session.tokenizer.decode(generated)
-    return text, generated

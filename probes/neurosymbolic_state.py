@@ -16,8 +16,9 @@ import plotly.graph_objects as go
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
+from lenslab.probes.mlp_units import read_state
 from lenslab.probes.neurosymbolic import load_artefact
-from lenslab.probes.neurosymbolic_model import read_out
+from lenslab.probes.neurosymbolic_readout import read_out
 from lenslab.probes.neurosymbolic_tasks import OPERATIONS
 from lenslab.probes.plotting import label
 from lenslab.probes.state_inspector import StateRef, StateView, register_state_view
@@ -99,20 +100,17 @@ class VSAReadout(Probe[VSAReadoutConfig, VSAReadoutResult]):
         config.validate(session)
         artefact = load_artefact(session)
         layer = session.check_layer(config.layer)
-        hook = session.resid_name(layer)
-        run = session.run(prompt, [hook])
-        position = session.check_position(config.position, int(run.tokens.shape[-1]))
-        state = run.activations[hook][0, position][None].float()
-        readout = read_out(artefact.codebook, artefact.encoders[layer], state, config.threshold)
+        state = read_state(session, prompt, session.resid_name(layer), config.position)
+        readout = read_out(artefact.codebook, artefact.encoders[layer], state.vector[None], config.threshold)
         answer = readout.system_answers[0]
         progress(1.0, "done")
         return VSAReadoutResult(
             model_id=session.model_id,
             prompt=prompt,
             config=config,
-            tokens=session.decode_each(run.tokens[0].tolist()),
+            tokens=state.tokens,
             layer=layer,
-            position=position,
+            position=state.position,
             operation_names=list(artefact.codebook.operations),
             operation_scores=to_numpy(readout.decoded.operation_scores[0]).astype(np.float32),
             operation=readout.operations[0],

@@ -36,23 +36,24 @@ def token_grid(
     colorbar: str,
     colorscale: str = "Blues",
 ) -> go.Figure:
-    """Heatmap with a (pre-escaped) token written in every cell and rich hover text."""
+    """Heatmap with a (pre-escaped) token written in every cell, rich hover text, clickable cells."""
+    columns, rows = unique_labels(x_labels), list(y_labels)
     fig = go.Figure(
         go.Heatmap(
             z=values,
-            x=unique_labels(x_labels),
-            y=list(y_labels),
+            x=columns,
+            y=rows,
             text=[list(row) for row in cell_text],
             texttemplate="%{text}",
             textfont={"size": 10},
-            customdata=[list(row) for row in hover],
-            hovertemplate="%{y} · %{x}<br>%{customdata}<extra></extra>",
+            hoverinfo="skip",
             colorscale=colorscale,
             zmin=0.0,
             zmax=1.0,
             colorbar={"title": colorbar},
         )
     )
+    add_clickable_cells(fig, columns, rows, hover)
     fig.update_layout(
         title=title,
         xaxis={"title": "position · input token", "tickangle": -45},
@@ -61,6 +62,34 @@ def token_grid(
         height=max(320, 28 * len(y_labels) + 160),
     )
     return fig
+
+
+def add_clickable_cells(
+    fig: go.Figure, columns: Sequence[str], rows: Sequence[str], hover: Sequence[Sequence[str]]
+) -> None:
+    """Make the heatmap ``fig.data[0]`` hoverable and clickable through invisible points at cell centres.
+
+    Streamlit's ``on_select`` returns nothing for heatmap traces (streamlit#8760), so the heatmap
+    itself skips hover and an invisible scatter point per cell carries its hover text: with
+    ``hoverdistance=-1`` the nearest cell answers anywhere in the plot, and a click selects it as a
+    point whose ``x``/``y`` are the cell's labels.
+    """
+    grid = fig.data[0]  # the heatmap of the states; other traces keep their own hover
+    grid.hoverinfo = "skip"
+    grid.hovertemplate = None
+    fig.add_trace(
+        go.Scatter(
+            x=[x for _ in rows for x in columns],
+            y=[y for y in rows for _ in columns],
+            mode="markers",
+            marker={"size": 1, "opacity": 0},
+            customdata=[cell for row in hover for cell in row],
+            hovertemplate="%{y} · %{x}<br>%{customdata}<extra></extra>",
+            showlegend=False,
+            name="cells",
+        )
+    )
+    fig.update_layout(hoverdistance=-1, clickmode="event+select")
 
 
 def cell_state(point: dict, layers: Sequence[int] | None = None) -> tuple[int, int] | None:

@@ -3,7 +3,7 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lenslab.app.pages import discover
+from lenslab.app.views import discover
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 300
@@ -12,7 +12,7 @@ TIMEOUT = 300
 def _page_script(module_name: str) -> str:
     return (
         "from lenslab.app import state\n"
-        f"from lenslab.app.pages import {module_name} as page\n"
+        f"from lenslab.app.views import {module_name} as page\n"
         "state.sidebar()\n"
         "page.render()\n"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-PAGE = "from lenslab.app.pages import future_lens\nfuture_lens.render()\n"
+PAGE = "from lenslab.app.views import future_lens\nfuture_lens.render()\n"
 
 
 @pytest.fixture

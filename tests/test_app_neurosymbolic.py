@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 TIMEOUT = 600
 SCRIPT = (
     "from lenslab.app import state\n"
-    "from lenslab.app.pages import neurosymbolic as page\n"
+    "from lenslab.app.views import neurosymbolic as page\n"
     "state.sidebar()\n"
     "page.render()\n"
 )

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from lenslab.models.tiny import tiny_session
 
-SCRIPT = "from lenslab.app.pages import sae_features as page\npage.render()\n"
+SCRIPT = "from lenslab.app.views import sae_features as page\npage.render()\n"
 TIMEOUT = 300
 KEY = "sae"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lenslab.app.pages import shared_neurons as page
+from lenslab.app.views import shared_neurons as page
 from lenslab.models.tiny import tiny_session
 
-SCRIPT = "from lenslab.app.pages import shared_neurons as page\npage.render()\n"
+SCRIPT = "from lenslab.app.views import shared_neurons as page\npage.render()\n"
 TIMEOUT = 300
 KEY = "shared_neurons"
 

@@ -68,7 +68,7 @@ def test_cli_report_equals_app_report(lenslab_home, tmp_path):
 
     prompt = "Paris is the capital of"
     at = AppTest.from_string(
-        "from lenslab.app import state\nfrom lenslab.app.pages import logit_lens as page\n"
+        "from lenslab.app import state\nfrom lenslab.app.views import logit_lens as page\n"
         "state.sidebar()\npage.render()\n",
         default_timeout=300,
     ).run()

@@ -24,7 +24,7 @@ from e2e_support import (
 from e2e_support import errors_on as page_errors
 from e2e_support import wait_idle as idle
 
-from lenslab.app.pages import discover
+from lenslab.app.views import DEFAULT_URL, discover
 
 pytestmark = [
     pytest.mark.e2e,
@@ -85,13 +85,14 @@ def _keep_evidence(request, server):
 
 def _open(page, server, url_path: str) -> None:
     """Open a page by its URL (a deep link, as from a bookmark) and wait for its run to finish."""
-    page.goto(f"{server.url}/{url_path}", wait_until="domcontentloaded")
+    path = "" if url_path == DEFAULT_URL else url_path  # Streamlit serves the default page only at "/"
+    page.goto(f"{server.url}/{path}", wait_until="domcontentloaded")
     page.locator("h1").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
     idle(page, timeout_s=LOAD_TIMEOUT_S)
     assert not page.get_by_text("Page not found").count(), f"/{url_path}: 'Page not found'"
     nav = page.locator("[data-testid='stSidebarNav'] a")
     hrefs = [nav.nth(i).get_attribute("href") or "" for i in range(nav.count())]
-    default = url_path == discover()[0].URL  # the default page is served at "/"
+    default = url_path == DEFAULT_URL  # the default page is served at "/"
     listed = any(h.endswith(f"/{url_path}") or (default and h.rstrip("/") == server.url) for h in hrefs)
     assert listed, f"/{url_path} is not in the navigation {hrefs}"
 
@@ -240,4 +241,39 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server):
         _no_crash(page)
     except Exception:
         screenshot(page, "e2e-bad-input")
+        raise
+
+
+def test_clicking_a_grid_cell_opens_the_inspector(page, server):
+    """A click on a logit-lens cell switches to the state inspector on that (layer, position)."""
+    try:
+        _open(page, server, "logit-lens")
+        prompt = page.locator("textarea[aria-label='Prompt']").first
+        prompt.fill("Paris is the capital of")
+        prompt.press("Tab")
+        idle(page)
+        before = _status_texts(page)
+        page.get_by_role("button", name="Run").first.click()
+        _wait_for_run(page, before)
+        assert _figure_rendered(page)
+        plot = page.locator(".js-plotly-plot").first
+        plot.scroll_into_view_if_needed()
+        target = plot.locator(".nsewdrag").first  # plotly's event layer over the plot area
+        box = target.bounding_box()
+        assert box, "the grid has no plot area"
+        page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+        inspect = page.get_by_role("button", name=re.compile(r"Inspect layer \d+, position \d+"))
+        inspect.first.wait_for(state="visible", timeout=RUN_TIMEOUT_S * 1000)
+        layer, position = re.search(r"layer (\d+), position (\d+)", inspect.first.inner_text()).groups()
+        inspect.first.click()
+        page.wait_for_url(re.compile(r"/inspector\?"), timeout=RUN_TIMEOUT_S * 1000)
+        page.locator("h1").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+        idle(page, timeout_s=LOAD_TIMEOUT_S)
+        url = page.url
+        assert "prompt=Paris" in url and f"layer={layer}" in url and f"pos={position}" in url, url
+        _no_crash(page)
+        assert not page_errors(page), page_errors(page)
+        STATS.add("browser_pages")
+    except Exception:
+        screenshot(page, "e2e-click-to-inspect")
         raise

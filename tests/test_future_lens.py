@@ -288,7 +288,10 @@ def test_grid_direct_matches_the_model_at_the_last_layer(tiny_gemma, lenslab_hom
     assert np.all(np.diff(result.top_probs, axis=-1) <= 1e-7)
     figures = result.figures()
     assert set(figures) == {"grid", "agreement"}
-    assert len(figures["grid"].data) == 2
+    grid, _actual, cells = figures["grid"].data  # states, the actual continuation, clickable cell points
+    assert len(cells.x) == grid.z.shape[0] * grid.z.shape[1]
+    last = {"x": cells.x[-1], "y": cells.y[-1]}  # a click reaches the app as the point's labels
+    assert result.state_at("grid", last) == (int(result.layers[-1]), seq - 1)
     again = FutureLensResult.from_dict(result.to_dict())
     assert np.array_equal(again.top_ids, result.top_ids) and again.top_tokens == result.top_tokens
     assert session.active_hook_count() == 0

@@ -313,7 +313,7 @@ def test_app_bad_inputs_show_messages_and_next_run_works(lenslab_home):
 
     script = (
         "from lenslab.app import state\n"
-        "from lenslab.app.pages import logit_lens as page\n"
+        "from lenslab.app.views import logit_lens as page\n"
         "state.sidebar()\n"
         "page.render()\n"
     )

@@ -39,6 +39,11 @@ def test_logit_lens_is_a_lens_and_cells_link_to_states(tiny_gemma):
     fig = res.figures()["grid"]
     x_label, y_label = fig.data[0].x[3], fig.data[0].y[1]
     assert res.state_at("grid", {"x": x_label, "y": y_label}) == (1, 3)
+    # Streamlit returns no selection for heatmaps; the clickable points carry every cell's labels
+    heatmap, cells = fig.data
+    assert heatmap.hoverinfo == "skip" and fig.layout.clickmode == "event+select"
+    picked = {res.state_at("grid", {"x": x, "y": y}) for x, y in zip(cells.x, cells.y, strict=True)}
+    assert picked == {(layer, pos) for layer in range(len(heatmap.y)) for pos in range(len(heatmap.x))}
     assert res.state_at("final_token", {"x": 1, "y": 0.5}) is None
 
 
@@ -58,7 +63,7 @@ def test_inspector_page_renders_every_lens(lenslab_home):
     from streamlit.testing.v1 import AppTest
 
     script = (
-        "from lenslab.app import state\nfrom lenslab.app.pages import inspector as page\n"
+        "from lenslab.app import state\nfrom lenslab.app.views import inspector as page\n"
         "state.sidebar()\npage.render()\n"
     )
     at = AppTest.from_string(script, default_timeout=600)

@@ -233,7 +233,7 @@ def test_reports_page_shows_a_message_for_a_corrupt_report(tiny_gemma, lenslab_h
     result = LogitLens().run(tiny_gemma, XSS, LogitLensConfig(k=2))
     path = Report([result], {"title": "broken one"}).save(reports_dir() / "broken")
     (path / "arrays.npz").write_bytes((path / "arrays.npz").read_bytes()[:64])
-    script = "from lenslab.app.pages import reports\nreports.render()\n"
+    script = "from lenslab.app.views import reports\nreports.render()\n"
     at = AppTest.from_string(script, default_timeout=60).run()
     assert not at.exception
     at.toggle(key="open:broken").set_value(True).run()

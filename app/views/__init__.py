@@ -1,6 +1,9 @@
 """App pages. Each module defines ``TITLE``, ``ICON``, ``ORDER`` and ``render()``.
 
-Pages are discovered from this package, so a new probe page is one new module here.
+Pages are discovered from this package, so a new probe page is one new module here. The folder
+is ``views/``, not ``pages/``: Streamlit treats a ``pages/`` folder beside the main script as its
+legacy multipage app and, on a fresh server, answers the first deep link (``/reports``) from it
+instead of from ``st.navigation`` in ``main.py``.
 """
 
 from __future__ import annotations
@@ -8,6 +11,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from types import ModuleType
+
+DEFAULT_URL = "logit-lens"
+"""The landing page: type a prompt, see every layer's guess (the inspector needs a state first)."""
 
 
 def discover() -> list[ModuleType]:
