@@ -25,7 +25,7 @@ from lenslab.probes.neurosymbolic_fit import LinearMap
 from lenslab.probes.neurosymbolic_tasks import ALL_OPERATIONS, OPERATIONS
 from lenslab.probes.vsa import Codebook
 
-FORMAT = 2
+FORMAT = 3  # 3: encoders carry the radius of their training states (out-of-distribution gate)
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,7 @@ class Artefact:
                 "operations": list(self.codebook.operations),
             },
             "encoder_alphas": {str(k): v.alpha for k, v in self.encoders.items()},
+            "encoder_radii": {str(k): v.input_radius for k, v in self.encoders.items()},
             "decoder_alpha": self.decoder.alpha,
             "chosen_layer": self.chosen_layer,
             "merge_layer": self.merge_layer,
@@ -166,6 +167,8 @@ class Artefact:
             int(layer): _get(tensors, f"encoder.{layer}", alpha)
             for layer, alpha in meta["encoder_alphas"].items()
         }
+        for layer, radius in meta.get("encoder_radii", {}).items():
+            encoders[int(layer)].input_radius = radius
         return cls(
             model_id=meta["model_id"],
             d_model=meta["d_model"],

@@ -30,6 +30,25 @@ class LinearMap:
     input_mean: Float[Tensor, " d_in"]
     output_mean: Float[Tensor, " d_out"]
     alpha: float = 0.0
+    input_radius: float | None = None  # 99th percentile of ‖x − input_mean‖ over the fitted inputs
+
+    def calibrate(self, x: Float[Tensor, "n d_in"]) -> LinearMap:
+        """Record how far the inputs it was fitted on lie from their mean (see :meth:`covers`)."""
+        distances = (x.to(self.weight) - self.input_mean).norm(dim=-1).double()
+        self.input_radius = float(torch.quantile(distances, 0.99))
+        return self
+
+    def covers(self, x: Float[Tensor, "n d_in"], margin: float = 1.5) -> list[bool]:
+        """Whether each input lies within ``margin`` × the fitted inputs' radius (True if uncalibrated).
+
+        A linear map answers for any input; far outside its training inputs the answer means
+        nothing (on Gemma 3 270M, non-arithmetic states give problem vectors 15-70× too long and
+        operation scores ≫ 1 that clear any score threshold).
+        """
+        if self.input_radius is None:
+            return [True] * len(x)
+        distances = (x.to(self.weight) - self.input_mean).norm(dim=-1)
+        return (distances <= margin * self.input_radius).tolist()
 
     def __call__(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
         """Apply the map (in the weight's dtype, on the weight's device)."""

@@ -163,7 +163,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
                 len(str(config.bound - 1)),
             )
             val_score.append(val_metrics["operation_accuracy"] + val_metrics["digit_accuracy"])
-            encoder = ridge_path(x[:n_train], targets[:n_train], [alpha])[0]
+            encoder = ridge_path(x[:n_train], targets[:n_train], [alpha])[0].calibrate(x[:n_train])
             encoders[layer] = encoder
             test_metrics = readout_metrics(
                 codebook,

@@ -74,19 +74,25 @@ class Readout:
     top_score: list[float]
     fired: list[bool]
     system_answers: list[int | None]
+    in_distribution: list[bool]  # state within the encoder's training range (else it never fires)
 
 
 def read_out(
     codebook: Codebook, encoder: LinearMap, states: Float[Tensor, "n d_model"], threshold: float
 ) -> Readout:
-    """Encode hidden states, decode operation and operands, and compute answers where confident."""
+    """Encode hidden states, decode operation and operands, and compute answers where confident.
+
+    Confident = the best operation score clears ``threshold`` *and* the state lies within the
+    encoder's training range: a non-arithmetic state gives scores ≫ 1 that would clear any threshold.
+    """
     vectors = encoder(states.to(encoder.weight.device)).float()
+    covered = encoder.covers(states)
     decoded = codebook.decode_problems(vectors)
     top = decoded.operation_scores.max(-1).values.tolist()
     operations = [codebook.operations[i] for i in decoded.operation.tolist()]
     fired, answers = [], []
-    for op, first, second, score in zip(
-        operations, decoded.first.tolist(), decoded.second.tolist(), top, strict=True
+    for op, first, second, score, inside in zip(
+        operations, decoded.first.tolist(), decoded.second.tolist(), top, covered, strict=True
     ):
         answer: int | None = None
         try:
@@ -96,8 +102,8 @@ def read_out(
         if answer is not None and answer > codebook.max_value:
             answer = None
         answers.append(answer)
-        fired.append(bool(score >= threshold and answer is not None))
-    return Readout(vectors, decoded, operations, top, fired, answers)
+        fired.append(bool(inside and score >= threshold and answer is not None))
+    return Readout(vectors, decoded, operations, top, fired, answers, covered)
 
 
 def decoded_steps(artefact: Artefact, answers: list[int | None], fired: list[bool]) -> list[Tensor]:

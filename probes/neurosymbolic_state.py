@@ -59,14 +59,21 @@ class VSAReadoutResult(Result):
     second: int
     fired: bool
     answer: int  # -1 when the system would not act
+    in_distribution: bool = True  # within the encoder's training states (False: not a problem state)
 
     def summary(self) -> dict[str, Any]:
-        """Decoded problem and whether the system would act."""
+        """Decoded problem and whether the system would act (and why not)."""
         symbol = OPERATIONS[self.operation][0]
+        if self.fired:
+            answer: Any = self.answer
+        elif not self.in_distribution:
+            answer = "— (not an arithmetic-problem state: outside the encoder's training range)"
+        else:
+            answer = "— (below threshold)"
         return {
             "decoded problem": f"{self.first} {symbol} {self.second}",
             "best operation score": float(self.operation_scores.max()),
-            "system answer": self.answer if self.fired else "— (below threshold)",
+            "system answer": answer,
         }
 
     def figures(self) -> dict[str, go.Figure]:
@@ -118,6 +125,7 @@ class VSAReadout(Probe[VSAReadoutConfig, VSAReadoutResult]):
             second=int(readout.decoded.second[0]),
             fired=bool(readout.fired[0]),
             answer=int(answer) if readout.fired[0] and answer is not None else -1,
+            in_distribution=bool(readout.in_distribution[0]),
         )
 
 
