@@ -217,25 +217,25 @@ def test_reports_page_opens_a_saved_report(page, server, tiny_gemma):
         raise
 
 
+def _run_prompt(page, text: str) -> None:
+    """Type ``text`` into the page's prompt and press Run; wait for the run to settle."""
+    prompt = page.locator("textarea[aria-label='Prompt']").first
+    prompt.fill(text)
+    prompt.press("Tab")
+    idle(page)
+    before = _status_texts(page)
+    page.get_by_role("button", name="Run").first.click()
+    _wait_for_run(page, before)
+
+
 def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server):
     """An empty prompt gives a message (no traceback); the next good run on the same page works."""
     try:
         _open(page, server, "logit-lens")
-        prompt = page.locator("textarea[aria-label='Prompt']").first
-        prompt.fill("   ")
-        prompt.press("Tab")
-        idle(page)
-        before = _status_texts(page)
-        page.get_by_role("button", name="Run").first.click()
-        _wait_for_run(page, before)
+        _run_prompt(page, "   ")
         assert any("empty" in e for e in page_errors(page)), page_errors(page)
         _no_crash(page)
-        prompt.fill("Paris is the capital of")
-        prompt.press("Tab")
-        idle(page)
-        before = _status_texts(page)
-        page.get_by_role("button", name="Run").first.click()
-        _wait_for_run(page, before)
+        _run_prompt(page, "Paris is the capital of")
         assert _figure_rendered(page)
         assert not page_errors(page)
         _no_crash(page)
@@ -248,13 +248,7 @@ def test_clicking_a_grid_cell_opens_the_inspector(page, server):
     """A click on a logit-lens cell switches to the state inspector on that (layer, position)."""
     try:
         _open(page, server, "logit-lens")
-        prompt = page.locator("textarea[aria-label='Prompt']").first
-        prompt.fill("Paris is the capital of")
-        prompt.press("Tab")
-        idle(page)
-        before = _status_texts(page)
-        page.get_by_role("button", name="Run").first.click()
-        _wait_for_run(page, before)
+        _run_prompt(page, "Paris is the capital of")
         assert _figure_rendered(page)
         plot = page.locator(".js-plotly-plot").first
         plot.scroll_into_view_if_needed()
