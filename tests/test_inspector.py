@@ -73,3 +73,20 @@ def test_inspector_page_renders_every_lens(lenslab_home):
     # two columns: AppTest lists column 0's lenses first, so compare as sets
     assert sorted(s.value for s in at.subheader) == sorted(v.title for v in state_views())
     assert any("layer 4, position 5" in m.value for m in at.markdown)
+
+
+@pytest.mark.slow
+def test_inspector_without_a_state_waits_for_the_user(lenslab_home):
+    """Opened from the sidebar (no state in the URL) it shows the form and runs nothing yet."""
+    from streamlit.testing.v1 import AppTest
+
+    script = (
+        "from lenslab.app import state\nfrom lenslab.app.views import inspector as page\n"
+        "state.sidebar()\npage.render()\n"
+    )
+    at = AppTest.from_string(script, default_timeout=300).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.subheader and any("press Inspect" in i.value for i in at.info)
+    at.button[0].click().run()  # the form's Inspect button
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(s.value for s in at.subheader) == sorted(v.title for v in state_views())

@@ -34,7 +34,8 @@ def render() -> None:
     session = state.session()
     if session is None:
         return
-    current = _ref_from_url() or StateRef(DEFAULT_PROMPT, session.n_layers // 2, -1)
+    from_url = _ref_from_url()
+    current = from_url or StateRef(DEFAULT_PROMPT, session.n_layers // 2, -1)
     with st.form("inspector:pick"):
         prompt = st.text_area("Prompt", value=current.prompt, height=80)
         cols = st.columns(2)
@@ -46,6 +47,12 @@ def render() -> None:
     if go:
         current = StateRef(prompt, int(layer), int(position))
         st.query_params.from_dict(current.to_query())
+    elif from_url is None:  # every lens on a state takes a while on CPU: run only when asked
+        st.info(
+            "Pick a prompt, layer and position and press Inspect, or click a cell of a logit-lens or "
+            "Future Lens grid to arrive here with its state."
+        )
+        return
     try:
         ref = current.resolve(session)
     except ValueError as exc:
