@@ -156,6 +156,23 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
+def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | None:
+    """Settings form and Run button for ``probe`` on ``text``; returns the result stored under ``key``.
+
+    The run goes through :func:`state.run_with_status` (progress, cancel, guards); the result
+    stays in the session so reruns of the page keep showing it.
+    """
+    with st.expander("Settings", expanded=False):
+        config = config_form(probe.config_cls, key, session)
+    if st.button("Run", type="primary", key=f"{key}:run", disabled=config is None):
+        result = state.run_with_status(
+            probe.title, lambda progress: probe.run(session, text, config, progress)
+        )
+        if result is not None:
+            state.store(key, result)
+    return state.stored(key)
+
+
 def probe_page(probe_name: str, *, intro: str = "") -> Result | None:
     """The standard page: prompt, settings, run, figures, save. Returns the shown result."""
     probe = get_probe(probe_name)
@@ -166,15 +183,7 @@ def probe_page(probe_name: str, *, intro: str = "") -> Result | None:
     if session is None:
         return None
     prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{probe_name}:prompt", height=80)
-    with st.expander("Settings", expanded=False):
-        config = config_form(probe.config_cls, probe_name, session)
-    if st.button("Run", type="primary", key=f"{probe_name}:run", disabled=config is None):
-        result = state.run_with_status(
-            probe.title, lambda progress: probe.run(session, prompt, config, progress)
-        )
-        if result is not None:
-            state.store(probe_name, result)
-    result = state.stored(probe_name)
+    result = settings_and_run(probe, probe_name, session, prompt)
     if result is not None:
         show_result(result, probe_name)
         state.save_report([result], session, probe_name)

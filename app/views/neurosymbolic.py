@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import config_form, show_result
+from lenslab.app.components import settings_and_run, show_result
 from lenslab.probes import get_probe
 from lenslab.probes.neurosymbolic import (
     DEFAULT_PROBLEM,
@@ -73,15 +73,7 @@ def render() -> None:
         help=f"Two whole numbers below {artefact.config.bound} and one of {symbols} "
         "(or words: plus, minus, times, mod, xor, gcd(a, b) ...).",
     )
-    with st.expander("Settings", expanded=False):
-        config = config_form(probe.config_cls, KEY, session)
-    if st.button("Run", type="primary", key=f"{KEY}:run", disabled=config is None):
-        result = state.run_with_status(
-            probe.title, lambda progress: probe.run(session, problem, config, progress)
-        )
-        if result is not None:
-            state.store(KEY, result)
-    result = state.stored(KEY)
+    result = settings_and_run(probe, KEY, session, problem)
     if result is not None:
         _explain(result)
         show_result(result, KEY)
