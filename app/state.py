@@ -20,7 +20,8 @@ import torch
 from lenslab.analyses.report import Report, default_report_name, report_meta, resolve_in
 from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline, guards
 from lenslab.models.paths import reports_dir
-from lenslab.probes import Cancelled, Result
+from lenslab.probes import Result
+from lenslab.progress import Cancelled
 
 log = logging.getLogger("lenslab.app")
 OTHER = "other (HF id or local folder)…"
@@ -43,7 +44,7 @@ def set_pages(pages: dict[str, Any]) -> None:
 
 def open_inspector(prompt: str, layer: int, position: int) -> None:
     """Switch to the state inspector on (prompt, layer, position), state kept in the URL."""
-    from lenslab.probes.state_inspector import StateRef
+    from lenslab.probes.inspector import StateRef
 
     params = StateRef(prompt, layer, position).to_query()
     page = _PAGES.get("inspector")

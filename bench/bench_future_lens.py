@@ -52,15 +52,12 @@ def main() -> None:
     (Path(home) / "models").symlink_to(real_models, target_is_directory=True)
 
     from lenslab.models import ModelSession
-    from lenslab.probes.future_lens import FutureLens, FutureLensConfig
-    from lenslab.probes.future_lens_data import DataSettings, collect, sample_windows
-    from lenslab.probes.future_lens_data import FutureLensData as Data
-    from lenslab.probes.future_lens_methods import (
-        Artefacts,
-        PromptTraining,
-        fit_linear_maps,
-        train_soft_prompt,
-    )
+    from lenslab.probes.future_lens.data import DataSettings, collect, sample_windows
+    from lenslab.probes.future_lens.data import FutureLensData as Data
+    from lenslab.probes.future_lens.linear import fit_linear_maps
+    from lenslab.probes.future_lens.methods import Artefacts
+    from lenslab.probes.future_lens.probe import FutureLens, FutureLensConfig
+    from lenslab.probes.future_lens.prompts import PromptTraining, train_soft_prompt
 
     session, load_s = timed(ModelSession.load)
     settings = DataSettings(n_examples=N_EXAMPLES, prefix_tokens=16, batch_size=16)

@@ -34,8 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 from bench import common
 from lenslab.models import ModelSession
-from lenslab.probes.detached import COMPONENTS, detached, record_coefficients, target_hook
-from lenslab.probes.jacobian_linear import LinearizedModel, contributions, jacobian, krylov_svd
+from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd
+from lenslab.probes.jacobian.detached import COMPONENTS, detached, record_coefficients, target_hook
+from lenslab.probes.jacobian.operator import LinearizedModel
 
 TEXT = (
     "The Eiffel Tower is located in the city of Paris, which is the capital of France. Every year "

@@ -21,10 +21,11 @@ torch.set_num_threads(2)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lenslab.models import ModelSession  # noqa: E402
-from lenslab.probes.neurosymbolic_fit import collect, ridge_path  # noqa: E402
-from lenslab.probes.neurosymbolic_model import ALPHAS, encode_prompts  # noqa: E402
-from lenslab.probes.neurosymbolic_tasks import ALL_OPERATIONS, generate_tasks  # noqa: E402
-from lenslab.probes.vsa import Codebook  # noqa: E402
+from lenslab.probes.neurosymbolic.fit import collect, ridge_path  # noqa: E402
+from lenslab.probes.neurosymbolic.pipeline import ALPHAS  # noqa: E402
+from lenslab.probes.neurosymbolic.readout import encode_prompts  # noqa: E402
+from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS, generate_tasks  # noqa: E402
+from lenslab.probes.neurosymbolic.vsa import Codebook  # noqa: E402
 
 N_PROMPTS = 48
 

@@ -29,10 +29,10 @@ import torch
 
 from lenslab.models import ModelSession
 from lenslab.probes import get_probe
-from lenslab.probes.sae_corpus import as_tensor, token_windows
-from lenslab.probes.sae_dashboards import DashboardSettings, build_dashboards, logit_effects
-from lenslab.probes.sae_features import SAEFeaturesConfig, prepare_default_artefacts
-from lenslab.probes.sae_loading import capture
+from lenslab.probes.sae.corpus import as_tensor, token_windows
+from lenslab.probes.sae.dashboards import DashboardSettings, build_dashboards, logit_effects
+from lenslab.probes.sae.features import SAEFeaturesConfig, prepare_default_artefacts
+from lenslab.probes.sae.loading import capture
 
 RESULTS = Path(__file__).parent / "results" / "sae.md"
 

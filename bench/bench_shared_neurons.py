@@ -18,8 +18,14 @@ from pathlib import Path
 import torch
 
 from lenslab.models import ModelSession
-from lenslab.probes.shared_neurons import answer_scores, encode_items, head_hook, mlp_hook, unit_statistics
-from lenslab.probes.tasks import exact_arithmetic
+from lenslab.probes.shared_neurons.tasks import exact_arithmetic
+from lenslab.probes.shared_neurons.units import (
+    answer_scores,
+    encode_items,
+    head_hook,
+    mlp_hook,
+    unit_statistics,
+)
 
 torch.set_num_threads(2)
 OUT = Path(__file__).parent / "results" / "shared_neurons.md"

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from lenslab.progress import Cancelled
+
 BUDGET_ENV = "LENSLAB_MEMORY_BUDGET_GB"
 TIME_LIMIT_ENV = "LENSLAB_TIME_LIMIT_S"
 DEFAULT_APP_TIME_LIMIT_S = 1800.0  # the app's per-request default when $LENSLAB_TIME_LIMIT_S is unset
@@ -220,8 +222,6 @@ def time_limited(
 
     The clock starts when the wrapper is made. ``None`` (or 0) means no limit.
     """
-    from lenslab.probes.base import Cancelled  # lazy: probes import models, not the reverse
-
     if not limit_s:
         return progress
     deadline = clock() + float(limit_s)
@@ -266,6 +266,4 @@ def check_deadline() -> None:
     """Raise ``Cancelled`` if the enclosing :func:`deadline` has passed (called before each forward)."""
     current = _DEADLINE.get()
     if current is not None and current[2]() > current[0]:
-        from lenslab.probes.base import Cancelled  # lazy: probes import models, not the reverse
-
         raise Cancelled(_limit_message(current[1]))

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslab.models import guards, loading
+from lenslab.models import guards, hooknames, loading
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -246,11 +246,12 @@ class ModelSession:
         self,
         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
         bwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = (),
-    ) -> Iterator[Any]:
+    ) -> Iterator[HookedModel]:
         """Hold the model lock with ``fwd_hooks`` attached; always removes them on exit.
 
-        Hook functions follow TransformerLens' signature ``fn(tensor, *, hook)``. Yields the
-        bridge so the caller can run forwards while the hooks are live.
+        Hook functions follow TransformerLens' signature ``fn(tensor, *, hook)``. Yields a
+        :class:`HookedModel` whose forwards each pass the memory and time guards; a hook may
+        raise :class:`StopForward` to end a forward early (the runner swallows it).
         """
         known = self.hook_names
         for name, _ in [*fwd_hooks, *bwd_hooks]:
@@ -260,9 +261,83 @@ class ModelSession:
         with self.lock:
             try:
                 with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
-                    yield self.bridge
+                    yield HookedModel(self)
             finally:
                 self.bridge.reset_hooks(including_permanent=False)
+
+    def capture(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        names: Sequence[str],
+        *,
+        hooks: Sequence[tuple[str, HookFn]] = (),
+        stop_early: bool = True,
+    ) -> dict[str, Tensor]:
+        """Activations ``names`` for ``tokens`` from one forward that stops once all have fired.
+
+        Layers after the last wanted hook never run, which makes collecting early and middle
+        activations several times cheaper than a full forward (capturing ``FINAL_NORM`` skips
+        the unembedding). ``hooks`` (interventions such as an SAE splice) run in the same pass.
+        Captured tensors are detached copies on the model's device.
+        """
+        wanted = list(dict.fromkeys(names))
+        if not wanted:
+            raise ValueError("capture needs at least one hook name")
+        box: dict[str, Tensor] = {}
+
+        def grab(activation: Tensor, *, hook: Any) -> None:
+            box[hook.name] = activation.detach().clone()
+            if stop_early and len(box) == len(wanted):
+                raise StopForward
+
+        with self.hooks([*hooks, *[(name, grab) for name in wanted]]) as model, torch.inference_mode():
+            model.forward(tokens, return_type=None, cached=wanted)
+        missing = [name for name in wanted if name not in box]
+        if missing:
+            raise ValueError(f"hook point(s) {missing} did not fire during the forward pass")
+        return box
+
+    def logits(
+        self, tokens: Int[Tensor, "batch seq"], hooks: Sequence[tuple[str, HookFn]] = ()
+    ) -> Float[Tensor, "batch seq vocab"]:
+        """Logits of one (guarded, inference-mode) forward with intervention ``hooks`` attached."""
+        with self.hooks(hooks) as model, torch.inference_mode():
+            return model.forward(tokens)
+
+    def generate_greedy(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        n_new: int,
+        *,
+        hooks: Sequence[tuple[str, HookFn]] = (),
+        on_prefill: Callable[[], None] | None = None,
+        logits_to_keep: int = 1,
+    ) -> tuple[Int[Tensor, "batch n_new"], list[Float[Tensor, "batch keep vocab"]]]:
+        """Greedy continuation of ``tokens`` with the KV cache, under ``hooks``.
+
+        Returns the ``n_new`` chosen tokens and each step's kept logits (step 0 is the prefill,
+        keeping its last ``logits_to_keep`` positions; 0 keeps all). ``on_prefill`` is called
+        after the prefill so that hooks can tell the prefill from the incremental steps.
+        """
+        if n_new < 1:
+            raise ValueError(f"n_new must be ≥ 1, got {n_new}")
+        chosen: list[Tensor] = []
+        kept: list[Tensor] = []
+        with self.hooks(hooks) as model, torch.inference_mode():
+            out = model.hf(input_ids=tokens, use_cache=True, logits_to_keep=logits_to_keep)
+            if on_prefill is not None:
+                on_prefill()
+            for step in range(n_new):
+                kept.append(out.logits)
+                chosen.append(out.logits[:, -1].float().argmax(-1))
+                if step + 1 < n_new:
+                    out = model.hf(
+                        input_ids=chosen[-1][:, None],
+                        past_key_values=out.past_key_values,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+        return torch.stack(chosen, 1), kept
 
     def run(
         self,
@@ -297,10 +372,61 @@ class ModelSession:
                 logits, activations = self.bridge(tokens), {}
         return ActivationRun(tokens=tokens, logits=logits, activations=activations)
 
+    # ------------------------------------------------------------------ weights and final logits
+    @property
+    def hf_config(self) -> Any:
+        """The Hugging Face config of the loaded model (read-only facts such as soft-caps)."""
+        return self.bridge.original_model.config
+
+    def final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The model's final norm applied to residual-stream vectors."""
+        return self.bridge.ln_final(resid)
+
+    def final_logits(self, final_hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logits from final-norm outputs: the unembedding, then the model's logit soft-cap if any.
+
+        The one place lenslab turns a last hidden state into logits, so every probe decodes the
+        same way the model does (Gemma 2 soft-caps its logits; Gemma 3, Llama and GPT-2 don't).
+        """
+        logits = self.bridge.unembed(final_hidden)
+        cap = getattr(self.hf_config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
     def decode_resid(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
-        """Logits from a residual-stream vector: final norm, then unembedding (logit lens)."""
+        """Logits from a residual-stream vector: final norm, then :meth:`final_logits` (logit lens)."""
         with torch.inference_mode():
-            return self.bridge.unembed(self.bridge.ln_final(resid))
+            return self.final_logits(self.final_norm(resid))
+
+    @property
+    def unembed_matrix(self) -> Float[Tensor, "d_model vocab"]:
+        """The unembedding W_U (detached)."""
+        return self.bridge.unembed.W_U.detach()
+
+    def input_embedding(self) -> torch.nn.Module:
+        """The token-embedding module (applies the model's embedding scale, e.g. √d for Gemma)."""
+        return self.bridge.original_model.get_input_embeddings()
+
+    def output_embedding(self) -> torch.nn.Module:
+        """The unembedding module (``lm_head``)."""
+        return self.bridge.original_model.get_output_embeddings()
+
+    def hf_layers(self) -> Sequence[torch.nn.Module]:
+        """The HF decoder layers, for code that reads weights to compile its own operator."""
+        model = self.bridge.original_model
+        inner = getattr(model, "model", None) or getattr(model, "transformer", None)
+        layers = getattr(inner, "layers", None)
+        return layers if layers is not None else inner.h
+
+    def block_component(self, layer: int, path: str) -> torch.nn.Module:
+        """The HF module behind bridge component ``blocks.<layer>.<path>`` (e.g. ``mlp.out``)."""
+        module: Any = self.bridge.blocks[self.check_layer(layer)]
+        for part in path.split("."):
+            module = getattr(module, part)
+        return getattr(module, "original_component", module)
+
+    def named_weights(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
+        """The model's parameters by HF name (for fingerprints and weight statistics)."""
+        return self.bridge.original_model.named_parameters()
 
     def active_hook_count(self) -> int:
         """Number of user hooks currently attached to hook points (0 when the model is clean)."""
@@ -310,8 +436,82 @@ class ModelSession:
         )
 
     def resid_name(self, layer: int) -> str:
-        """Hook name of the residual stream after block ``layer``."""
-        return f"blocks.{self.check_layer(layer)}.hook_out"
+        """Hook name of the residual stream after block ``layer`` (validated)."""
+        return hooknames.resid(self.check_layer(layer))
+
+
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass early; :class:`HookedModel` swallows it.
+
+    The one stop-the-forward mechanism: layers after the hook never run.
+    """
+
+
+class HookedModel:
+    """The model as seen inside ``session.hooks(...)``: every forward is guarded.
+
+    Each call checks the time limit and the memory budget, turns out-of-memory into a readable
+    error and ends quietly when a hook raises :class:`StopForward`. Probes run the model only
+    through this object or the session's own methods, never through the bridge.
+    """
+
+    def __init__(self, session: ModelSession) -> None:
+        self._session = session
+
+    def _guard(self, tokens: Tensor | None, embeds: Tensor | None, cached: Sequence[str]) -> None:
+        shape = tokens.shape if tokens is not None else embeds.shape[:-1]  # type: ignore[union-attr]
+        batch, seq = (int(shape[0]), int(shape[-1])) if len(shape) > 1 else (1, int(shape[-1]))
+        guards.check_deadline()
+        guards.check_run(self._session, seq, list(cached), batch=batch)
+
+    def forward(
+        self,
+        tokens: Int[Tensor, "batch seq"],
+        *,
+        return_type: str | None = "logits",
+        cached: Sequence[str] = (),
+    ) -> Any:
+        """The bridge forward (``return_type`` as TransformerLens: ``"logits"``, ``"loss"``, None).
+
+        Returns None when a hook stopped the pass early. ``cached`` names the activations the
+        caller's hooks keep, for the memory estimate.
+        """
+        self._guard(tokens, None, cached)
+        with guards.oom_guard("the forward pass"):
+            try:
+                return self._session.bridge(tokens, return_type=return_type)
+            except StopForward:
+                return None
+
+    __call__ = forward
+
+    def hf(
+        self,
+        *,
+        input_ids: Int[Tensor, "batch seq"] | None = None,
+        inputs_embeds: Float[Tensor, "batch seq d_model"] | None = None,
+        attention_mask: Tensor | None = None,
+        past_key_values: Any = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ) -> Any:
+        """The Hugging Face forward (KV cache, ``logits_to_keep``) with the session's hooks live.
+
+        Returns HF's output (``.logits``, ``.past_key_values``), or None if a hook stopped it.
+        """
+        self._guard(input_ids, inputs_embeds, ())
+        with guards.oom_guard("the forward pass"):
+            try:
+                return self._session.bridge.original_model(
+                    input_ids=input_ids,
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=attention_mask,
+                    past_key_values=past_key_values,
+                    use_cache=use_cache,
+                    logits_to_keep=logits_to_keep,
+                )
+            except StopForward:
+                return None
 
 
 def validate_prompt(prompt: Any) -> str:

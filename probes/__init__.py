@@ -1,40 +1,50 @@
-"""Probe families. Importing this package registers every built-in probe.
+"""Probes: the Probe / Config / Result contract and the built-in probe families.
 
-Each non-private module (or subpackage) of ``lenslab.probes`` is imported once here, so adding a
-probe family is adding one module that decorates its Probe class with ``@register``.
+The families are listed here explicitly (as sae-lens' ``__init__`` lists its SAE classes):
+importing a family registers its probes with ``@register`` and its state-inspector views with
+``register_state_view``. Adding a family is one subpackage plus one line in ``FAMILIES``.
 """
 
-import importlib
-import pkgutil
-
+# The families, in the order the app lists them. Each import registers that family's probes.
+from lenslab.probes import (
+    feature_attribution,
+    future_lens,
+    jacobian,
+    logit_lens,
+    mlp_units,
+    neurosymbolic,
+    sae,
+    shared_neurons,
+)
 from lenslab.probes.base import (
-    NO_PROGRESS,
-    Cancelled,
     Config,
     Probe,
-    Progress,
     Result,
     get_probe,
     register,
     registered_probes,
     result_class,
 )
+from lenslab.probes.logit_lens import LogitLens, LogitLensConfig, LogitLensResult
 
-for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
-
-from lenslab.probes.logit_lens import LogitLens, LogitLensConfig, LogitLensResult  # noqa: E402
+FAMILIES = (
+    logit_lens,
+    future_lens,
+    jacobian,
+    sae,
+    shared_neurons,
+    neurosymbolic,
+    mlp_units,
+    feature_attribution,
+)
 
 __all__ = [
-    "NO_PROGRESS",
-    "Cancelled",
+    "FAMILIES",
     "Config",
     "LogitLens",
     "LogitLensConfig",
     "LogitLensResult",
     "Probe",
-    "Progress",
     "Result",
     "get_probe",
     "register",

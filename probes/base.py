@@ -11,14 +11,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_type_hints
 
 import numpy as np
 import typeguard
 
 from lenslab.probes.serialize import from_plain, to_plain
+from lenslab.progress import NO_PROGRESS, Progress
 
 ALL_ITEMS = typeguard.CollectionCheckStrategy.ALL_ITEMS
 
@@ -26,21 +26,6 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from lenslab.models.session import ModelSession
-
-
-class Progress(Protocol):
-    """Progress callback: ``fraction`` in [0, 1] and a short message. May raise ``Cancelled``."""
-
-    def __call__(self, fraction: float, message: str = "") -> None:
-        """Report progress; may raise ``Cancelled``."""
-
-
-def NO_PROGRESS(fraction: float, message: str = "") -> None:
-    """Progress sink that ignores updates."""
-
-
-class Cancelled(Exception):
-    """Raised from a progress callback to stop a long computation cleanly."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +228,3 @@ def to_numpy(tensor: Any) -> np.ndarray:
             tensor = tensor.float()
         return tensor.cpu().numpy()
     return np.asarray(tensor)
-
-
-ProgressFactory = Callable[[str], Progress]

@@ -20,12 +20,14 @@ import torch
 from jaxtyping import Float, Int
 
 from lenslab.models.session import ModelSession
-from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
-from lenslab.probes.detached import record_coefficients
-from lenslab.probes.jacobian_linear import LinearizedModel, contributions
+from lenslab.probes.base import Config, Probe, Result, register, to_numpy
+from lenslab.probes.inspector import StateRef, StateView, register_state_view
+from lenslab.probes.jacobian.algorithms import contributions
+from lenslab.probes.jacobian.detached import record_coefficients
+from lenslab.probes.jacobian.operator import LinearizedModel
 from lenslab.probes.plotting import label, unique_labels
-from lenslab.probes.sae_loading import LoadedSAE, load_sae
-from lenslab.probes.state_inspector import StateRef, StateView, register_state_view
+from lenslab.probes.sae.loading import LoadedSAE, load_sae
+from lenslab.progress import NO_PROGRESS, Progress
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import torch
 from jaxtyping import Float, Int
 
 from lenslab.models.session import ModelSession
-from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
+from lenslab.probes.base import Config, Probe, Result, register, to_numpy
+from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import cell_state, label, token_grid
-from lenslab.probes.state_inspector import StateRef, StateView, register_state_view
+from lenslab.progress import NO_PROGRESS, Progress
 
 
 @dataclass(frozen=True)

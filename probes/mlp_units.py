@@ -16,9 +16,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lenslab.models.session import ModelSession
-from lenslab.probes.base import NO_PROGRESS, Config, Probe, Progress, Result, register, to_numpy
+from lenslab.probes.base import Config, Probe, Result, register, to_numpy
+from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import label
-from lenslab.probes.state_inspector import StateRef, StateView, register_state_view
+from lenslab.progress import NO_PROGRESS, Progress
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ def read_state(session: ModelSession, prompt: str, hook: str, position: int) -> 
     """One forward caching only ``hook``; its activation at ``position`` (negative: from the end).
 
     The lenses that look at a single vector of one state (these units, the VSA readout of
-    :mod:`lenslab.probes.neurosymbolic_state`) share it, so they resolve the position and label
+    :mod:`lenslab.probes.neurosymbolic.vsa_readout`) share it, so they resolve the position and label
     the tokens the same way.
     """
     run = session.run(prompt, [hook])
@@ -143,5 +144,3 @@ def _describe(result: MLPUnitsResult, ref: StateRef) -> list[str]:
 
 
 register_state_view(StateView("mlp_units", "MLP units", _view, order=50, describe=_describe))
-
-__all__ = ["MLPUnits", "MLPUnitsConfig", "MLPUnitsResult", "StateActivation", "read_state"]

@@ -102,7 +102,8 @@ _PILOTS: dict[tuple[int, float], dict[str, Any]] = {}
 def runnable_probes(session, pilot_limit_s: float = 6.0) -> dict[str, Any]:
     """Probes whose fast config runs on ``session`` within the pilot limit, with their pilot results."""
     from lenslab.models import guards
-    from lenslab.probes import NO_PROGRESS, Cancelled, registered_probes
+    from lenslab.probes import registered_probes
+    from lenslab.progress import NO_PROGRESS, Cancelled
 
     key = (id(session), pilot_limit_s)
     if key in _PILOTS:

@@ -6,17 +6,16 @@ import streamlit as st
 
 from lenslab.app import state
 from lenslab.app.components import DEFAULT_PROMPT, config_form, show_result
-from lenslab.probes.future_lens import (
-    METHODS,
+from lenslab.probes.future_lens.artefacts import artefact_signature
+from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig, default_eval_layers, run_evaluation
+from lenslab.probes.future_lens.methods import METHODS, Artefacts
+from lenslab.probes.future_lens.probe import (
     FutureLens,
     FutureLensConfig,
-    FutureLensEvalConfig,
     prepare_default_artefacts,
-    run_evaluation,
     train_learned_prompt,
 )
-from lenslab.probes.future_lens_eval import default_eval_layers
-from lenslab.probes.future_lens_methods import Artefacts, PromptTraining, artefact_signature
+from lenslab.probes.future_lens.prompts import PromptTraining
 
 TITLE = "Future Lens"
 ICON = "🔮"

@@ -8,7 +8,7 @@ import streamlit as st
 
 from lenslab.app import state
 from lenslab.app.components import DEFAULT_PROMPT, show_result
-from lenslab.probes.state_inspector import StateRef, inspect_state, state_views
+from lenslab.probes.inspector import StateRef, inspect_state, state_views
 
 TITLE = "State inspector"
 ICON = "🧭"

@@ -7,13 +7,13 @@ import streamlit as st
 from lenslab.app import state
 from lenslab.app.components import settings_and_run, show_result
 from lenslab.probes import get_probe
-from lenslab.probes.neurosymbolic import (
+from lenslab.probes.neurosymbolic.probe import (
     DEFAULT_PROBLEM,
     fit_summary,
     load_artefact,
     prepare_default_artefacts,
 )
-from lenslab.probes.neurosymbolic_tasks import OPERATIONS
+from lenslab.probes.neurosymbolic.tasks import OPERATIONS
 
 TITLE = "Neurosymbolic"
 ICON = "🧮"

@@ -7,15 +7,15 @@ import streamlit as st
 from lenslab.app import state
 from lenslab.app.components import DEFAULT_PROMPT, config_form, show_result
 from lenslab.probes import get_probe
-from lenslab.probes.sae_features import (
+from lenslab.probes.sae.features import (
     SAEFeatureConfig,
     SAEFeatureResult,
     SAEFeaturesConfig,
     SAEFeaturesResult,
 )
-from lenslab.probes.sae_loading import LoadedSAE, available_specs, load_sae
-from lenslab.probes.sae_steering import MODES, SAESteeringConfig
-from lenslab.probes.sae_training import SAETrainingConfig, train_sae
+from lenslab.probes.sae.loading import LoadedSAE, available_specs, load_sae
+from lenslab.probes.sae.steering import MODES, SAESteeringConfig
+from lenslab.probes.sae.training import SAETrainingConfig, train_sae
 
 TITLE = "SAE features"
 ICON = "🧩"

@@ -7,8 +7,8 @@ import streamlit as st
 from lenslab.app import state
 from lenslab.app.components import config_form, show_result
 from lenslab.probes import get_probe
-from lenslab.probes.shared_neurons import PERTURBED, SharedNeuronsConfig, SharedNeuronsResult
-from lenslab.probes.tasks import builtin_names, load_task_set
+from lenslab.probes.shared_neurons.result import PERTURBED, SharedNeuronsConfig, SharedNeuronsResult
+from lenslab.probes.shared_neurons.tasks import builtin_names, load_task_set
 
 TITLE = "Shared neurons"
 ICON = "🧬"

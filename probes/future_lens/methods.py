@@ -1,0 +1,129 @@
+"""The four Future Lens methods behind one dispatch, and the trained artefacts they need.
+
+1. direct projection: decode h_t^ℓ (final norm + unembed) as if it were the prediction for t+N+1;
+2. linear model: a d_model×d_model map h_t^ℓ → last block's output at t+N, fitted in closed form
+   (ridge on centred data, float64), decoded through final norm + unembed (``future_lens_linear``);
+3. fixed prompt: run a generic context, overwrite the layer-ℓ state at its last position with
+   h_t^ℓ, feed the model's own next tokens (teacher forcing) and read N = 0..3;
+4. learned prompt: as 3 with a trainable soft prompt (10 vectors) trained with KL(original ‖
+   intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023) (3 and 4: ``future_lens_prompts``).
+
+Trained artefacts are safetensors files with JSON metadata (model id, d_model, settings, data
+key) under ``artefacts_dir()/future_lens/<model>``; loading one for another model is refused
+(``future_lens_artefacts``). Every name of those modules is re-exported here, so code and saved
+notebooks importing from ``future_lens_methods`` keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lenslab.models.session import ModelSession
+from lenslab.probes.future_lens.linear import (
+    LinearMaps,
+    load_linear,
+)
+from lenslab.probes.future_lens.prompts import (
+    SoftPrompt,
+    causal_logits,
+    embedding_multiplier,
+    fixed_context_ids,
+    load_soft_prompt,
+    trained_prompt_layers,
+)
+
+METHODS = ("direct", "linear", "fixed", "learned")
+
+
+@dataclass
+class Artefacts:
+    """What the trained methods need: linear maps and soft prompts by layer (either may be absent)."""
+
+    linear: LinearMaps | None = None
+    prompts: dict[int, SoftPrompt] = field(default_factory=dict)
+
+    @classmethod
+    def saved(cls, session: ModelSession) -> Artefacts:
+        """Everything saved for the session's model."""
+        prompts = {}
+        for layer in trained_prompt_layers(session):
+            prompt = load_soft_prompt(session, layer)
+            if prompt is not None:
+                prompts[layer] = prompt
+        return cls(linear=load_linear(session), prompts=prompts)
+
+    def missing(self, method: str, layers: list[int]) -> str | None:
+        """A sentence naming what ``method`` lacks for ``layers``, or None when it can run."""
+        if method == "linear":
+            if self.linear is None:
+                return "no linear maps are trained for this model yet: train them (Train / evaluate)"
+            lacking = [layer for layer in layers if layer not in self.linear.layers]
+            if lacking:
+                return f"no linear maps for layer(s) {lacking}: train them (Train / evaluate)"
+        if method == "learned":
+            lacking = [layer for layer in layers if layer not in self.prompts]
+            if lacking:
+                return f"no learned prompt for layer(s) {lacking}: train one per layer (Train / evaluate)"
+        return None
+
+
+def method_logits(
+    session: ModelSession,
+    method: str,
+    layer: int,
+    states: Float[Tensor, "batch d_model"],
+    teacher: Int[Tensor, "batch fed"],
+    artefacts: Artefacts,
+) -> Float[Tensor, "batch horizon vocab"]:
+    """Logits for t+1 .. t+1+fed predicted from single states h_t^ℓ by ``method``."""
+    horizon = teacher.shape[1] + 1
+    if method == "direct":
+        return session.decode_resid(states)[:, None].expand(-1, horizon, -1)
+    if method == "linear":
+        if artefacts.missing("linear", [layer]):
+            raise ValueError(artefacts.missing("linear", [layer]))
+        return session.decode_resid(artefacts.linear.predict(states, layer)[:, :horizon])  # type: ignore[union-attr]
+    if method == "fixed":
+        return causal_logits(session, states, layer, teacher, context_ids=fixed_context_ids(session))
+    if method == "learned":
+        if artefacts.missing("learned", [layer]):
+            raise ValueError(artefacts.missing("learned", [layer]))
+        prompt = artefacts.prompts[layer]
+        multiplier = float(prompt.meta.get("multiplier", embedding_multiplier(session)))
+        return causal_logits(
+            session, states, layer, teacher, soft_prompt=prompt.vectors, multiplier=multiplier
+        )
+    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+
+
+def method_topk(
+    session: ModelSession,
+    method: str,
+    layer: int,
+    states: Float[Tensor, "batch d_model"],
+    teacher: Int[Tensor, "batch fed"],
+    artefacts: Artefacts,
+    k: int,
+    chunk: int = 32,
+) -> tuple[Tensor, Tensor]:
+    """Top-k ids and probabilities ``[batch, horizon, k]`` (CPU), computed in chunks."""
+    ids, probs = [], []
+    horizon = teacher.shape[1] + 1
+    with torch.inference_mode():
+        for begin in range(0, states.shape[0], chunk):
+            part, fed = states[begin : begin + chunk], teacher[begin : begin + chunk]
+            if method == "direct":  # one distribution per state: the same guess for every N
+                logits = session.decode_resid(part)[:, None]
+            else:
+                logits = method_logits(session, method, layer, part, fed, artefacts)
+            logits = logits.float()
+            # top-k of the logits and exp(logit − logsumexp): no 262k-wide softmax is materialised
+            values, top = logits.topk(k, dim=-1)
+            values = (values - logits.logsumexp(-1, keepdim=True)).exp()
+            ids.append(top.expand(-1, horizon, -1).cpu())
+            probs.append(values.expand(-1, horizon, -1).cpu())
+    return torch.cat(ids), torch.cat(probs)

@@ -1,0 +1,325 @@
+"""Future Lens (Pal et al., CoNLL 2023): what a single hidden state knows about tokens t+2, t+3, ….
+
+For a prompt, every cell (layer ℓ, position t) of the grid decodes the ONE state h_t^ℓ into the
+tokens it predicts for t+1 .. t+1+N with one of four methods (see ``future_lens_methods``):
+direct projection, the linear model, the fixed-prompt or the learned-prompt intervention. The
+model's actual continuation is shown alongside: at position t it is the model's greedy token at
+t+1+n given the prompt up to t+n (the prompt's own tokens are fed where it has them, the model's
+greedy tokens beyond its end). The causal methods feed those actual tokens after the context
+(teacher forcing, as in the evaluation), so one forward per cell gives every N.
+
+Direct projection and the fixed prompt need no training; the linear maps and learned prompts come
+from saved artefacts (``prepare_default_artefacts`` fits the linear maps once per model).
+Data, training and the evaluation live in ``future_lens_data``, ``future_lens_linear``,
+``future_lens_prompts`` and ``future_lens_eval``; ``future_lens_methods`` dispatches between methods.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+
+from lenslab.models.session import ModelSession
+from lenslab.probes.base import Config, Probe, Result, register, to_numpy
+from lenslab.probes.future_lens.data import HORIZONS, DataSettings, build_dataset
+from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, ensure_linear
+from lenslab.probes.future_lens.methods import METHODS, Artefacts, method_topk
+from lenslab.probes.future_lens.prompts import PromptTraining, SoftPrompt, soft_prompt_path, train_soft_prompt
+from lenslab.probes.inspector import StateRef, StateView, register_state_view
+from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
+from lenslab.progress import NO_PROGRESS, Progress
+
+
+@dataclass(frozen=True)
+class FutureLensConfig(Config):
+    """Settings of the Future Lens grid."""
+
+    method: str = field(
+        default="direct",
+        metadata={
+            "help": "direct and fixed need no training; linear / learned use saved artefacts",
+            "choices": METHODS,
+        },
+    )
+    horizon: int = field(
+        default=3,
+        metadata={"help": "N: show the predictions for t+1 .. t+1+N", "min": 0, "max": HORIZONS - 1},
+    )
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to show (empty: all)"})
+    k: int = field(
+        default=5, metadata={"help": "top tokens kept per cell and N (hover)", "min": 1, "max": 20}
+    )
+
+    def validate(self, session: ModelSession) -> None:
+        """Check the method, N, k and the layers against the model."""
+        super().validate(session)
+        session.check_layers(self.layers)
+
+
+@dataclass(frozen=True)
+class FutureLensResult(Result):
+    """Top-k predictions for t+1..t+1+N of every (layer, position) state, and the actual tokens."""
+
+    probe = "future_lens"
+    state_figures = ("grid",)
+    config: FutureLensConfig
+    method: str
+    tokens: list[str]
+    layers: Int[np.ndarray, " layer"]
+    top_ids: Int[np.ndarray, "layer pos horizon k"]
+    top_probs: Float[np.ndarray, "layer pos horizon k"]
+    top_tokens: list[list[list[list[str]]]]
+    actual_ids: Int[np.ndarray, "pos horizon"]
+    actual_tokens: list[list[str]]
+    artefact: str  # which trained artefact was used (empty for untrained methods)
+
+    @property
+    def matches(self) -> np.ndarray:
+        """Whether each cell's top-1 equals the model's actual token, ``[layer, pos, horizon]``."""
+        return self.top_ids[..., 0] == self.actual_ids[None]
+
+    def summary(self) -> dict[str, object]:
+        """How often the single-state predictions agree with the actual continuation."""
+        agree = self.matches.mean(axis=(0, 1))
+        out: dict[str, object] = {"method": self.method}
+        for n, value in enumerate(agree):
+            out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%"
+        return out
+
+    def state_at(self, figure: str, point: dict[str, Any]) -> tuple[int, int] | None:
+        """A grid cell is the hidden state (layer, position) the predictions were read from."""
+        return cell_state(point, self.layers.tolist()) if figure == "grid" else None
+
+    def figures(self) -> dict[str, go.Figure]:
+        """The (layer × position) grid with the actual continuation on top, and agreement by layer."""
+        return {"grid": self.grid_figure(), "agreement": self.agreement_figure()}
+
+    def grid_figure(self) -> go.Figure:
+        """Each cell: top-1 tokens for t+1..t+1+N; colour = mean top-1 probability; hover: top-k."""
+        horizon = self.top_ids.shape[2]
+        x = unique_labels(self.tokens)
+        y = [f"L{layer}" for layer in self.layers.tolist()]
+        text, hover = [], []
+        for row_tokens, row_probs, row_match in zip(
+            self.top_tokens, self.top_probs.tolist(), self.matches.tolist(), strict=True
+        ):
+            text.append([" · ".join(label(cell[n][0]) for n in range(horizon)) for cell in row_tokens])
+            hover.append(
+                [
+                    "<br>".join(
+                        f"<b>t+{n + 1}</b>{' ✓' if match[n] else ''}: "
+                        + ", ".join(f"{label(t)} {p:.2f}" for t, p in zip(cell[n], probs[n], strict=True))
+                        for n in range(horizon)
+                    )
+                    for cell, probs, match in zip(row_tokens, row_probs, row_match, strict=True)
+                ]
+            )
+        actual_text = [" · ".join(label(t) for t in cell) for cell in self.actual_tokens]
+        fig = go.Figure(
+            go.Heatmap(
+                z=self.top_probs[..., 0].mean(-1),
+                x=x,
+                y=y,
+                text=text,
+                texttemplate="%{text}",
+                textfont={"size": 9},
+                colorscale="Blues",
+                zmin=0.0,
+                zmax=1.0,
+                colorbar={"title": "mean p(top-1)"},
+            )
+        )
+        fig.add_trace(
+            go.Heatmap(
+                z=[[0.0] * len(x)],
+                x=x,
+                y=["actual"],
+                text=[actual_text],
+                texttemplate="%{text}",
+                textfont={"size": 9},
+                hovertemplate="model's actual continuation<br>%{text}<extra></extra>",
+                colorscale=[[0.0, "#f3e6c4"], [1.0, "#f3e6c4"]],
+                showscale=False,
+            )
+        )
+        add_clickable_cells(fig, x, y, hover)
+        fig.update_layout(
+            title=f"Future Lens ({self.method}): tokens t+1 … t+{horizon} decoded from each single state",
+            xaxis={"title": "position · input token", "tickangle": -45},
+            yaxis={"title": "layer", "categoryorder": "array", "categoryarray": [*y, "actual"]},
+            template="plotly_white",
+            height=max(360, 30 * (len(y) + 1) + 180),
+        )
+        return fig
+
+    def agreement_figure(self) -> go.Figure:
+        """Share of positions whose top-1 equals the actual token, per layer and N."""
+        fig = go.Figure()
+        layers = self.layers.tolist()
+        for n in range(self.top_ids.shape[2]):
+            fig.add_trace(
+                go.Scatter(
+                    x=layers, y=100 * self.matches[:, :, n].mean(1), mode="lines+markers", name=f"t+{n + 1}"
+                )
+            )
+        fig.update_layout(
+            title=f"Agreement with the actual continuation on this prompt ({self.method})",
+            xaxis_title="layer",
+            yaxis_title="% positions top-1 = actual",
+            template="plotly_white",
+            height=360,
+        )
+        return fig
+
+
+def actual_continuation(
+    session: ModelSession, tokens: Int[torch.Tensor, "1 seq"], horizon: int, layers: list[int]
+) -> tuple[dict[int, torch.Tensor], Int[torch.Tensor, "seq horizon"]]:
+    """Residual states of ``layers`` over the prompt and the actual tokens t+1..t+horizon per position.
+
+    One prefill with the KV cache, then ``horizon - 1`` greedy steps past the prompt's end.
+    """
+    hf = session.bridge.original_model
+    names = {session.resid_name(layer): layer for layer in layers}
+    captured: dict[int, torch.Tensor] = {}
+    state = {"prefill": True}
+
+    def capture(tensor: torch.Tensor, *, hook: Any) -> None:
+        if state["prefill"]:
+            captured[names[hook.name]] = tensor[0].detach()
+
+    predicted = []
+    with session.hooks([(name, capture) for name in names]), torch.inference_mode():
+        out = hf(input_ids=tokens, use_cache=True)
+        predicted.append(out.logits[0].float().argmax(-1))
+        state["prefill"] = False
+        for _ in range(horizon - 1):
+            next_id = predicted[-1][-1:]
+            out = hf(input_ids=next_id[None], past_key_values=out.past_key_values, use_cache=True)
+            predicted.append(out.logits[0, -1:].float().argmax(-1))
+    extended = torch.cat(predicted)  # greedy token after each position of prompt + continuation
+    seq = tokens.shape[1]
+    actual = torch.stack([extended[t : t + horizon] for t in range(seq)])
+    return captured, actual
+
+
+@register
+class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
+    """Decode several future tokens from each single hidden state of a prompt."""
+
+    name = "future_lens"
+    title = "Future Lens"
+    description = "What one hidden state already knows about the tokens t+1 … t+4 (Pal et al., 2023)."
+    config_cls = FutureLensConfig
+    result_cls = FutureLensResult
+
+    def run(
+        self,
+        session: ModelSession,
+        prompt: str,
+        config: FutureLensConfig,
+        progress: Progress = NO_PROGRESS,
+        artefacts: Artefacts | None = None,
+    ) -> FutureLensResult:
+        """The (layer × position) grid for ``prompt``; trained methods use saved artefacts."""
+        config.validate(session)
+        layers = session.check_layers(config.layers)
+        artefacts = artefacts if artefacts is not None else Artefacts.saved(session)
+        missing = artefacts.missing(config.method, layers)
+        if missing:
+            raise ValueError(f"the {config.method} method cannot run: {missing}")
+        horizon = config.horizon + 1
+        k = min(config.k, session.d_vocab)
+        progress(0.0, "forward pass and actual continuation")
+        tokens = session.tokenize(prompt)
+        with session.lock:
+            states, actual = actual_continuation(session, tokens, horizon, layers)
+            teacher = actual[:, : horizon - 1]
+            top_ids, top_probs = [], []
+            for i, layer in enumerate(layers):
+                ids, probs = method_topk(session, config.method, layer, states[layer], teacher, artefacts, k)
+                top_ids.append(ids)
+                top_probs.append(probs)
+                progress((i + 1) / len(layers), f"{config.method}: decoded layer {layer}")
+        top_ids_np = to_numpy(torch.stack(top_ids)).astype(np.int64)
+        actual_np = to_numpy(actual).astype(np.int64)
+        artefact = ""
+        if config.method == "linear" and artefacts.linear is not None:
+            artefact = f"linear maps fitted on {artefacts.linear.meta.get('n_train')} examples"
+        elif config.method == "learned":
+            artefact = ", ".join(str(soft_prompt_path(session.model_id, layer).name) for layer in layers)
+        return FutureLensResult(
+            model_id=session.model_id,
+            prompt=prompt,
+            config=config,
+            method=config.method,
+            tokens=session.decode_each(tokens[0].tolist()),
+            layers=np.asarray(layers, dtype=np.int64),
+            top_ids=top_ids_np,
+            top_probs=to_numpy(torch.stack(top_probs)).astype(np.float32),
+            top_tokens=[
+                [[session.decode_each(ids) for ids in cell] for cell in row] for row in top_ids_np.tolist()
+            ],
+            actual_ids=actual_np,
+            actual_tokens=[session.decode_each(row) for row in actual_np.tolist()],
+            artefact=artefact,
+        )
+
+
+def prepare_default_artefacts(
+    session: ModelSession,
+    progress: Progress = NO_PROGRESS,
+    settings: DataSettings | None = None,
+    ridge: float = DEFAULT_RIDGE,
+) -> dict[str, object]:
+    """Build the default dataset and fit (or reuse) the linear maps of every layer for N = 0..3.
+
+    What the Future Lens page needs to show the linear method at once. Learned prompts are
+    trained per layer from the page (they take minutes on a CPU).
+    """
+    data = build_dataset(session, settings or DataSettings(), lambda f, m="": progress(0.9 * f, m))
+    maps = ensure_linear(session, data, ridge, progress=lambda f, m="": progress(0.9 + 0.1 * f, m))
+    progress(1.0, "Future Lens artefacts ready")
+    return {"data": data.key, "n_train": maps.meta.get("n_train"), "layers": maps.layers, "ridge": ridge}
+
+
+def train_learned_prompt(
+    session: ModelSession,
+    layer: int,
+    training: PromptTraining | None = None,
+    settings: DataSettings | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> SoftPrompt:
+    """Train the learned prompt for ``layer`` on the (cached) dataset and save it for the page."""
+    layer = session.check_layer(layer)
+    data = build_dataset(session, settings or DataSettings(), lambda f, m="": progress(0.3 * f, m))
+    prompt = train_soft_prompt(session, data, layer, training, lambda f, m="": progress(0.3 + 0.7 * f, m))
+    prompt.save(soft_prompt_path(session.model_id, layer))
+    return prompt
+
+
+# ------------------------------------------------------------------------ inspector view
+def _future_view(session: ModelSession, ref: StateRef, progress: Progress) -> FutureLensResult:
+    config = FutureLensConfig(method="linear", horizon=3, layers=(ref.layer,))
+    try:
+        return FutureLens().run(session, ref.prompt, config, progress)
+    except FileNotFoundError:  # no linear maps fitted yet: the untrained fixed-prompt method
+        return FutureLens().run(session, ref.prompt, config.replace(method="fixed"), progress)
+
+
+def _future_describe(result: FutureLensResult, ref: StateRef) -> list[str]:
+    cell = result.top_tokens[0][ref.position]
+    probs = result.top_probs[0, ref.position]
+    predicted = ", ".join(f"t+{n + 1}: {cell[n][0]!r} ({probs[n, 0]:.2f})" for n in range(len(cell)))
+    actual = " ".join(repr(t) for t in result.actual_tokens[ref.position])
+    return [f"{result.method} method — {predicted}", f"model's actual continuation: {actual}"]
+
+
+register_state_view(
+    StateView("future_lens", "Future Lens (t+1..t+4)", _future_view, order=20, describe=_future_describe)
+)

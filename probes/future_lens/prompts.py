@@ -1,0 +1,255 @@
+"""Future Lens methods 3 and 4: transplant h_t^ℓ into a context and let the model run on.
+
+The fixed prompt overwrites the layer-ℓ state at the last position of a generic context with
+h_t^ℓ, feeds the model's own next tokens (teacher forcing) and reads N = 0..3. The learned prompt
+does the same after BOS + a trainable soft prompt (10 vectors) trained with KL(original ‖
+intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023); each trained prompt is saved as an artefact
+per model and layer.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lenslab.models.session import ModelSession
+from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT, load_artefact, save_artefact
+from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, cache_dir
+from lenslab.progress import NO_PROGRESS, Progress
+
+FIXED_CONTEXT = 'Hello! Could you please tell me more about "'
+
+
+# ----------------------------------------------------------------------------- the transplant
+def transplant_hook(states: Float[Tensor, "batch d_model"], position: int) -> Callable[..., Tensor]:
+    """A hook writing ``states`` into sequence ``position`` of a residual stream (nothing else)."""
+
+    def hook(resid: Tensor, *, hook: Any) -> Tensor:
+        resid = resid.clone()
+        resid[:, position] = states.to(resid.dtype)
+        return resid
+
+    return hook
+
+
+def embedding_multiplier(session: ModelSession) -> float:
+    """How much the model scales token embeddings (√d_model for Gemma, 1 for Llama/GPT-2)."""
+    embed = session.bridge.original_model.get_input_embeddings()
+    ids = torch.tensor([[1, 2, 3]], device=session.device)
+    with torch.no_grad():
+        out = embed(ids)[0].float()
+        raw = embed.weight[ids[0]].float()
+    return float(out.norm() / raw.norm().clamp_min(1e-12))
+
+
+def _bos(session: ModelSession) -> int:
+    bos = session.tokenizer.bos_token_id
+    return int(bos if bos is not None else session.tokenize("a")[0, 0])
+
+
+def fixed_context_ids(session: ModelSession, context: str = FIXED_CONTEXT) -> Int[Tensor, " ctx"]:
+    """Token ids (BOS first) of the generic context prompt."""
+    return session.tokenize(context)[0]
+
+
+def causal_logits(
+    session: ModelSession,
+    states: Float[Tensor, "batch d_model"],
+    layer: int,
+    teacher: Int[Tensor, "batch fed"],
+    *,
+    context_ids: Int[Tensor, " ctx"] | None = None,
+    soft_prompt: Tensor | None = None,
+    multiplier: float = 1.0,
+) -> Float[Tensor, "batch horizon vocab"]:
+    """Logits for N = 0..fed after transplanting ``states`` into the context's last position.
+
+    The context is ``context_ids`` (fixed prompt) or BOS + ``soft_prompt`` (learned prompt,
+    raw embeddings scaled by ``multiplier``); ``teacher`` holds the tokens fed after it (the
+    model's own continuation t+1..t+fed). Differentiable w.r.t. ``soft_prompt`` (callers choose
+    ``no_grad``/``inference_mode``). Runs the HF forward under ``session.hooks`` so only the
+    last fed+1 positions are unembedded.
+    """
+    batch = states.shape[0]
+    device = session.device
+    if soft_prompt is not None:
+        n_soft = soft_prompt.shape[0]
+        context_ids = torch.full((n_soft + 1,), _bos(session), dtype=torch.long, device=device)
+    if context_ids is None:
+        raise ValueError("give a context (fixed prompt) or a soft prompt")
+    context_ids = context_ids.to(device)
+    position = context_ids.shape[0] - 1
+    tokens = torch.cat([context_ids.expand(batch, -1), teacher.to(device)], 1)
+    hooks = [(session.resid_name(layer), transplant_hook(states, position))]
+    if soft_prompt is not None:
+
+        def insert_soft(embedded: Tensor, *, hook: Any) -> Tensor:
+            prompt = (soft_prompt * multiplier).to(embedded.dtype)
+            return torch.cat(
+                [embedded[:, :1], prompt.expand(embedded.shape[0], -1, -1), embedded[:, 1 + n_soft :]], 1
+            )
+
+        hooks.append(("embed.hook_out", insert_soft))
+    with session.hooks(hooks):
+        out = session.bridge.original_model(
+            input_ids=tokens, use_cache=False, logits_to_keep=teacher.shape[1] + 1
+        )
+    return out.logits
+
+
+# ------------------------------------------------------------------------------- learned prompt
+@dataclass
+class SoftPrompt:
+    """A learned context for layer ``layer``: raw embeddings (multiplied by the model's scale)."""
+
+    layer: int
+    vectors: Float[Tensor, "n_prompt d_model"]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: Path) -> Path:
+        """Write the prompt with its metadata."""
+        return save_artefact(path, {"vectors": self.vectors}, {**self.meta, "layer": self.layer})
+
+    @classmethod
+    def load(cls, path: Path, session: ModelSession) -> SoftPrompt:
+        """Read a prompt saved by :meth:`save`; prompts of another model are refused."""
+        tensors, meta = load_artefact(path, session, "soft_prompt", "soft-prompt")
+        return cls(layer=int(meta["layer"]), vectors=tensors["vectors"].to(session.device), meta=meta)
+
+
+def soft_prompt_path(model_id: str, layer: int) -> Path:
+    """Where the soft prompt for ``layer`` of ``model_id`` is saved."""
+    return cache_dir(model_id) / f"soft_prompt_L{layer}.safetensors"
+
+
+def load_soft_prompt(session: ModelSession, layer: int) -> SoftPrompt | None:
+    """The saved soft prompt of this model for ``layer``, or None."""
+    path = soft_prompt_path(session.model_id, layer)
+    return SoftPrompt.load(path, session) if path.is_file() else None
+
+
+def trained_prompt_layers(session: ModelSession) -> list[int]:
+    """Layers with a saved soft prompt for the session's model."""
+    return [layer for layer in range(session.n_layers) if soft_prompt_path(session.model_id, layer).is_file()]
+
+
+def kl_original_intervened(target_logits: Tensor, logits: Tensor) -> Tensor:
+    """Mean KL(p_original ‖ p_intervened) over all leading dims."""
+    target = torch.log_softmax(target_logits.float(), -1)
+    pred = torch.log_softmax(logits.float(), -1)
+    return (target.exp() * (target - pred)).sum(-1).mean()
+
+
+@dataclass(frozen=True)
+class PromptTraining:
+    """Settings of learned-prompt training (defaults: the paper's, epochs raised for small corpora)."""
+
+    n_prompt: int = 10
+    epochs: int = 2
+    lr: float = 5e-4
+    batch_size: int = 16
+    init_std: float = 0.02
+    horizons: tuple[int, ...] = (0, 1, 2, 3)
+    seed: int = 0
+    max_examples: int | None = None
+
+    def validate(self) -> None:
+        """Reject settings that cannot train."""
+        if not 1 <= self.n_prompt <= 64:
+            raise ValueError(f"n_prompt must be between 1 and 64, got {self.n_prompt}")
+        if not 1 <= self.epochs <= 100:
+            raise ValueError(f"epochs must be between 1 and 100, got {self.epochs}")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"lr must be in (0, 1), got {self.lr}")
+        if not 1 <= self.batch_size <= 512:
+            raise ValueError(f"batch_size must be between 1 and 512, got {self.batch_size}")
+        if not self.horizons or any(not 0 <= n < HORIZONS for n in self.horizons):
+            raise ValueError(f"horizons must be a non-empty subset of 0..{HORIZONS - 1}, got {self.horizons}")
+
+
+def train_soft_prompt(
+    session: ModelSession,
+    data: FutureLensData,
+    layer: int,
+    settings: PromptTraining | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> SoftPrompt:
+    """Train a soft prompt for ``layer`` on the training split (KL objective, AdamW).
+
+    The prompt lives in the raw embedding table's space and is multiplied by the model's embedding
+    scale (√d_model = 25.3 for Gemma), so the paper's N(0, 0.02) init and lr 5e-4 keep their
+    meaning relative to real token embeddings. Only the prompt gets gradients
+    (``torch.autograd.grad``), the model's weights are untouched.
+    """
+    settings = settings or PromptTraining()
+    settings.validate()
+    layer = session.check_layer(layer)
+    train = data.split(test=False)
+    if settings.max_examples is not None:
+        train = train[: settings.max_examples]
+    if len(train) == 0:
+        raise ValueError("the training split is empty")
+    generator = torch.Generator().manual_seed(settings.seed)
+    vectors = (torch.randn(settings.n_prompt, session.d_model, generator=generator) * settings.init_std).to(
+        session.device, torch.float32
+    )
+    vectors.requires_grad_(True)
+    optimizer = torch.optim.AdamW([vectors], lr=settings.lr)
+    multiplier = embedding_multiplier(session)
+    horizons = list(settings.horizons)
+    fed = max(horizons)
+    steps_per_epoch = math.ceil(len(train) / settings.batch_size)
+    total = steps_per_epoch * settings.epochs
+    rng = np.random.default_rng(settings.seed)
+    losses: list[float] = []
+    started = time.perf_counter()
+    step = 0
+    with session.lock:
+        for epoch in range(settings.epochs):
+            order = rng.permutation(train)
+            for begin in range(0, len(order), settings.batch_size):
+                idx = np.sort(order[begin : begin + settings.batch_size])
+                states = torch.as_tensor(data.resid[idx, layer], device=session.device)
+                teacher = torch.as_tensor(data.labels[idx, :fed], device=session.device)
+                with torch.no_grad():
+                    target = session.decode_resid(
+                        torch.as_tensor(data.final[idx][:, horizons], device=session.device)
+                    )
+                logits = causal_logits(
+                    session, states, layer, teacher, soft_prompt=vectors, multiplier=multiplier
+                )
+                loss = kl_original_intervened(target, logits[:, horizons])
+                (grad,) = torch.autograd.grad(loss, [vectors])
+                vectors.grad = grad
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                step += 1
+                progress(
+                    step / total, f"layer {layer} · epoch {epoch + 1}/{settings.epochs} · KL {losses[-1]:.3f}"
+                )
+    seconds = time.perf_counter() - started
+    meta = {
+        "format": ARTEFACT_FORMAT,
+        "kind": "soft_prompt",
+        "model_id": session.model_id,
+        "d_model": session.d_model,
+        "multiplier": multiplier,
+        "data_key": data.key,
+        "n_train": len(train),
+        "training": {**asdict(settings), "horizons": horizons},
+        "losses": losses,
+        "seconds": seconds,
+        "examples_per_second": len(train) * settings.epochs / max(seconds, 1e-9),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    return SoftPrompt(layer=layer, vectors=vectors.detach(), meta=meta)

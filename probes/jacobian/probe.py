@@ -1,0 +1,323 @@
+"""Detached-Jacobian linearization (Golden 2025): the exact linear system the model computes here.
+
+With every nonlinear coefficient frozen at its value on this input (:mod:`.detached`), the model
+is linear in its input embeddings, so the target y (final-norm hidden state at a position, or a
+layer's residual / attention / MLP output) is ``Σ_i J_i x_i`` (+ a bias term for GPT-2) exactly.
+This probe reports that reconstruction error, each input token's exact contribution J_i x_i
+(its norm and its projection on the predicted token's unembedding row — an additive logit
+attribution), the SVD of the stacked Jacobian J = [J_1 … J_n] and of every J_i (spectrum, stable
+rank ‖J‖_F²/σ_max², left singular vectors decoded through the unembedding with the sign that
+aligns them with y, right singular vectors matched to the nearest input embeddings), and a layer
+sweep (stable rank and top decoded tokens of each layer's Jacobian, contributions tokens × layers).
+
+Cheaper variants than the paper, chosen for an interactive app and documented here:
+* contributions come from one batched forward of the detached operator on ``seq`` one-token
+  copies, not from J (exact, see :func:`.jacobian_linear.contributions`);
+* by default (method ``randomized``) J is never formed: its top singular triplets come from a
+  matrix-free block Lanczos SVD from a random start, run until the singular values are within
+  ``SVD_TOLERANCE`` (per-token SVDs are then skipped); method ``full`` (or
+  ``auto`` up to ``full_max_tokens`` tokens) builds J by batched adjoint products and gives every
+  J_i's spectrum and the reconstruction from J itself;
+* the layer sweep estimates ‖J_ℓ‖_F² by Hutchinson (64 Gaussian probes, one batched forward for
+  all layers) and σ_max / the top direction by two batched power-iteration rounds started from
+  that sketch, so its stable ranks are estimates (±~10-20%), labelled as such.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from lenslab.models.session import ModelSession
+from lenslab.probes.base import Probe, register, to_numpy
+from lenslab.probes.inspector import StateRef, StateView, register_state_view
+from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd, layer_sweep
+from lenslab.probes.jacobian.detached import as_float64, model_family, record_coefficients, target_hook
+from lenslab.probes.jacobian.operator import LinearizedModel, _unwrap
+from lenslab.probes.jacobian.result import (
+    HUTCHINSON_PROBES,
+    SVD_TOLERANCE,
+    JacobianConfig,
+    JacobianResult,
+)
+from lenslab.progress import NO_PROGRESS, Progress
+
+
+@register
+class JacobianProbe(Probe[JacobianConfig, JacobianResult]):
+    """Exact local linearization of the model: contributions, SVD and layer sweep."""
+
+    name = "jacobian"
+    title = "Jacobian"
+    description = (
+        "The exact linear system the model computes for this input (nonlinear coefficients frozen): "
+        "which input tokens drive the prediction, and what its Jacobian's singular directions decode to."
+    )
+    config_cls = JacobianConfig
+    result_cls = JacobianResult
+
+    def run(
+        self,
+        session: ModelSession,
+        prompt: str,
+        config: JacobianConfig,
+        progress: Progress = NO_PROGRESS,
+    ) -> JacobianResult:
+        """Record coefficients, build the linear operator, then contributions, SVD and sweep."""
+        config.validate(session)
+        tokens = session.tokenize(prompt)
+        seq = int(tokens.shape[-1])
+        if seq > config.max_tokens:
+            raise ValueError(
+                f"the prompt is {seq} tokens long; the Jacobian probe is capped at {config.max_tokens} "
+                "tokens (shorten the prompt or raise max_tokens: time grows with tokens²)"
+            )
+        position = session.check_position(config.position, seq)
+        if config.dtype == "float64":
+            progress(0.0, "making a float64 copy of the model (once per session)")
+            session = as_float64(session)
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        with session.lock:
+            progress(0.02, "recording the nonlinear coefficients")
+            coefficients = record_coefficients(session, tokens.to(session.device))
+            model = LinearizedModel(session, coefficients)
+            layer = None if config.layer == -1 else session.check_layer(config.layer)
+            target = target_hook(session, layer, config.component)
+            method = config.method
+            if method == "auto":
+                method = "full" if seq <= config.full_max_tokens else "randomized"
+            timings["record"] = time.perf_counter() - started
+            return _analyse(
+                session, prompt, config, coefficients, model, target, position, method, timings, progress
+            )
+
+
+def _analyse(
+    session: ModelSession,
+    prompt: str,
+    config: JacobianConfig,
+    coefficients: Any,
+    model: LinearizedModel,
+    target: str,
+    position: int,
+    method: str,
+    timings: dict[str, float],
+    progress: Progress,
+) -> JacobianResult:
+    inputs = coefficients.inputs
+    seq = coefficients.seq_len
+    unembed = _unwrap(session.bridge.original_model.get_output_embeddings())
+    w_u = unembed.weight
+    predicted = int(coefficients.logits[0, position].argmax())
+    direction = w_u[predicted].detach()
+
+    # Exact contributions of every token to every layer's residual stream and to the target.
+    clock = time.perf_counter()
+    sweep_names = (
+        [f"blocks.{layer}.hook_out" for layer in range(session.n_layers)] if config.layer_sweep else []
+    )
+    names = list(dict.fromkeys([target, *sweep_names]))
+    contrib, bias = contributions(model, inputs, names, progress=_scaled(progress, 0.05, 0.15))
+    timings["contributions"] = time.perf_counter() - clock
+    y = coefficients.outputs[target][0, position]  # the real forward's value
+    token_contrib = contrib[target][:, position]  # [seq, d]
+    b = bias[target][position]
+    reconstruction = float((token_contrib.sum(0) + b - y).norm() / y.norm())
+    detach_error = _detach_error(session, coefficients, model)
+    contribution_logit = token_contrib @ direction
+
+    # SVD of the stacked Jacobian (and of each J_i when J is built).
+    clock = time.perf_counter()
+    n_comp = config.n_components
+    if method == "full":
+        full = jacobian(model, inputs, target, position, progress=_scaled(progress, 0.15, 0.6))
+        d_out = full.shape[0]
+        u, s, vh = torch.linalg.svd(full.reshape(d_out, -1), full_matrices=False)
+        svd_products, svd_error = d_out, 0.0
+        per_token = torch.linalg.svdvals(full.permute(1, 0, 2))  # [seq, min(d_out, d_in)]
+        token_sv = to_numpy(per_token.double())
+        top_sq = per_token[:, 0].double().square()
+        safe = torch.where(top_sq > 0, top_sq, torch.ones_like(top_sq))
+        token_sr = to_numpy(torch.where(top_sq > 0, per_token.double().square().sum(-1) / safe, 0.0))
+        stable = float(s.square().sum() / s[0].square())
+        with torch.no_grad():  # the issue's check, from J itself: ‖Σ_i J_i x_i + b − y‖/‖y‖
+            linear = torch.einsum("osi,si->o", full, inputs[0])
+        reconstruction = max(reconstruction, float((linear + b - y).norm() / y.norm()))
+    else:
+        top = krylov_svd(
+            model,
+            inputs,
+            target,
+            position,
+            rank=n_comp,
+            tol=SVD_TOLERANCE,
+            progress=_scaled(progress, 0.15, 0.6),
+        )
+        u, s, vh = top.u, top.s, top.vh
+        svd_products, svd_error = top.products, top.error_estimate
+        token_sv = np.zeros((0, 0))
+        token_sr = np.zeros(0)
+        frob = _hutchinson(model, inputs, [target], position)[target]
+        stable = float(frob / s[0].square())
+    timings["svd"] = time.perf_counter() - clock
+    left_tokens, left_scores = _decode_left(session, u[:, :n_comp], y, target, config.top_tokens)
+    right_tokens, right_positions = _nearest_inputs(
+        session, vh[:n_comp].reshape(-1, seq, inputs.shape[-1]), config
+    )
+
+    # Layer sweep.
+    clock = time.perf_counter()
+    layers = np.arange(session.n_layers) if config.layer_sweep else np.zeros(0, dtype=np.int64)
+    sigma_max, sweep_rank, sweep_tokens, heat = [], [], [], []
+    if config.layer_sweep:
+        frobs, sigmas, lefts = layer_sweep(model, inputs, position, progress=_scaled(progress, 0.6, 0.98))
+        for layer, name in enumerate(sweep_names):
+            y_layer = coefficients.outputs[name][0, position]
+            sigma_max.append(float(sigmas[layer]))
+            sweep_rank.append(float(frobs[layer] / sigmas[layer].square()))
+            sweep_tokens.append(
+                _decode_left(session, lefts[layer][:, None], y_layer, name, config.top_tokens)[0][0]
+            )
+            heat.append(to_numpy((contrib[name][:, position].norm(dim=-1) / y_layer.norm()).double()))
+    timings["layer_sweep"] = time.perf_counter() - clock
+    progress(1.0, "done")
+    return JacobianResult(
+        model_id=session.model_id,
+        prompt=prompt,
+        config=config,
+        tokens=session.decode_each(coefficients.tokens[0].tolist()),
+        target=target,
+        position=position,
+        dtype=str(inputs.dtype).removeprefix("torch."),
+        method=method,
+        predicted_token=session.decode_each([predicted])[0],
+        predicted_id=predicted,
+        reconstruction_error=reconstruction,
+        detach_error=detach_error,
+        bias_norm=float(b.norm()),
+        target_logit=float(y @ direction),
+        bias_logit=float(b @ direction),
+        contribution_norm=to_numpy(token_contrib.norm(dim=-1).double()),
+        contribution_logit=to_numpy(contribution_logit.double()),
+        singular_values=to_numpy(s.double()),
+        stable_rank=stable,
+        token_singular_values=np.asarray(token_sv, dtype=np.float64),
+        token_stable_rank=np.asarray(token_sr, dtype=np.float64),
+        left_tokens=left_tokens,
+        left_scores=left_scores,
+        right_tokens=right_tokens,
+        right_positions=right_positions,
+        sweep_layers=layers.astype(np.int64),
+        sweep_sigma_max=np.asarray(sigma_max, dtype=np.float64),
+        sweep_stable_rank=np.asarray(sweep_rank, dtype=np.float64),
+        sweep_tokens=sweep_tokens,
+        sweep_contribution=np.asarray(heat, dtype=np.float64).reshape(len(sweep_rank), seq),
+        timings=timings,
+        svd_products=svd_products,
+        svd_error_estimate=svd_error,
+    )
+
+
+def _scaled(progress: Progress, low: float, high: float) -> Progress:
+    def inner(fraction: float, message: str = "") -> None:
+        progress(low + (high - low) * fraction, message)
+
+    return inner
+
+
+def _detach_error(session: ModelSession, coefficients: Any, model: LinearizedModel) -> float:
+    """Relative max difference between the detached operator's logits and the recorded logits."""
+    unembed = session.bridge.original_model.get_output_embeddings()
+    with torch.no_grad():
+        hidden = model(coefficients.inputs)["ln_final.hook_out"]
+        logits = unembed(hidden)
+        softcap = getattr(session.bridge.original_model.config, "final_logit_softcapping", None)
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        ref = coefficients.logits
+        return float((logits - ref).abs().max() / ref.abs().max())
+
+
+def _hutchinson(model: LinearizedModel, inputs: Tensor, names: list[str], position: int) -> dict[str, Tensor]:
+    """‖J‖_F² ≈ mean ‖J ω‖² over Gaussian ω, for several targets from one batched forward."""
+    generator = torch.Generator(device="cpu").manual_seed(1)
+    probes = torch.randn(HUTCHINSON_PROBES, *inputs.shape[1:], generator=generator, dtype=torch.float64)
+    probes = probes.to(inputs)
+    with torch.no_grad():
+        out = model(probes, names)
+        zero = model(torch.zeros_like(inputs), names) if model.has_bias else None
+    result = {}
+    for name in names:
+        values = out[name][:, position]
+        if zero is not None:
+            values = values - zero[name][:, position]
+        result[name] = values.square().sum(-1).mean()
+    return result
+
+
+def _decode_left(
+    session: ModelSession, vectors: Float[Tensor, "d k"], y: Tensor, target: str, top: int
+) -> tuple[list[list[str]], np.ndarray]:
+    """Top output tokens of each left singular vector, its sign aligned with the output y."""
+    hf = session.bridge.original_model
+    w_u = _unwrap(hf.get_output_embeddings()).weight
+    vectors = vectors * torch.where((vectors.T @ y) < 0, -1.0, 1.0).to(vectors)
+    if target != "ln_final.hook_out":
+        # A residual-stream direction is read through the final norm's weight (its scale is a
+        # positive per-position constant that does not change the ranking).
+        final = _unwrap(hf.transformer.ln_f if model_family(session) == "gpt2" else hf.model.norm)
+        weight = final.weight + 1.0 if model_family(session) == "gemma3" else final.weight
+        vectors = vectors * weight[:, None]
+    with torch.no_grad():
+        scores = (w_u @ vectors.to(w_u.dtype)).T  # [k, vocab]
+        values, ids = scores.topk(top, dim=-1)
+    return [session.decode_each(row) for row in ids.tolist()], to_numpy(values.double())
+
+
+_EMBED_NORMS: dict[tuple[Any, ...], Tensor] = {}  # row norms of each model's embedding matrix
+
+
+def _nearest_inputs(
+    session: ModelSession, vectors: Float[Tensor, "k seq d"], config: JacobianConfig
+) -> tuple[list[list[str]], np.ndarray]:
+    """For each right singular vector: its dominant input position and the nearest embeddings there."""
+    w_e = _unwrap(session.bridge.original_model.get_input_embeddings()).weight
+    key = (w_e.data_ptr(), tuple(w_e.shape), w_e.dtype)
+    if key not in _EMBED_NORMS:
+        with torch.no_grad():
+            _EMBED_NORMS[key] = w_e.norm(dim=-1).clamp_min(1e-12)
+    positions = vectors.norm(dim=-1).argmax(-1)  # [k]
+    blocks = vectors[torch.arange(len(vectors)), positions]  # [k, d]
+    with torch.no_grad():
+        cosine = (w_e @ blocks.T.to(w_e.dtype)).T / _EMBED_NORMS[key]
+        # A singular vector's sign is arbitrary: match either orientation.
+        _, ids = cosine.abs().topk(config.top_tokens, dim=-1)
+    return [session.decode_each(row) for row in ids.tolist()], to_numpy(positions).astype(np.int64)
+
+
+# ------------------------------------------------------------------------ inspector view
+def _jacobian_view(session: ModelSession, ref: StateRef, progress: Progress) -> JacobianResult:
+    config = JacobianConfig(position=ref.position, layer=ref.layer, layer_sweep=False, n_components=4)
+    return JacobianProbe().run(session, ref.prompt, config, progress)
+
+
+def _jacobian_describe(result: JacobianResult, ref: StateRef) -> list[str]:
+    order = np.argsort(-result.contribution_norm)[:3]
+    drivers = ", ".join(f"{result.tokens[i]!r} ({result.contribution_norm[i]:.3g})" for i in order)
+    top = ", ".join(repr(t) for t in result.left_tokens[0][:5]) if result.left_tokens else "—"
+    return [
+        f"reconstruction error ‖Σ J_i x_i − y‖/‖y‖ = {result.reconstruction_error:.2e}",
+        f"largest token contributions ‖J_i x_i‖: {drivers}",
+        f"top singular direction decodes to {top}; stable rank {result.stable_rank:.1f}",
+    ]
+
+
+register_state_view(
+    StateView("jacobian", "Detached Jacobian", _jacobian_view, order=30, describe=_jacobian_describe)
+)

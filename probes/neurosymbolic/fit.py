@@ -1,0 +1,235 @@
+"""Closed-form ridge maps and batched hidden-state collection for the neurosymbolic probe.
+
+Hidden states are collected with one batched forward per group of right-padded sequences
+(causal attention: padding after a sequence cannot change its states), hooking only the residual
+streams asked for and stopping the forward right after the deepest one (so no 262k-wide
+unembedding is computed for the whole batch). Logits, when needed, are decoded only at the answer
+positions from the last block's output with the session's final norm + unembedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from lenslab.models.session import ModelSession
+from lenslab.progress import NO_PROGRESS, Progress
+
+
+# ------------------------------------------------------------------------------------------ ridge
+@dataclass
+class LinearMap:
+    """``y = (x - input_mean) @ weight + output_mean``: an affine map fitted on centred data."""
+
+    weight: Float[Tensor, "d_in d_out"]
+    input_mean: Float[Tensor, " d_in"]
+    output_mean: Float[Tensor, " d_out"]
+    alpha: float = 0.0
+    input_radius: float | None = None  # 99th percentile of ‖x − input_mean‖ over the fitted inputs
+
+    def calibrate(self, x: Float[Tensor, "n d_in"]) -> LinearMap:
+        """Record how far the inputs it was fitted on lie from their mean (see :meth:`covers`)."""
+        distances = (x.to(self.weight) - self.input_mean).norm(dim=-1).double()
+        self.input_radius = float(torch.quantile(distances, 0.99))
+        return self
+
+    def covers(self, x: Float[Tensor, "n d_in"], margin: float = 1.5) -> list[bool]:
+        """Whether each input lies within ``margin`` × the fitted inputs' radius (True if uncalibrated).
+
+        A linear map answers for any input; far outside its training inputs the answer means
+        nothing (on Gemma 3 270M, non-arithmetic states give problem vectors 15-70× too long and
+        operation scores ≫ 1 that clear any score threshold).
+        """
+        if self.input_radius is None:
+            return [True] * len(x)
+        distances = (x.to(self.weight) - self.input_mean).norm(dim=-1)
+        return (distances <= margin * self.input_radius).tolist()
+
+    def __call__(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
+        """Apply the map (in the weight's dtype, on the weight's device)."""
+        x = x.to(self.weight)
+        return (x - self.input_mean) @ self.weight + self.output_mean
+
+
+def ridge_path(
+    x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], alphas: Sequence[float]
+) -> list[LinearMap]:
+    """Ridge solutions for several penalties from one eigendecomposition (float64 inside).
+
+    The penalty is relative: λ = α · tr(XᵀX)/d_in on centred X, so one α grid works for
+    residual streams of any scale (Gemma's norms reach thousands). With fewer samples than
+    features the same solution is computed in sample space (n×n instead of d×d).
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    if x.shape[0] < 2:
+        raise ValueError("ridge needs at least two samples")
+    if any(a < 0 for a in alphas) or not alphas:
+        raise ValueError(f"alphas must be non-negative and non-empty, got {list(alphas)}")
+    x64, y64 = x.double(), y.double()
+    x_mean, y_mean = x64.mean(0), y64.mean(0)
+    xc, yc = x64 - x_mean, y64 - y_mean
+    scale = float((xc * xc).sum()) / x.shape[1]  # tr(XᵀX) / d_in
+    dual = x.shape[0] < x.shape[1]  # fewer samples than features: solve in sample space
+    gram = xc @ xc.T if dual else xc.T @ xc
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    projected = eigenvectors.T @ (yc if dual else xc.T @ yc)
+    maps = []
+    for alpha in alphas:
+        shrink = 1.0 / (eigenvalues + alpha * scale + 1e-12 * max(scale, 1e-30))
+        weight = eigenvectors @ (shrink[:, None] * projected)
+        if dual:  # W = Xᵀ (XXᵀ + λI)⁻¹ Y, identical to (XᵀX + λI)⁻¹ XᵀY
+            weight = xc.T @ weight
+        maps.append(LinearMap(weight.to(x.dtype), x_mean.to(x.dtype), y_mean.to(x.dtype), alpha=float(alpha)))
+    return maps
+
+
+def ridge_fit(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], alpha: float = 1e-3) -> LinearMap:
+    """One ridge solution (see :func:`ridge_path` for the penalty's scale)."""
+    return ridge_path(x, y, [alpha])[0]
+
+
+def mean_cosine(pred: Float[Tensor, "n d"], target: Float[Tensor, "n d"]) -> float:
+    """Mean cosine similarity between rows."""
+    return float(torch.nn.functional.cosine_similarity(pred.float(), target.float(), dim=-1).mean())
+
+
+# ------------------------------------------------------------------------------------ collection
+class _StopForward(Exception):
+    """Raised from the deepest needed hook: nothing after it is computed."""
+
+
+@dataclass
+class Merge:
+    """Vectors to merge into the residual stream after ``layer``: h ← (1−w)·h + w·vector.
+
+    ``vectors[i]`` holds one row per answer step of sequence ``i`` (empty: no intervention) and
+    ``starts[i]`` the position of its first step (the last prompt token).
+    """
+
+    layer: int
+    weight: float
+    vectors: list[Float[Tensor, "steps d_model"]]
+    starts: list[int]
+
+
+@dataclass
+class Collected:
+    """Residual streams at the requested positions, plus answer-token statistics if asked for."""
+
+    states: dict[int, list[Float[Tensor, "n_pos d_model"]]]  # layer -> one tensor per sequence
+    target_logprob: list[Float[Tensor, " n_pos"]] | None = None
+    argmax: list[Int[Tensor, " n_pos"]] | None = None
+
+
+def merge_hook(mask: Tensor, replacement: Float[Tensor, "batch seq d_model"], weight: float):  # -> HookFn
+    """A hook writing (1−w)·h + w·replacement where ``mask`` [batch, seq] is true."""
+
+    def hook(resid: Tensor, *, hook=None) -> Tensor:
+        seq = resid.shape[1]
+        chosen = mask[:, :seq, None]
+        merged = (1.0 - weight) * resid + weight * replacement[:, :seq].to(resid.dtype)
+        return torch.where(chosen, merged, resid)
+
+    return hook
+
+
+def merge_tensors(
+    merge: Merge, rows: Sequence[int], seq_len: int, d_model: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The mask and replacement tensors of a merge for the sequences ``rows`` of a batch."""
+    mask = torch.zeros(len(rows), seq_len, dtype=torch.bool, device=device)
+    replacement = torch.zeros(len(rows), seq_len, d_model, device=device)
+    for b, i in enumerate(rows):
+        vectors = merge.vectors[i]
+        if vectors is None or len(vectors) == 0:
+            continue
+        steps = min(len(vectors), seq_len - merge.starts[i])
+        mask[b, merge.starts[i] : merge.starts[i] + steps] = True
+        replacement[b, merge.starts[i] : merge.starts[i] + steps] = vectors[:steps].to(device)
+    return mask, replacement
+
+
+def collect(
+    session: ModelSession,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    *,
+    targets: Sequence[Sequence[int]] | None = None,
+    merge: Merge | None = None,
+    batch_size: int = 16,
+    progress: Progress = NO_PROGRESS,
+    message: str = "collecting hidden states",
+) -> Collected:
+    """Run ``sequences`` in length-sorted, right-padded batches and keep only what is asked for.
+
+    ``positions[i]`` are the positions of sequence ``i`` to keep; with ``targets`` (one token id
+    per kept position) the log-probability of each target and the argmax token at each kept
+    position are returned too (logits decoded only there). A ``merge`` is applied through
+    ``session.hooks`` like any intervention.
+    """
+    if len(sequences) != len(positions):
+        raise ValueError("one list of positions per sequence is needed")
+    if targets is not None and [len(t) for t in targets] != [len(p) for p in positions]:
+        raise ValueError("one target token per kept position is needed")
+    layers = sorted({session.check_layer(layer) for layer in layers})
+    need_logits = targets is not None
+    deepest = max([*layers, session.n_layers - 1 if need_logits else -1, merge.layer if merge else -1])
+    kept = sorted(set(layers) | ({session.n_layers - 1} if need_logits else set()))
+    pad_id = session.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    device = session.device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    states: dict[int, list[Tensor | None]] = {layer: [None] * len(sequences) for layer in kept}
+    target_logprob: list[Tensor | None] = [None] * len(sequences)
+    argmax: list[Tensor | None] = [None] * len(sequences)
+    n_batches = (len(order) + batch_size - 1) // batch_size
+    for batch_index, start in enumerate(range(0, len(order), batch_size)):
+        rows = order[start : start + batch_size]
+        seq_len = max(len(sequences[i]) for i in rows)
+        tokens = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+        for b, i in enumerate(rows):
+            tokens[b, : len(sequences[i])] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
+        tokens = tokens.to(device)
+        captured: dict[int, Tensor] = {}
+
+        def capture(layer: int, store: dict[int, Tensor] = captured):
+            def hook(resid: Tensor, *, hook=None) -> None:
+                store[layer] = resid.detach()
+                if layer == deepest:
+                    raise _StopForward
+
+            return hook
+
+        hooks = []
+        if merge is not None:
+            mask, replacement = merge_tensors(merge, rows, seq_len, session.d_model, device)
+            hooks.append((session.resid_name(merge.layer), merge_hook(mask, replacement, merge.weight)))
+        hooks += [(session.resid_name(layer), capture(layer)) for layer in kept]
+        if deepest not in kept:
+            hooks.append((session.resid_name(deepest), capture(deepest)))
+        with session.hooks(hooks) as bridge, torch.inference_mode(), contextlib.suppress(_StopForward):
+            bridge(tokens)
+        for b, i in enumerate(rows):
+            index = torch.as_tensor(list(positions[i]), dtype=torch.long, device=device)
+            for layer in kept:
+                states[layer][i] = captured[layer][b, index].float()
+            if need_logits:
+                logits = session.decode_resid(captured[session.n_layers - 1][b, index]).float()
+                log_probs = logits.log_softmax(-1)
+                wanted = torch.as_tensor(list(targets[i]), dtype=torch.long, device=device)
+                target_logprob[i] = log_probs.gather(-1, wanted[:, None])[:, 0]
+                argmax[i] = logits.argmax(-1)
+        progress((batch_index + 1) / n_batches, f"{message}: batch {batch_index + 1}/{n_batches}")
+    return Collected(
+        states={layer: states[layer] for layer in layers},  # type: ignore[misc]
+        target_logprob=target_logprob if need_logits else None,  # type: ignore[arg-type]
+        argmax=argmax if need_logits else None,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,392 @@
+"""Unit-level model access for the shared-neuron analysis: hooks, weights, streamed scores, interventions.
+
+Split out of :mod:`lenslab.probes.shared_neurons.probe` (which re-exports these names).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+
+from lenslab.models.session import ModelSession
+from lenslab.probes.base import to_numpy
+from lenslab.probes.shared_neurons.tasks import TaskItem
+from lenslab.progress import NO_PROGRESS, Progress
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+
+def mlp_hook(layer: int) -> str:
+    """Hook name of the MLP hidden (the down projection's input) of block ``layer``."""
+    return f"blocks.{layer}.mlp.out.hook_in"
+
+
+def head_hook(layer: int) -> str:
+    """Hook name of the per-head attention output ``z`` (the output projection's input)."""
+    return f"blocks.{layer}.attn.o.hook_in"
+
+
+# -------------------------------------------------------------------------------- model utilities
+def mlp_width(session: ModelSession) -> int:
+    """Number of MLP units per layer (``d_mlp``)."""
+    return int(session.cfg.d_mlp)
+
+
+def _in_out_weight(module: Any) -> Tensor:
+    """The module's weight as an (in, out) matrix: nn.Linear stores (out, in), GPT-2's Conv1D (in, out)."""
+    weight = module.weight
+    return weight.T if isinstance(module, torch.nn.Linear) else weight
+
+
+def unit_output_weight(session: ModelSession, layer: int) -> Float[Tensor, " unit"]:
+    """Mean |output weight| of every MLP unit of ``layer`` (StreetMath's |W| column mean)."""
+    down = _in_out_weight(session.bridge.blocks[layer].mlp.out.original_component)
+    return down.detach().float().abs().mean(-1)
+
+
+def head_output_weight(session: ModelSession, layer: int) -> Float[Tensor, "head d_head d_model"]:
+    """The attention output projection of ``layer`` split per head."""
+    o_proj = _in_out_weight(session.bridge.blocks[layer].attn.o.original_component)
+    n_heads = int(session.cfg.n_heads)
+    return o_proj.detach().reshape(n_heads, -1, o_proj.shape[-1])
+
+
+def describe_architecture(session: ModelSession) -> str:
+    """A one-line description used in mismatch messages."""
+    return (
+        f"{session.model_id} ({session.architecture}, {session.n_layers} layers, "
+        f"{mlp_width(session)} MLP units, {int(session.cfg.n_heads)} heads, d_model {session.d_model})"
+    )
+
+
+def check_same_architecture(session_a: ModelSession, session_b: ModelSession) -> None:
+    """Refuse to compare units of models whose units do not correspond one to one."""
+    facts_a = (
+        session_a.architecture,
+        session_a.n_layers,
+        mlp_width(session_a),
+        int(session_a.cfg.n_heads),
+        session_a.d_model,
+    )
+    facts_b = (
+        session_b.architecture,
+        session_b.n_layers,
+        mlp_width(session_b),
+        int(session_b.cfg.n_heads),
+        session_b.d_model,
+    )
+    if facts_a != facts_b:
+        raise ValueError(
+            "cannot compare units across different architectures: "
+            f"{describe_architecture(session_a)} vs {describe_architecture(session_b)}; "
+            "choose a model of the same architecture and size (e.g. a fine-tuned copy)"
+        )
+
+
+@contextmanager
+def perturbed_weights(session: ModelSession, scale: float, seed: int = 0) -> Iterator[ModelSession]:
+    """Temporarily add seeded Gaussian noise (``scale`` × each matrix's std) to the block weights.
+
+    Only 2-D weights without a vocabulary dimension are touched (embeddings and unembedding stay
+    as they are), so the extra memory is one copy of the block matrices (≈0.4 GB for Gemma 3
+    270M), held only inside the ``with``; the originals are copied back bit-exactly on exit, also
+    after an exception. Holds the session lock throughout so nobody sees the perturbed model.
+    """
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"noise scale must be a finite number ≥ 0, got {scale}")
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    saved: list[tuple[torch.nn.Parameter, Tensor]] = []
+    with session.lock:
+        try:
+            with torch.no_grad():
+                for _, param in sorted(
+                    session.bridge.original_model.named_parameters(), key=lambda kv: kv[0]
+                ):
+                    if param.ndim != 2 or session.d_vocab in param.shape:
+                        continue
+                    saved.append((param, param.detach().clone()))
+                    noise = torch.randn(param.shape, generator=generator, dtype=torch.float32)
+                    param.add_(
+                        (scale * param.detach().float().std() * noise.to(param.device)).to(param.dtype)
+                    )
+            yield session
+        finally:
+            with torch.no_grad():
+                for param, original in saved:
+                    param.copy_(original)
+
+
+# ----------------------------------------------------------------------------------- forward passes
+@dataclass(frozen=True)
+class EncodedItem:
+    """Token ids of prompt (+ answer) and where the prompt ends."""
+
+    ids: list[int]
+    prompt_len: int
+    answer_len: int
+
+
+def encode_items(session: ModelSession, items: Sequence[TaskItem], with_answer: bool) -> list[EncodedItem]:
+    """Tokenize prompts (BOS first) and, if asked, the expected answers appended without BOS."""
+    encoded = []
+    for item in items:
+        prompt_ids = session.tokenize(item.prompt)[0].tolist()
+        answer_ids = (
+            session.tokenizer(item.answer, add_special_tokens=False)["input_ids"] if with_answer else []
+        )
+        if with_answer and not answer_ids:
+            raise ValueError(
+                f"the prompt {item.prompt[-40:]!r} has no expected answer: the causal check needs one"
+            )
+        ids = prompt_ids + list(answer_ids)
+        if len(ids) > session.max_tokens:
+            raise ValueError(
+                f"a prompt with its answer is {len(ids)} tokens; the limit is {session.max_tokens}"
+            )
+        encoded.append(EncodedItem(ids, len(prompt_ids), len(answer_ids)))
+    return encoded
+
+
+def _batches(
+    session: ModelSession, encoded: Sequence[EncodedItem], batch_size: int
+) -> Iterator[tuple[list[EncodedItem], Int[Tensor, "batch seq"]]]:
+    """Right-padded token batches of ``encoded`` on the model's device.
+
+    With causal attention, right padding never changes the real positions' activations, so no
+    attention mask is needed; callers mask the padded positions out of their statistics.
+    """
+    pad_id = session.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    for start in range(0, len(encoded), batch_size):
+        chunk = list(encoded[start : start + batch_size])
+        width = max(len(e.ids) for e in chunk)
+        tokens = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        for row, item in enumerate(chunk):
+            tokens[row, : len(item.ids)] = torch.tensor(item.ids)
+        yield chunk, tokens.to(session.device)
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early (before the unembedding)."""
+
+
+def _run_until_final_norm(
+    session: ModelSession, tokens: Int[Tensor, "batch seq"], hooks: list[tuple[str, Callable]]
+) -> Float[Tensor, "batch seq d_model"]:
+    """Forward with ``hooks`` attached, stopping at the final norm; returns the last residual."""
+    captured: dict[str, Tensor] = {}
+
+    def stop(tensor: Tensor, *, hook: Any) -> None:
+        captured["resid"] = tensor
+        raise _StopForward
+
+    with (
+        session.hooks([*hooks, ("ln_final.hook_in", stop)]) as bridge,
+        torch.inference_mode(),
+        suppress(_StopForward),
+    ):
+        bridge(tokens)
+    if "resid" not in captured:
+        raise RuntimeError("the forward pass never reached the final norm")
+    return captured["resid"]
+
+
+@dataclass
+class UnitStats:
+    """Streamed per-unit sums for one prompt set (all float64, on the model's device)."""
+
+    abs_all: Tensor  # [layer, unit] Σ |act| over prompt tokens (BOS excluded)
+    signed_all: Tensor  # [layer, unit] Σ act over the same tokens (for mean ablation)
+    abs_answer: Tensor  # [layer, unit] Σ |act| at the answer position
+    head_all: Tensor  # [layer, head] Σ ‖z_h W_O^h‖
+    head_answer: Tensor
+    tokens_all: int = 0
+    tokens_answer: int = 0
+    seconds: float = 0.0
+
+    def mean_abs(self, positions: str) -> Float[Tensor, "layer unit"]:
+        """Mean |activation| per unit over ``positions`` ('all' or 'answer')."""
+        return self.abs_all / self.tokens_all if positions == "all" else self.abs_answer / self.tokens_answer
+
+    def head_mean(self, positions: str) -> Float[Tensor, "layer head"]:
+        """Mean head output norm over ``positions``."""
+        return (
+            self.head_all / self.tokens_all if positions == "all" else self.head_answer / self.tokens_answer
+        )
+
+
+def unit_statistics(
+    session: ModelSession,
+    items: Sequence[TaskItem],
+    batch_size: int = 8,
+    progress: Progress = NO_PROGRESS,
+    span: tuple[float, float] = (0.0, 1.0),
+) -> UnitStats:
+    """Stream |activation| sums of every MLP unit and head over ``items`` (prompts only).
+
+    Only the MLP-hidden and head-output hooks are read, each batch is reduced inside its hook and
+    dropped, and the forward stops before the unembedding: memory stays O(layers × units).
+    """
+    layers = range(session.n_layers)
+    n_units, n_heads, device = mlp_width(session), int(session.cfg.n_heads), session.device
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
+    stats = UnitStats(
+        zeros(len(layers), n_units), zeros(len(layers), n_units), zeros(len(layers), n_units),
+        zeros(len(layers), n_heads), zeros(len(layers), n_heads),
+    )  # fmt: skip
+    encoded = encode_items(session, items, with_answer=False)
+    masks: dict[str, Tensor] = {}
+    w_o = [head_output_weight(session, layer) for layer in layers]
+
+    def mlp_reader(layer: int) -> Callable:
+        def read(tensor: Tensor, *, hook: Any) -> None:
+            act = tensor.float()
+            stats.abs_all[layer] += torch.einsum("bs,bsu->u", masks["all"], act.abs()).double()
+            stats.signed_all[layer] += torch.einsum("bs,bsu->u", masks["all"], act).double()
+            stats.abs_answer[layer] += torch.einsum("bs,bsu->u", masks["answer"], act.abs()).double()
+
+        return read
+
+    def head_reader(layer: int) -> Callable:
+        def read(tensor: Tensor, *, hook: Any) -> None:
+            z = tensor.float().reshape(*tensor.shape[:2], n_heads, -1)
+            norms = torch.einsum("bshd,hdm->bshm", z, w_o[layer].float()).norm(dim=-1)
+            stats.head_all[layer] += torch.einsum("bs,bsh->h", masks["all"], norms).double()
+            stats.head_answer[layer] += torch.einsum("bs,bsh->h", masks["answer"], norms).double()
+
+        return read
+
+    hooks = [(mlp_hook(layer), mlp_reader(layer)) for layer in layers]
+    hooks += [(head_hook(layer), head_reader(layer)) for layer in layers]
+    started = time.perf_counter()
+    done = 0
+    with session.lock:
+        for chunk, tokens in _batches(session, encoded, batch_size):
+            all_mask = torch.zeros(tokens.shape, device=device)
+            answer_mask = torch.zeros(tokens.shape, device=device)
+            for row, item in enumerate(chunk):
+                all_mask[row, 1 : item.prompt_len] = 1.0  # BOS excluded
+                answer_mask[row, item.prompt_len - 1] = 1.0
+            masks["all"], masks["answer"] = all_mask, answer_mask
+            _run_until_final_norm(session, tokens, hooks)
+            stats.tokens_all += int(all_mask.sum().item())
+            stats.tokens_answer += len(chunk)
+            done += len(chunk)
+            progress(
+                span[0] + (span[1] - span[0]) * done / len(encoded), f"scored {done}/{len(encoded)} prompts"
+            )
+    stats.seconds = time.perf_counter() - started
+    if stats.tokens_all == 0:
+        raise ValueError("the prompts have no tokens besides BOS: nothing to score")
+    return stats
+
+
+def unit_scores(
+    session: ModelSession, stats: UnitStats, positions: str, score: str
+) -> Float[np.ndarray, "layer unit"]:
+    """Per-unit scores: mean |activation|, optionally × mean |output weight| (StreetMath)."""
+    scores = stats.mean_abs(positions).float()
+    if score == "weighted":
+        weights = torch.stack(
+            [unit_output_weight(session, layer).to(scores.device) for layer in range(session.n_layers)]
+        )
+        scores = scores * weights
+    return to_numpy(scores).astype(np.float32)
+
+
+def intervention_hooks(
+    unit_groups: dict[int, Sequence[int]],
+    mode: str,
+    *,
+    alpha: float = 2.0,
+    means: Float[Tensor, "layer unit"] | None = None,
+) -> list[tuple[str, Callable]]:
+    """Hooks that zero, mean-ablate or amplify (×``alpha``) the given units of each layer's MLP."""
+    if mode not in ("zero", "mean", "amplify"):
+        raise ValueError(f"intervention must be 'zero', 'mean' or 'amplify', got {mode!r}")
+    if mode == "mean" and means is None:
+        raise ValueError("mean ablation needs the units' mean activations")
+    hooks = []
+    for layer, units in sorted(unit_groups.items()):
+        if len(units) == 0:
+            continue
+        index = torch.as_tensor(list(units), dtype=torch.long)
+
+        def edit(tensor: Tensor, *, hook: Any, layer: int = layer, index: Tensor = index) -> Tensor:
+            out = tensor.clone()
+            idx = index.to(tensor.device)
+            if mode == "zero":
+                out[..., idx] = 0
+            elif mode == "mean":
+                out[..., idx] = means[layer, idx.to(means.device)].to(
+                    device=tensor.device, dtype=tensor.dtype
+                )
+            else:
+                out[..., idx] = tensor[..., idx] * alpha
+            return out
+
+        hooks.append((mlp_hook(layer), edit))
+    return hooks
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Teacher-forced log-prob of each item's expected answer and whether greedy decoding gives it."""
+
+    logprob: Float[np.ndarray, " item"]
+    correct: Float[np.ndarray, " item"]
+
+
+def answer_scores(
+    session: ModelSession,
+    encoded: Sequence[EncodedItem],
+    hooks: Sequence[tuple[str, Callable]] = (),
+    batch_size: int = 8,
+) -> AnswerScores:
+    """Log p(answer | prompt) (summed over answer tokens) and exact greedy match, with ``hooks`` live.
+
+    Only the answer-predicting positions are decoded (final norm + unembedding), never the full
+    [batch, seq, vocab] logits.
+    """
+    logprobs, correct = [], []
+    with session.lock:
+        for chunk, tokens in _batches(session, encoded, batch_size):
+            resid = _run_until_final_norm(session, tokens, list(hooks))
+            for row, item in enumerate(chunk):
+                positions = torch.arange(
+                    item.prompt_len - 1, item.prompt_len - 1 + item.answer_len, device=resid.device
+                )
+                targets = tokens[row, positions + 1]
+                log_probs = session.decode_resid(resid[row, positions]).float().log_softmax(-1)
+                logprobs.append(log_probs.gather(-1, targets[:, None]).sum().item())
+                correct.append(float(bool((log_probs.argmax(-1) == targets).all())))
+    return AnswerScores(np.asarray(logprobs, dtype=np.float64), np.asarray(correct, dtype=np.float64))
+
+
+def unit_groups(
+    top_a: Int[np.ndarray, "layer k"], top_b: Int[np.ndarray, "layer k"], n_units: int, seed: int
+) -> dict[str, dict[int, list[int]]]:
+    """Per-layer unit groups for the causal test: shared, A-only, B-only and a random control.
+
+    The control has the A-only size in every layer and is drawn (seeded) from units in neither
+    top set, so it measures what removing that many *unselected* units does.
+    """
+    rng = np.random.default_rng(seed)
+    groups: dict[str, dict[int, list[int]]] = {"shared": {}, "A-only": {}, "B-only": {}, "random": {}}
+    for layer, (row_a, row_b) in enumerate(zip(top_a.tolist(), top_b.tolist(), strict=True)):
+        set_a, set_b = set(row_a), set(row_b)
+        groups["shared"][layer] = sorted(set_a & set_b)
+        groups["A-only"][layer] = sorted(set_a - set_b)
+        groups["B-only"][layer] = sorted(set_b - set_a)
+        outside = np.setdiff1d(np.arange(n_units), np.asarray(sorted(set_a | set_b), dtype=np.int64))
+        size = min(len(groups["A-only"][layer]), len(outside))
+        groups["random"][layer] = sorted(int(u) for u in rng.choice(outside, size=size, replace=False))
+    return groups

@@ -1,0 +1,24 @@
+"""Progress reporting and cancellation, shared by every layer (models, probes, app, CLI).
+
+It sits below both ``lenslab.models`` and ``lenslab.probes`` so that the session's guards and the
+probes speak of the same ``Cancelled`` without either importing the other.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Progress(Protocol):
+    """Progress callback: ``fraction`` in [0, 1] and a short message. May raise ``Cancelled``."""
+
+    def __call__(self, fraction: float, message: str = "") -> None:
+        """Report progress; may raise ``Cancelled``."""
+
+
+def NO_PROGRESS(fraction: float, message: str = "") -> None:
+    """Progress sink that ignores updates."""
+
+
+class Cancelled(Exception):
+    """Raised from a progress callback to stop a long computation cleanly."""

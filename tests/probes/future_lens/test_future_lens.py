@@ -1,0 +1,373 @@
+"""Future Lens unit tests on tiny random models: math, hooks, data, artefacts, probe, evaluation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lenslab.probes.future_lens.data import (
+    HORIZONS,
+    DataSettings,
+    build_dataset,
+    cache_dir,
+    load_documents,
+)
+from lenslab.probes.future_lens.evaluation import (
+    FutureLensEvalConfig,
+    FutureLensEvalResult,
+    bigram_top_ids,
+    precision_at_k,
+    run_evaluation,
+)
+from lenslab.probes.future_lens.linear import (
+    LinearMaps,
+    fit_linear_map,
+    fit_linear_maps,
+    linear_path,
+    load_linear,
+)
+from lenslab.probes.future_lens.probe import (
+    FutureLens,
+    FutureLensConfig,
+    FutureLensResult,
+    prepare_default_artefacts,
+    train_learned_prompt,
+)
+from lenslab.probes.future_lens.prompts import (
+    PromptTraining,
+    SoftPrompt,
+    causal_logits,
+    embedding_multiplier,
+    fixed_context_ids,
+    kl_original_intervened,
+    train_soft_prompt,
+    transplant_hook,
+)
+
+TEXT = "\n\n".join(
+    f"Paragraph {i}: the quick brown fox number {i} jumps over the lazy dog and keeps running far away."
+    for i in range(40)
+)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_data(tiny_gemma, corpus, lenslab_home):
+    return build_dataset(tiny_gemma, DataSettings(source=str(corpus), n_examples=80, prefix_tokens=10))
+
+
+# ------------------------------------------------------------------------------------ linear fit
+def test_closed_form_fit_recovers_known_map():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=gen) * 50 + 7
+    true_w = torch.randn(16, 12, generator=gen)
+    bias = torch.randn(12, generator=gen)
+    y = x @ true_w + bias
+    weight, x_mean, y_mean = fit_linear_map(x, y, ridge=0.0)
+    assert torch.allclose(weight, true_w, atol=1e-4)
+    assert torch.allclose((x - x_mean) @ weight + y_mean, y, atol=1e-2)
+    ridge_w, _, _ = fit_linear_map(x, y, ridge=1.0)
+    assert ridge_w.norm() < weight.norm()  # ridge shrinks
+    # few examples, y = x: shrinking toward the identity keeps W = I, toward zero does not
+    few = x[:8]
+    toward_i, _, _ = fit_linear_map(few, few, ridge=0.5, toward_identity=True)
+    toward_0, _, _ = fit_linear_map(few, few, ridge=0.5)
+    assert torch.allclose(toward_i, torch.eye(16), atol=1e-4)
+    assert not torch.allclose(toward_0, torch.eye(16), atol=1e-2)
+    with pytest.raises(ValueError, match="d_in == d_out"):
+        fit_linear_map(x, y, ridge=0.5, toward_identity=True)
+    with pytest.raises(ValueError, match="ridge"):
+        fit_linear_map(x, y, ridge=-1.0)
+    with pytest.raises(ValueError, match="rows"):
+        fit_linear_map(x, y[:10])
+
+
+# ----------------------------------------------------------------------------------- transplant
+def test_transplant_writes_exactly_one_position_and_is_removed(tiny_gemma):
+    session = tiny_gemma
+    tokens = session.tokenize("hello world")
+    name = session.resid_name(0)
+    clean = session.run(tokens, [name]).activations[name][0]
+    states = torch.randn(1, session.d_model) * 3
+    seen = {}
+
+    def capture(tensor, *, hook):
+        seen["resid"] = tensor[0].detach().clone()
+
+    with session.hooks([(name, transplant_hook(states, 4)), (name, capture)]), torch.inference_mode():
+        session.bridge(tokens)
+    assert session.active_hook_count() == 0
+    changed = (seen["resid"] != clean).any(-1)
+    assert changed.tolist() == [i == 4 for i in range(tokens.shape[1])]
+    assert torch.equal(seen["resid"][4], states[0])
+    with pytest.raises(RuntimeError), session.hooks([(name, transplant_hook(states, 4))]):
+        raise RuntimeError("boom")
+    assert session.active_hook_count() == 0
+
+
+def test_identity_transplant_leaves_the_model_unchanged(tiny_gemma):
+    """Transplanting the state the context already has must reproduce the plain forward."""
+    session = tiny_gemma
+    context = fixed_context_ids(session, "Tell me about")
+    teacher = torch.tensor([[10, 11, 12], [20, 21, 22]])
+    layer = 1
+    plain = session.run(torch.cat([context.expand(2, -1), teacher], 1), [session.resid_name(layer)])
+    own = plain.activations[session.resid_name(layer)][:, len(context) - 1]
+    with torch.inference_mode():
+        logits = causal_logits(session, own, layer, teacher, context_ids=context)
+    assert logits.shape == (2, 4, session.d_vocab)
+    assert torch.allclose(logits, plain.logits[:, len(context) - 1 :], atol=1e-4)
+    assert session.active_hook_count() == 0
+
+
+# -------------------------------------------------------------------------------------- metrics
+def test_precision_at_k_math():
+    top = np.array([[[5, 1, 2], [7, 8, 9]], [[3, 5, 1], [1, 2, 3]]])  # [n=2, horizon=2, k=3]
+    labels = np.array([[5, 9], [5, 4]])
+    assert precision_at_k(top, labels, 1).tolist() == [0.5, 0.0]
+    assert precision_at_k(top, labels, 2).tolist() == [1.0, 0.0]
+    assert precision_at_k(top, labels, 3).tolist() == [1.0, 0.5]
+    with pytest.raises(ValueError):
+        precision_at_k(top, labels, 4)
+
+
+def test_bigram_baseline_counts_and_fallback():
+    train_current = np.array([1, 1, 1, 2])
+    train_labels = np.array([[7], [7], [8], [9]])
+    top = bigram_top_ids(train_current, train_labels, np.array([1, 2, 3]), k=2)
+    assert top[0, 0].tolist() == [7, 8]
+    assert top[1, 0].tolist() == [9, 7]  # seen once, then the most frequent label overall
+    assert top[2, 0].tolist() == [7, 8]  # unseen token: overall frequency
+    assert precision_at_k(top, np.array([[8], [9], [1]]), 1).tolist() == [1 / 3]
+
+
+# ----------------------------------------------------------------------------------------- data
+def test_sources(tmp_path):
+    assert len(load_documents("pydoc")) > 50
+    jsonl = tmp_path / "d.jsonl"
+    jsonl.write_text('{"text": "one doc"}\n"second doc"\n\n', encoding="utf-8")
+    assert load_documents(str(jsonl)) == ["one doc", "second doc"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"body": 1}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="text"):
+        load_documents(str(bad))
+    with pytest.raises(FileNotFoundError):
+        load_documents(str(tmp_path / "missing.txt"))
+    with pytest.raises(ValueError, match="empty"):
+        load_documents("  ")
+
+
+def test_dataset_labels_split_and_cache(tiny_gemma, tiny_data, corpus):
+    session, data = tiny_gemma, tiny_data
+    assert data.labels.shape == (80, HORIZONS)
+    assert data.resid.shape == (80, session.n_layers, session.d_model)
+    assert data.is_test.sum() == 20
+    # split by document: no document on both sides
+    assert not set(data.doc_ids[data.is_test].tolist()) & set(data.doc_ids[~data.is_test].tolist())
+    # labels are the greedy continuation; states match a plain forward over prefix + continuation
+    i = 3
+    sequence = torch.cat(
+        [torch.as_tensor(data.prefix_ids[i : i + 1]), torch.as_tensor(data.labels[i : i + 1, :3])], 1
+    )
+    names = [session.resid_name(0), session.resid_name(session.n_layers - 1)]
+    run = session.run(sequence, names)
+    t = data.prefix_ids.shape[1] - 1
+    assert run.logits[0, t:].argmax(-1).tolist() == data.labels[i].tolist()
+    assert np.allclose(run.activations[names[0]][0, t].numpy(), data.resid[i, 0], atol=1e-4)
+    assert np.allclose(run.activations[names[1]][0, t:].numpy(), data.final[i], atol=1e-4)
+    # cached: same key → loaded from disk, identical
+    again = build_dataset(session, data.settings)
+    assert again.key == data.key and np.array_equal(again.resid, data.resid)
+    assert (cache_dir(session.model_id) / "data" / data.key / "meta.json").is_file()
+    other = DataSettings(source=str(corpus), n_examples=80, prefix_tokens=10, seed=1)
+    assert other.key(session.model_id) != data.key
+    with pytest.raises(ValueError, match="n_examples"):
+        build_dataset(session, DataSettings(n_examples=2))
+
+
+# ------------------------------------------------------------------------------------ artefacts
+def test_linear_maps_round_trip_and_mismatch(tiny_gemma, tiny_data, lenslab_home):
+    from lenslab.models.tiny import tiny_session
+
+    session = tiny_gemma
+    maps = fit_linear_maps(session, tiny_data, ridge=0.0)
+    path = maps.save(linear_path(session.model_id))
+    loaded = load_linear(session)
+    assert loaded is not None and loaded.layers == maps.layers
+    assert torch.equal(loaded.weight, maps.weight)
+    states = torch.as_tensor(tiny_data.resid[:5, 1])
+    assert torch.allclose(loaded.predict(states, 1), maps.predict(states, 1))
+    other = tiny_session("llama")
+    with pytest.raises(ValueError, match="trained on"):
+        LinearMaps.load(path, other)
+    wrong_width = LinearMaps(
+        maps.layers,
+        maps.horizons,
+        maps.weight,
+        maps.x_mean,
+        maps.y_mean,
+        {**maps.meta, "model_id": other.model_id, "d_model": 999},
+    )
+    with pytest.raises(ValueError, match="d_model"):
+        LinearMaps.load(wrong_width.save(lenslab_home / "w.safetensors"), other)
+    (lenslab_home / "junk.safetensors").write_bytes(b"not a file")
+    with pytest.raises(ValueError, match="readable"):
+        LinearMaps.load(lenslab_home / "junk.safetensors", session)
+    with pytest.raises(FileNotFoundError):
+        LinearMaps.load(lenslab_home / "none.safetensors", session)
+    with pytest.raises(ValueError, match="no linear map for layer"):
+        LinearMaps(maps.layers[:1], maps.horizons, maps.weight[:1], maps.x_mean[:1], maps.y_mean).predict(
+            states, 1
+        )
+
+
+def test_linear_at_last_layer_is_exact_for_n0(tiny_gemma, tiny_data):
+    """With n > d the least-squares map from the last layer to itself is the identity."""
+    maps = fit_linear_maps(tiny_gemma, tiny_data, layers=[1], ridge=0.0)
+    assert torch.allclose(maps.weight[0, 0], torch.eye(tiny_gemma.d_model), atol=1e-3)
+
+
+def test_soft_prompt_training_lowers_kl_and_round_trips(tiny_gemma, tiny_data, lenslab_home):
+    session = tiny_gemma
+    before = [p.detach().clone() for p in session.bridge.parameters()]
+    settings = PromptTraining(epochs=6, lr=5e-2, batch_size=16)
+    prompt = train_soft_prompt(session, tiny_data, 1, settings)
+    losses = prompt.meta["losses"]
+    assert len(losses) == 6 * 4
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert all(torch.equal(a, b) for a, b in zip(before, session.bridge.parameters(), strict=True))
+    assert all(p.grad is None for p in session.bridge.parameters())
+    assert prompt.vectors.shape == (10, session.d_model)
+    assert prompt.meta["multiplier"] == pytest.approx(session.d_model**0.5, rel=1e-3)  # Gemma scales by √d
+    path = prompt.save(lenslab_home / "p.safetensors")
+    loaded = SoftPrompt.load(path, session)
+    assert loaded.layer == 1 and torch.equal(loaded.vectors, prompt.vectors)
+    from lenslab.models.tiny import tiny_session
+
+    with pytest.raises(ValueError, match="trained on"):
+        SoftPrompt.load(path, tiny_session("gpt2"))
+    with pytest.raises(ValueError, match="not a soft-prompt"):
+        SoftPrompt.load(
+            fit_linear_maps(session, tiny_data, [1]).save(lenslab_home / "l.safetensors"), session
+        )
+    with pytest.raises(ValueError, match="horizons"):
+        PromptTraining(horizons=(5,)).validate()
+
+
+def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
+    logits = torch.randn(3, 4, 50)
+    assert kl_original_intervened(logits, logits).abs() < 1e-6
+    assert kl_original_intervened(logits, torch.randn(3, 4, 50)) > 0
+
+
+def test_embedding_multiplier_per_family(tiny_any):
+    value = embedding_multiplier(tiny_any)
+    expected = tiny_any.d_model**0.5 if "gemma" in tiny_any.model_id else 1.0
+    assert value == pytest.approx(expected, rel=1e-3)
+
+
+# ----------------------------------------------------------------------------------- grid probe
+def test_grid_direct_matches_the_model_at_the_last_layer(tiny_gemma, lenslab_home):
+    session = tiny_gemma
+    config = FutureLensConfig(method="direct", horizon=2, k=3)
+    result = FutureLens().run(session, "the quick brown", config)
+    seq = len(result.tokens)
+    assert result.top_ids.shape == (session.n_layers, seq, 3, 3)
+    plain = session.run("the quick brown").logits[0].argmax(-1)
+    assert result.actual_ids[:, 0].tolist() == plain.tolist()
+    assert result.actual_ids[:-1, 1].tolist() == plain[1:].tolist()  # teacher-forced on the prompt
+    assert (result.top_ids[-1, :, 0, 0] == result.actual_ids[:, 0]).all()  # last layer = the model
+    assert (result.top_ids[:, :, 0] == result.top_ids[:, :, 1]).all()  # direct: same guess for every N
+    assert np.all(np.diff(result.top_probs, axis=-1) <= 1e-7)
+    figures = result.figures()
+    assert set(figures) == {"grid", "agreement"}
+    grid, _actual, cells = figures["grid"].data  # states, the actual continuation, clickable cell points
+    assert len(cells.x) == grid.z.shape[0] * grid.z.shape[1]
+    last = {"x": cells.x[-1], "y": cells.y[-1]}  # a click reaches the app as the point's labels
+    assert result.state_at("grid", last) == (int(result.layers[-1]), seq - 1)
+    again = FutureLensResult.from_dict(result.to_dict())
+    assert np.array_equal(again.top_ids, result.top_ids) and again.top_tokens == result.top_tokens
+    assert session.active_hook_count() == 0
+
+
+def test_grid_every_method_on_tiny(tiny_gemma, tiny_data, lenslab_home):
+    session = tiny_gemma
+    with pytest.raises(ValueError, match="no linear maps"):
+        FutureLens().run(session, "abc", FutureLensConfig(method="linear"))
+    info = prepare_default_artefacts(
+        session, settings=DataSettings(source=tiny_data.settings.source, n_examples=80, prefix_tokens=10)
+    )
+    assert info["layers"] == [0, 1]
+    with pytest.raises(ValueError, match="learned prompt for layer"):
+        FutureLens().run(session, "abc", FutureLensConfig(method="learned", layers=(1,)))
+    train_learned_prompt(
+        session,
+        1,
+        PromptTraining(epochs=1, batch_size=32),
+        DataSettings(source=tiny_data.settings.source, n_examples=80, prefix_tokens=10),
+    )
+    for method in ("linear", "fixed", "learned"):
+        layers = (1,) if method == "learned" else None
+        result = FutureLens().run(
+            session, "the fox", FutureLensConfig(method=method, horizon=3, layers=layers)
+        )
+        assert result.top_ids.shape[2] == 4
+        assert np.isfinite(result.top_probs).all()
+        if method == "linear":
+            assert "linear maps" in result.artefact
+    assert session.active_hook_count() == 0
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"method": "magic"}, "method"),
+        ({"horizon": 4}, "horizon"),
+        ({"layers": (5,)}, "out of range"),
+        ({"k": 0}, "k"),
+    ],
+)
+def test_grid_config_validation(tiny_gemma, changes, match):
+    with pytest.raises(ValueError, match=match):
+        FutureLens().run(tiny_gemma, "abc", FutureLensConfig(**changes))
+
+
+def test_grid_on_other_families(tiny_any):
+    result = FutureLens().run(tiny_any, "abc de", FutureLensConfig(method="fixed", horizon=1))
+    assert result.top_ids.shape[:3] == (tiny_any.n_layers, len(result.tokens), 2)
+    assert tiny_any.active_hook_count() == 0
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def test_evaluation_on_tiny(tiny_gemma, corpus, lenslab_home):
+    from lenslab.analyses.report import Report
+
+    session = tiny_gemma
+    config = FutureLensEvalConfig(source=str(corpus), n_examples=80, prefix_tokens=10, ridge=0.0, k=5)
+    result = run_evaluation(session, config)
+    assert result.methods == ["direct", "linear", "fixed", "learned"]
+    assert result.precision.shape == (4, 2, HORIZONS, 2)  # ks = 1, 5
+    assert result.ks.tolist() == [1, 5]
+    last = result.layers.tolist().index(1)
+    assert result.top1("direct")[last, 0] == 1.0  # the logit lens of the last layer is the model
+    assert result.top1("linear")[last, 0] == pytest.approx(1.0)  # identity map fitted exactly
+    assert np.isnan(result.top1("learned")).all() and any("learned" in n for n in result.notes)
+    assert np.all(result.precision[:3, ..., 1] >= result.precision[:3, ..., 0])  # p@5 ≥ top-1
+    assert result.n_train + result.n_test == 80
+    assert len(result.table_rows()) == 4 * 2 + 1
+    assert set(result.figures()) == {"accuracy", "table"}
+    assert "bigram N=1 top-1" in result.summary()
+    folder = Report([result]).save(lenslab_home / "r")
+    loaded = Report.load(folder).results[0]
+    assert isinstance(loaded, FutureLensEvalResult)
+    np.testing.assert_array_equal(loaded.precision, result.precision)
+    assert json.loads((folder / "report.json").read_text())["results"][0]["probe"] == "future_lens_eval"

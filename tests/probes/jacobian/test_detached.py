@@ -1,0 +1,141 @@
+"""The detached forward: unchanged output, exact linearity, clean hooks, refusal of other models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lenslab.models.tiny import tiny_session
+from lenslab.probes.jacobian.algorithms import one_hot_inputs
+from lenslab.probes.jacobian.detached import (
+    COMPONENTS,
+    as_float64,
+    detached,
+    model_family,
+    record_coefficients,
+    target_hook,
+)
+from lenslab.probes.jacobian.operator import LinearizedModel
+
+PROMPT = "hello world, again!"
+
+
+@pytest.fixture(params=["gemma3", "llama", "gpt2"])
+def tiny64(request):
+    """A float64 tiny model of each supported family."""
+    return tiny_session(request.param, dtype=torch.float64)
+
+
+def _targets(session):
+    return ["ln_final.hook_out"] + [
+        target_hook(session, layer, part) for layer in range(session.n_layers) for part in COMPONENTS
+    ]
+
+
+def test_detached_logits_equal_normal_logits(tiny_any):
+    """Freezing the coefficients at their own values leaves the logits unchanged (float32)."""
+    session = tiny_any
+    tokens = session.tokenize(PROMPT)
+    normal = session.run(tokens).logits
+    coefficients = record_coefficients(session, tokens)
+    with detached(session, coefficients) as model, torch.no_grad():
+        logits = model.logits(coefficients.inputs)
+    assert logits.shape == normal.shape
+    assert (logits - normal).abs().max() / normal.abs().max() < 1e-5
+    assert session.active_hook_count() == 0
+
+
+def test_detached_is_linear_float64(tiny64):
+    """Σ_i f(x_i alone) (minus the bias copies) + b reproduces y to 1e-10 at every target."""
+    session = tiny64
+    coefficients = record_coefficients(session, session.tokenize(PROMPT))
+    targets = _targets(session)
+    copies = one_hot_inputs(coefficients.inputs, with_zero=True)
+    with detached(session, coefficients, targets) as model, torch.no_grad():
+        out = model(copies, targets)
+        whole = model(coefficients.inputs, targets)
+    seq = coefficients.seq_len
+    for name in targets:
+        bias = out[name][seq]
+        total = (out[name][:seq] - bias).sum(0) + bias
+        real = coefficients.outputs[name][0]
+        assert (total - real).norm() / real.norm() < 1e-10, name
+        assert (whole[name][0] - real).norm() / real.norm() < 1e-12, name
+    has_bias = out["ln_final.hook_out"][seq].norm() > 0
+    assert bool(has_bias) == (model_family(session) == "gpt2")
+
+
+def test_operator_matches_hooked_detached_forward(tiny64):
+    """The compiled linear operator equals the hook-based detached forward to rounding."""
+    session = tiny64
+    coefficients = record_coefficients(session, session.tokenize(PROMPT))
+    targets = _targets(session)
+    probe = torch.randn(3, coefficients.seq_len, session.d_model, dtype=torch.float64)
+    with detached(session, coefficients, targets) as model, torch.no_grad():
+        hooked = model(probe, targets)
+    compiled = LinearizedModel(session, coefficients)(probe, targets)
+    for name in targets:
+        assert (compiled[name] - hooked[name]).norm() / hooked[name].norm() < 1e-12, name
+
+
+def test_residual_decomposes_into_attention_and_mlp(tiny64):
+    """resid[l] = resid[l-1] + attn[l] + mlp[l] for the chosen part hooks (Gemma: post-norms)."""
+    session = tiny64
+    coefficients = record_coefficients(session, session.tokenize(PROMPT))
+    out = coefficients.outputs
+    previous = coefficients.inputs[0]
+    for layer in range(session.n_layers):
+        resid = out[target_hook(session, layer, "resid")][0]
+        parts = out[target_hook(session, layer, "attn")][0] + out[target_hook(session, layer, "mlp")][0]
+        assert (previous + parts - resid).norm() / resid.norm() < 1e-12
+        previous = resid
+
+
+def test_hooks_removed_after_exception(tiny_gemma):
+    """An exception inside the detached context leaves no hook behind, and the model runs normally."""
+    session = tiny_gemma
+    tokens = session.tokenize(PROMPT)
+    before = session.run(tokens).logits
+    coefficients = record_coefficients(session, tokens)
+    with pytest.raises(RuntimeError, match="boom"), detached(session, coefficients):
+        assert session.active_hook_count() > 0
+        raise RuntimeError("boom")
+    assert session.active_hook_count() == 0
+    # A different prompt now gets its own (not frozen) attention pattern: outputs match a fresh model.
+    after = session.run(tokens).logits
+    assert torch.equal(before, after)
+    other = session.tokenize("something else entirely")
+    fresh = tiny_session("gemma3").run(other).logits
+    assert torch.allclose(session.run(other).logits, fresh, atol=1e-6)
+
+
+def test_unsupported_architecture_refused(tiny_gemma, monkeypatch):
+    """A model outside Gemma 3 / Llama / GPT-2 gets a ValueError naming the supported ones."""
+    monkeypatch.setattr(type(tiny_gemma), "architecture", property(lambda self: "MistralForCausalLM"))
+    with pytest.raises(
+        ValueError, match="supported architectures: GPT2LMHeadModel, Gemma3ForCausalLM, LlamaForCausalLM"
+    ):
+        model_family(tiny_gemma)
+    with pytest.raises(ValueError, match="MistralForCausalLM"):
+        record_coefficients(tiny_gemma, tiny_gemma.tokenize(PROMPT))
+
+
+def test_target_hook_validation(tiny_gemma):
+    """Bad layers and components are refused with readable messages."""
+    with pytest.raises(ValueError, match="out of range"):
+        target_hook(tiny_gemma, 7, "resid")
+    with pytest.raises(ValueError, match="component must be one of"):
+        target_hook(tiny_gemma, 0, "ffn")
+    with pytest.raises(ValueError, match="no attention/MLP part"):
+        target_hook(tiny_gemma, None, "attn")
+    assert target_hook(tiny_gemma, 1, "attn") == "blocks.1.ln1_post.hook_out"
+
+
+def test_float64_copy_is_cached_and_separate(tiny_gemma):
+    """as_float64 makes one float64 copy per session and leaves the original float32 model alone."""
+    copy = as_float64(tiny_gemma)
+    assert copy.dtype == torch.float64 and tiny_gemma.dtype == torch.float32
+    assert as_float64(tiny_gemma) is copy
+    assert as_float64(copy) is copy
+    tokens = tiny_gemma.tokenize(PROMPT)
+    assert torch.allclose(copy.run(tokens).logits.float(), tiny_gemma.run(tokens).logits, atol=1e-4)

@@ -1,0 +1,268 @@
+"""Unit tests of the neurosymbolic probe on tiny random models: tasks, ridge, collection, merge."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lenslab.analyses.report import Report
+from lenslab.probes import get_probe, registered_probes
+from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig, artefact_folder
+from lenslab.probes.neurosymbolic.fit import Merge, collect, merge_hook, ridge_fit, ridge_path
+from lenslab.probes.neurosymbolic.probe import (
+    NeurosymbolicConfig,
+    NeurosymbolicProbe,
+    NeurosymbolicResult,
+    load_artefact,
+    prepare_default_artefacts,
+)
+from lenslab.probes.neurosymbolic.readout import answer_tokens
+from lenslab.probes.neurosymbolic.tasks import (
+    ALL_OPERATIONS,
+    Problem,
+    generate_tasks,
+    n_digits_for,
+    parse_problem,
+    solve,
+)
+
+SMALL = TrainConfig(bound=20, n_train_per_operation=6, n_test_per_operation=2, vsa_dim=256, shots=1)
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def test_solve_matches_python_for_every_operation():
+    cases = {
+        "add": 55,
+        "sub": 41,
+        "mul": 336,
+        "div": 6,
+        "mod": 6,
+        "gcd": 1,
+        "lcm": 336,
+        "and": 0,
+        "or": 55,
+        "xor": 55,
+    }
+    for op, expected in cases.items():
+        assert solve(op, 48, 7) == expected, op
+    assert solve("gcd", 48, 18) == math.gcd(48, 18) == 6
+    assert solve("lcm", 4, 6) == 12
+    with pytest.raises(ValueError, match="by zero"):
+        solve("div", 3, 0)
+    with pytest.raises(ValueError, match="negative"):
+        solve("sub", 3, 7)
+
+
+def test_tasks_split_by_operand_pair_and_have_exact_answers():
+    tasks = generate_tasks(ALL_OPERATIONS, 30, 12, 4, shots=2, seed=3)
+    assert len(tasks.train) == 12 * len(ALL_OPERATIONS) and len(tasks.test) == 4 * len(ALL_OPERATIONS)
+    train_pairs = {frozenset((p.first, p.second)) for p in tasks.train}
+    test_pairs = {frozenset((p.first, p.second)) for p in tasks.test}
+    assert not train_pairs & test_pairs
+    for problem, prompt in zip(tasks.test, tasks.test_prompts, strict=True):
+        assert prompt.endswith(problem.line(with_answer=False))
+        assert prompt.count("\n") == 2  # two solved shots
+        shot_lines = prompt.splitlines()[:2]
+        for line in shot_lines:  # shots are solved correctly and never use a test pair
+            left, answer = line.split(" = ")
+            a, symbol, b = left.split(" ")
+            shot = parse_problem(f"{a} {symbol} {b}")
+            assert shot.answer == int(answer)
+            assert frozenset((shot.first, shot.second)) not in test_pairs
+        assert max(problem.first, problem.second) < 30
+    again = generate_tasks(ALL_OPERATIONS, 30, 12, 4, shots=2, seed=3)
+    assert again.test_prompts == tasks.test_prompts
+
+
+def test_parse_problem_reads_typed_forms():
+    assert parse_problem("What is 48 * 7?") == Problem(48, "mul", 7)
+    assert parse_problem("gcd(48, 18)") == Problem(48, "gcd", 18)
+    assert parse_problem("13 XOR 7") == Problem(13, "xor", 7)
+    assert parse_problem("96 // 7 = ?") == Problem(96, "div", 7)
+    assert parse_problem("what's 17 mod 5") == Problem(17, "mod", 5)
+    with pytest.raises(ValueError, match="could not read"):
+        parse_problem("hello there")
+    with pytest.raises(ValueError, match="by zero"):
+        parse_problem("5 / 0")
+
+
+def test_codebook_width_covers_the_largest_answer():
+    assert n_digits_for(("add",), 100) == 3
+    assert n_digits_for(ALL_OPERATIONS, 100) == 4  # 99 * 99 = 9801
+    assert n_digits_for(("xor",), 100) == 3  # 127
+
+
+# ------------------------------------------------------------------------------------------ ridge
+def test_ridge_recovers_a_planted_linear_map():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 20, generator=generator) * 50 + 3
+    weight = torch.randn(20, 7, generator=generator)
+    bias = torch.randn(7, generator=generator)
+    y = x @ weight + bias + 0.01 * torch.randn(500, 7, generator=generator)
+    fitted = ridge_fit(x, y, alpha=1e-8)
+    assert torch.allclose(fitted.weight, weight, atol=1e-3)
+    new = torch.randn(10, 20, generator=generator)
+    assert torch.allclose(fitted(new), new @ weight + bias, atol=0.05)
+    # a large penalty shrinks the map towards the mean prediction
+    strong = ridge_path(x, y, [1e-8, 1e3])
+    assert strong[1].weight.norm() < 0.05 * strong[0].weight.norm()
+    with pytest.raises(ValueError, match="rows"):
+        ridge_fit(x, y[:10])
+
+
+# ------------------------------------------------------------------------------------- collection
+def test_batched_collection_equals_single_runs(tiny_gemma):
+    prompts = ["1 + 2 = 3\n4 + 5 = ", "12 * 3 = ", "7 gcd 21 = 7\n9 gcd 3 = "]
+    sequences = [tiny_gemma.tokenize(p)[0].tolist() for p in prompts]
+    positions = [[len(s) - 1, 0] for s in sequences]
+    targets = [[5, 6] for _ in sequences]
+    got = collect(tiny_gemma, sequences, positions, [0, 1], targets=targets, batch_size=2)
+    for i, prompt in enumerate(prompts):
+        run = tiny_gemma.run(prompt, [tiny_gemma.resid_name(0), tiny_gemma.resid_name(1)])
+        for layer in (0, 1):
+            expected = run.activations[tiny_gemma.resid_name(layer)][0, positions[i]]
+            assert torch.allclose(got.states[layer][i], expected, atol=1e-5)
+        log_probs = run.logits[0, positions[i]].log_softmax(-1)
+        assert torch.allclose(got.target_logprob[i], log_probs[:, 5:7].diagonal(), atol=1e-4)
+        assert torch.equal(got.argmax[i], run.logits[0, positions[i]].argmax(-1))
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_merge_changes_exactly_the_chosen_positions_and_is_removed(tiny_gemma):
+    session = tiny_gemma
+    sequence = session.tokenize("12 + 30 = 42\n")[0].tolist()
+    positions = list(range(len(sequence)))
+    vector = torch.full((2, session.d_model), 3.0)
+    merge = Merge(layer=0, weight=0.5, vectors=[vector], starts=[4])
+    clean = collect(session, [sequence], [positions], [0, 1])
+    merged = collect(session, [sequence], [positions], [0, 1], merge=merge)
+    changed = (merged.states[0][0] - clean.states[0][0]).abs().amax(-1) > 1e-6
+    assert changed.nonzero().flatten().tolist() == [4, 5]
+    expected = 0.5 * clean.states[0][0][4:6] + 0.5 * vector
+    assert torch.allclose(merged.states[0][0][4:6], expected, atol=1e-5)
+    # the next layer: positions before the merge are untouched (causal), merged ones change
+    later = (merged.states[1][0] - clean.states[1][0]).abs().amax(-1) > 1e-6
+    assert not later[:4].any() and later[4:6].all()
+    assert session.active_hook_count() == 0
+
+
+def test_merge_hook_is_removed_after_an_exception(tiny_gemma):
+    mask = torch.ones(1, 32, dtype=torch.bool)
+    hook = merge_hook(mask, torch.zeros(1, 32, tiny_gemma.d_model), 0.5)
+
+    def boom(resid, *, hook=None):
+        raise RuntimeError("boom")
+
+    hooks = [(tiny_gemma.resid_name(0), hook), (tiny_gemma.resid_name(1), boom)]
+    with pytest.raises(RuntimeError, match="boom"), tiny_gemma.hooks(hooks) as bridge:
+        bridge(tiny_gemma.tokenize("1 + 1 = "))
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_answer_tokens_are_one_per_digit(tiny_gemma):
+    ids = answer_tokens(tiny_gemma, 336)
+    assert tiny_gemma.decode_each(ids) == ["3", "3", "6", "\n"]
+
+
+# ------------------------------------------------------------------------------ fit, save, probe
+@pytest.fixture(scope="module")
+def fitted(tiny_gemma, tmp_path_factory):
+    """Fit once per module into an isolated LENSLAB_HOME."""
+    home = tmp_path_factory.mktemp("ns_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LENSLAB_HOME", str(home))
+        yield prepare_default_artefacts(tiny_gemma, train_config=SMALL)
+
+
+def test_prepare_fits_saves_and_is_idempotent(tiny_gemma, fitted):
+    assert fitted == artefact_folder(tiny_gemma.model_id, SMALL)
+    meta = json.loads((fitted / "meta.json").read_text())
+    assert meta["model_id"] == tiny_gemma.model_id
+    curve = meta["metrics"]["layer_curve"]
+    assert len(curve["operation_accuracy"]) == tiny_gemma.n_layers
+    assert all(0.0 <= v <= 1.0 for v in curve["operation_accuracy"])
+    rows = meta["metrics"]["evaluation"]["rows"]
+    assert rows[-1]["task"] == "all" and rows[-1]["n"] == 2 * len(ALL_OPERATIONS)
+    for row in rows:  # an intervention that never fires cannot change anything
+        if row["fired"] == 0.0:
+            assert row["merged_ce"] == pytest.approx(row["baseline_ce"], abs=1e-5)
+    stamp = (fitted / "meta.json").stat().st_mtime
+    calls = []
+    assert prepare_default_artefacts(tiny_gemma, lambda f, m: calls.append(m), SMALL) == fitted
+    assert (fitted / "meta.json").stat().st_mtime == stamp
+    assert "already" in calls[-1]
+    loaded = Artefact.load(fitted, tiny_gemma)
+    for layer, encoder in loaded.encoders.items():
+        x = torch.randn(3, tiny_gemma.d_model)
+        assert encoder(x).shape == (3, SMALL.vsa_dim), layer
+
+
+def test_artefact_is_refused_for_another_model(fitted):
+    from lenslab.models.tiny import tiny_session
+
+    other = tiny_session("gemma3", seed=1)
+    with pytest.raises(ValueError, match="fitted on 'tiny-gemma3-s0'"):
+        Artefact.load(fitted, other)
+    with pytest.raises(ValueError, match="fitted on"):
+        load_artefact(other, SMALL, fitted)
+    with pytest.raises(FileNotFoundError, match="prepare_default_artefacts"):
+        load_artefact(other, SMALL)
+
+
+def test_probe_reads_a_typed_problem_and_round_trips(tiny_gemma, fitted, tmp_path):
+    assert "neurosymbolic" in registered_probes()
+    assert isinstance(get_probe("neurosymbolic"), NeurosymbolicProbe)
+    probe = NeurosymbolicProbe(train_config=SMALL)
+    config = NeurosymbolicConfig(layer=1, threshold=-10.0, merge_weight=1.0)  # always act
+    result = probe.run(tiny_gemma, "What is 12 * 3?", config)
+    assert (result.operation, result.first, result.second, result.exact_answer) == ("mul", 12, 3, 36)
+    assert result.readout_layer == 1 and result.fired
+    assert result.operation_scores.shape == (len(ALL_OPERATIONS),)
+    assert result.decoded_operation in ALL_OPERATIONS
+    assert result.system_answer == solve(
+        result.decoded_operation, result.decoded_first, result.decoded_second
+    )
+    assert result.few_shot_prompt.endswith("12 * 3 = ")
+    assert result.baseline_answer  # something was generated
+    figures = result.figures()
+    assert set(figures) == {
+        "layer_curve",
+        "operation_scores",
+        "per_layer_readout",
+        "evaluation",
+        "evaluation_ce",
+    }
+    path = Report([result]).save(tmp_path / "ns")
+    again = Report.load(path).results[0]
+    assert isinstance(again, NeurosymbolicResult)
+    assert np.array_equal(again.fit.evaluation, result.fit.evaluation)
+    assert again.fit.curve.keys() == result.fit.curve.keys()
+    assert again.summary() == result.summary()
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_probe_rejects_bad_input(tiny_gemma, fitted):
+    probe = NeurosymbolicProbe(train_config=SMALL)
+    with pytest.raises(ValueError, match="could not read"):
+        probe.run(tiny_gemma, "no numbers here", NeurosymbolicConfig())
+    with pytest.raises(ValueError, match="below 20"):
+        probe.run(tiny_gemma, "48 * 7", NeurosymbolicConfig())
+    with pytest.raises(ValueError, match="out of range"):
+        probe.run(tiny_gemma, "4 * 7", NeurosymbolicConfig(layer=5))
+    with pytest.raises(ValueError, match="merge_weight"):
+        probe.run(tiny_gemma, "4 * 7", NeurosymbolicConfig(merge_weight=2.0))
+
+
+def test_ridge_dual_form_equals_primal():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(30, 80, generator=generator, dtype=torch.float64)
+    y = torch.randn(30, 5, generator=generator, dtype=torch.float64)
+    dual = ridge_fit(x, y, alpha=0.1)  # 30 samples < 80 features: sample-space solve
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    lam = 0.1 * float((xc * xc).sum()) / 80
+    primal = torch.linalg.solve(xc.T @ xc + lam * torch.eye(80, dtype=torch.float64), xc.T @ yc)
+    assert torch.allclose(dual.weight, primal, atol=1e-8)

@@ -1,0 +1,352 @@
+"""SAE features on tiny random models: hooks, steering, streaming dashboards, loading, training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lenslab.probes import get_probe
+from lenslab.probes.base import Result
+from lenslab.probes.sae.corpus import read_text_file, token_windows
+from lenslab.probes.sae.dashboards import DashboardSettings, build_dashboards, get_dashboards, quantile_groups
+from lenslab.probes.sae.features import SAEFeatureConfig, SAEFeaturesConfig
+from lenslab.probes.sae.loading import capture, check_fits, load_sae, trained_dir
+from lenslab.probes.sae.steering import SAESteeringConfig, steering_hook
+from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained, splice_hook, train_sae
+from lenslab.progress import Cancelled
+
+HOOK = "blocks.1.hook_out"
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.\n\n"
+    "def add(a, b):\n    return a + b\n\nSphinx of black quartz, judge my vow! 12 + 30 = 42.\n\n"
+) * 6
+
+
+def make_sae(d_in: int = 32, d_sae: int = 48, k: int = 4, hook: str = HOOK, seed: int = 0):
+    """A random inference TopK SAE in sae-lens' own classes."""
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
+
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(d_in=d_in, d_sae=d_sae, k=k, metadata=SAEMetadata(hook_name=hook)))
+    with torch.no_grad():
+        sae.W_enc.normal_(0, 0.5)
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    return sae.eval()
+
+
+@pytest.fixture
+def sae_dir(tmp_path):
+    path = tmp_path / "tiny_sae"
+    make_sae().save_model(path)
+    return path
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text(TEXT)
+    return path
+
+
+def test_encode_decode_through_hook_matches_sae_lens_forward(tiny_gemma, sae_dir):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    assert loaded.hook_name == HOOK and loaded.d_sae == 48
+    tokens = tiny_gemma.tokenize("hello sparse world")
+    clean = capture(tiny_gemma, tokens, HOOK)
+    spliced = capture(tiny_gemma, tokens, HOOK, [(HOOK, splice_hook(loaded))])
+    with torch.inference_mode():
+        expected = loaded.sae(clean)  # sae-lens' own forward: encode + decode
+        feats = loaded.sae.encode(clean)
+    torch.testing.assert_close(spliced[:, 1:], expected[:, 1:])
+    torch.testing.assert_close(spliced[:, 0], clean[:, 0])  # BOS left clean
+    torch.testing.assert_close(loaded.encode(clean), feats)
+    assert int((feats > 0).sum(-1).max()) <= 4  # TopK: at most k active
+    assert tiny_gemma.active_hook_count() == 0
+
+
+@pytest.mark.parametrize("alpha", [3.0, -1.5])
+def test_steering_adds_exactly_alpha_times_decoder_row(tiny_gemma, sae_dir, alpha):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    tokens = tiny_gemma.tokenize("steer me")
+    clean = capture(tiny_gemma, tokens, HOOK)
+    steered = capture(tiny_gemma, tokens, HOOK, [(HOOK, steering_hook(loaded, 7, "add", alpha))])
+    delta = steered - clean
+    torch.testing.assert_close(delta[0, 1:], (alpha * loaded.sae.W_dec[7]).expand_as(delta[0, 1:]))
+    assert torch.equal(delta[0, 0], torch.zeros_like(delta[0, 0]))
+
+
+def test_zero_and_clamp_move_only_along_the_feature(tiny_gemma, sae_dir):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    tokens = tiny_gemma.tokenize("ablate it")
+    clean = capture(tiny_gemma, tokens, HOOK)
+    feats = loaded.encode(clean)
+    feature = int(feats[0, 1:].sum(0).argmax())  # a feature that fires here
+    zeroed = capture(tiny_gemma, tokens, HOOK, [(HOOK, steering_hook(loaded, feature, "zero", 0.0))])
+    expected = clean[0, 1:] - feats[0, 1:, feature : feature + 1] * loaded.sae.W_dec[feature]
+    torch.testing.assert_close(zeroed[0, 1:], expected)
+    clamped = capture(tiny_gemma, tokens, HOOK, [(HOOK, steering_hook(loaded, feature, "clamp", 5.0))])
+    expected = clean[0, 1:] + (5.0 - feats[0, 1:, feature : feature + 1]) * loaded.sae.W_dec[feature]
+    torch.testing.assert_close(clamped[0, 1:], expected)
+    with pytest.raises(ValueError, match="mode"):
+        steering_hook(loaded, feature, "double", 1.0)
+    with pytest.raises(ValueError, match="out of range"):
+        steering_hook(loaded, 48, "add", 1.0)
+
+
+def test_streaming_dashboards_equal_brute_force(tiny_gemma, sae_dir, corpus_file):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    settings = DashboardSettings(
+        corpus=str(corpus_file), n_seq=10, context_size=16, top_k=5, n_samples=6, batch_size=3
+    )
+    windows = token_windows(tiny_gemma, settings.corpus, context_size=16, n_seq=10)
+    dash = build_dashboards(tiny_gemma, loaded, windows, settings)
+    acts = loaded.encode(capture(tiny_gemma, torch.from_numpy(windows.tokens), HOOK))[:, 1:]
+    flat_index = (np.arange(10)[:, None] * 16 + np.arange(1, 16)[None, :]).reshape(-1)
+    acts = acts.reshape(-1, loaded.d_sae).detach().numpy()
+    for f in range(loaded.d_sae):
+        column = acts[:, f]
+        order = np.argsort(-column, kind="stable")[:5]
+        expected_values = np.where(column[order] > 0, column[order], 0.0)
+        np.testing.assert_allclose(dash.top_values[f], expected_values, rtol=1e-5, atol=1e-6)
+        firing = column[order] > 0
+        assert set(dash.top_index[f][firing]) == set(flat_index[order][firing])
+        assert (dash.top_index[f][~firing] == -1).all()
+        # samples are real firings with their true activation
+        for value, index in zip(dash.sample_values[f], dash.sample_index[f], strict=True):
+            if index >= 0:
+                row = int(np.nonzero(flat_index == index)[0][0])
+                assert column[row] > 0 and np.isclose(column[row], value, rtol=1e-5)
+    np.testing.assert_array_equal(dash.fire_count, (acts > 0).sum(0))
+    np.testing.assert_array_equal(dash.hist_counts.sum(1), dash.fire_count)
+    np.testing.assert_allclose(dash.act_sum, acts.sum(0), rtol=1e-4, atol=1e-5)
+    assert dash.n_tokens == 10 * 15
+
+
+def test_dashboards_cache_round_trip(tiny_gemma, sae_dir, corpus_file, lenslab_home):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    settings = DashboardSettings(corpus=str(corpus_file), n_seq=4, context_size=12, batch_size=2)
+    first = get_dashboards(tiny_gemma, loaded, settings)
+    files = list((lenslab_home / "artefacts").rglob("*.npz"))
+    assert len(files) == 1
+    calls = []
+    second = get_dashboards(tiny_gemma, loaded, settings, lambda f, m="": calls.append(m))
+    assert calls[-1] == "dashboards loaded from cache"
+    for name in ("top_values", "top_index", "hist_counts", "fire_count", "tokens"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    np.load(files[0], allow_pickle=False)  # plain numpy, no pickle
+
+
+def test_quantile_groups_are_ordered():
+    values = np.array([5.0, 1.0, 3.0, 2.0, 4.0, 0.0], dtype=np.float32)
+    index = np.array([10, 11, 12, 13, 14, -1])
+    groups = quantile_groups(values, index, n_groups=2, per_group=2)
+    assert len(groups) == 2
+    assert groups[0]["values"].min() >= groups[1]["values"].max()
+    assert -1 not in np.concatenate([g["index"] for g in groups])
+
+
+def test_mismatched_sae_refused(tiny_gemma, tmp_path):
+    wrong_width = tmp_path / "wide"
+    make_sae(d_in=16).save_model(wrong_width)
+    with pytest.raises(ValueError, match="16-wide"):
+        load_sae(tiny_gemma, str(wrong_width))
+    wrong_hook = tmp_path / "deep"
+    make_sae(hook="blocks.7.hook_out").save_model(wrong_hook)
+    with pytest.raises(ValueError, match="does not have"):
+        load_sae(tiny_gemma, str(wrong_hook))
+    with pytest.raises(FileNotFoundError, match="sae-lens format"):
+        load_sae(tiny_gemma, str(tmp_path / "nothing"))
+
+
+def test_trained_sae_of_another_model_refused(tiny_gemma, lenslab_home):
+    target = trained_dir(tiny_gemma, "other")
+    make_sae().save_model(target)
+    (target / "lenslab.json").write_text(json.dumps({"model_id": "some-other-model"}))
+    with pytest.raises(ValueError, match="trained for 'some-other-model'"):
+        load_sae(tiny_gemma, "trained:other")
+    with pytest.raises(FileNotFoundError, match="lenslab prepare"):
+        load_sae(tiny_gemma, "default")
+    with pytest.raises(ValueError, match="invalid SAE name"):
+        load_sae(tiny_gemma, "trained:../../etc")
+
+
+def test_offline_pretrained_request_gives_clear_error(tiny_gemma, tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(FileNotFoundError, match="offline"):
+        load_sae(tiny_gemma, "pretrained:gemma-scope-2-270m-pt-res/layer_12_width_16k_l0_small")
+    with pytest.raises(ValueError, match="unknown SAE release"):
+        load_sae(tiny_gemma, "pretrained:no-such-release/x")
+    with pytest.raises(ValueError, match="has no SAE"):
+        load_sae(tiny_gemma, "pretrained:gpt2-small-res-jb/blocks.99.hook_resid_pre")
+
+
+def test_pretrained_path_loads_from_local_hub_cache(tmp_path, monkeypatch):
+    """The sae-lens registry path end to end, served from a Hugging Face cache laid out on disk."""
+    import huggingface_hub.constants as hf_constants
+
+    from lenslab.models.tiny import tiny_session
+
+    tiny_gpt2 = tiny_session("gpt2")
+    cache = tmp_path / "hub"
+    repo = cache / "models--jbloom--GPT2-Small-SAEs-Reformatted"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    make_sae(hook="blocks.0.hook_resid_pre").save_model(
+        repo / "snapshots" / commit / "blocks.0.hook_resid_pre"
+    )
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
+    loaded = load_sae(tiny_gpt2, "pretrained:gpt2-small-res-jb/blocks.0.hook_resid_pre")
+    assert loaded.hook_name == "blocks.0.hook_in"  # alias resolved to the bridge's canonical name
+    assert loaded.path is None and check_fits(tiny_gpt2, loaded.sae) == "blocks.0.hook_in"
+    tokens = tiny_gpt2.tokenize("abc")
+    act = capture(tiny_gpt2, tokens, "blocks.0.hook_in")
+    torch.testing.assert_close(loaded.encode(act), loaded.sae.encode(act))
+
+
+def test_per_prompt_probe_on_tiny_model(tiny_gemma, sae_dir):
+    probe = get_probe("sae_features")
+    result = probe.run(
+        tiny_gemma, "features per token", SAEFeaturesConfig(sae=str(sae_dir), k=3, n_heatmap=10)
+    )
+    n = len(result.tokens)
+    assert result.top_ids.shape == (n, 3) and (result.top_ids[0] == -1).all()
+    assert result.l0[0] == 0 and (result.l0[1:] <= 4).all() and (result.l0[1:] >= 1).all()
+    assert np.isfinite([result.mse, result.explained_variance, result.ce_clean, result.ce_sae]).all()
+    for position in range(1, n):
+        pairs = result.token_features(position)
+        assert [v for _, v in pairs] == sorted((v for _, v in pairs), reverse=True)
+    assert set(result.figures()) == {"heatmap", "l0", "last_token"}
+    again = Result.from_dict(result.to_dict())
+    np.testing.assert_array_equal(again.heatmap, result.heatmap)
+    assert again.config == result.config
+
+
+def test_feature_probe_on_tiny_model(tiny_gemma, sae_dir, corpus_file, lenslab_home):
+    probe = get_probe("sae_feature")
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    settings = DashboardSettings(corpus=str(corpus_file), n_seq=8, context_size=16)
+    dash = get_dashboards(tiny_gemma, loaded, settings)
+    feature = int(np.argmax(dash.fire_count))
+    config = SAEFeatureConfig(
+        sae=str(sae_dir), feature=feature, corpus=str(corpus_file), n_seq=8, context_size=16
+    )
+    result = probe.run(tiny_gemma, "", config)
+    assert result.top_contexts and result.max_activation == pytest.approx(float(dash.top_values[feature, 0]))
+    top = result.top_contexts[0]
+    seq, pos = divmod(int(dash.top_index[feature, 0]), 16)
+    assert top.tokens[top.focus] == tiny_gemma.decode_each([int(dash.tokens[seq, pos])])[0]
+    assert 0 < result.frequency <= 1 and result.hist_counts.sum() == dash.fire_count[feature]
+    assert len(result.logit_top) == 10 and result.logit_top_values[0] >= result.logit_bottom_values[0]
+    assert "<b>[[" in result.figures()["contexts"].data[0].cells.values[2][0]
+    html_text = type(result).context_html(top)
+    assert "<script" not in html_text
+    Result.from_dict(result.to_dict())
+
+
+def test_context_html_escapes_tokens():
+    from lenslab.probes.sae.features import FeatureContext, SAEFeatureResult
+
+    text = SAEFeatureResult.context_html(FeatureContext(tokens=["a", "<script>", "b"], focus=1, value=1.0))
+    assert "&lt;script&gt;" in text and "<script>" not in text
+
+
+def test_steering_probe_alpha_zero_changes_nothing(tiny_gemma, sae_dir):
+    probe = get_probe("sae_steering")
+    same = probe.run(tiny_gemma, "abc", SAESteeringConfig(sae=str(sae_dir), feature=3, alpha=0.0, n_new=4))
+    assert same.kl == pytest.approx(0.0, abs=1e-6) and same.continuation_before == same.continuation_after
+    moved = probe.run(tiny_gemma, "abc", SAESteeringConfig(sae=str(sae_dir), feature=3, alpha=50.0, n_new=4))
+    assert moved.kl > 1e-3
+    assert not np.allclose(moved.probs_before, moved.probs_after)
+    Result.from_dict(moved.to_dict())
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_train_sae_on_tiny_model(tiny_gemma, corpus_file, lenslab_home):
+    config = SAETrainingConfig(
+        name="tiny",
+        layer=1,
+        d_sae=64,
+        k=4,
+        n_tokens=600,
+        context_size=32,
+        steps=60,
+        batch_size=64,
+        lr=1e-2,
+        corpus=str(corpus_file),
+        eval_windows=2,
+    )
+    messages = []
+    loaded = train_sae(tiny_gemma, config, lambda f, m="": messages.append((f, m)))
+    folder = trained_dir(tiny_gemma, "tiny")
+    assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file()
+    info = json.loads((folder / "lenslab.json").read_text())
+    assert info["model_id"] == tiny_gemma.model_id and info["training_config"] == config.to_dict()
+    metrics = info["metrics"]
+    assert 0 < metrics["l0"] <= 4 and np.isfinite(metrics["explained_variance"])
+    assert metrics["explained_variance"] > 0.2
+    assert messages[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in messages)
+    assert loaded.hook_name == HOOK and loaded.sae.cfg.architecture() == "topk"
+    mtime = (folder / "sae_weights.safetensors").stat().st_mtime
+    ensure_trained(tiny_gemma, config)  # idempotent: no retraining
+    assert (folder / "sae_weights.safetensors").stat().st_mtime == mtime
+    with pytest.raises(FileExistsError, match="already exists"):
+        train_sae(tiny_gemma, config)
+
+
+def test_train_sae_cancel_leaves_nothing(tiny_gemma, corpus_file, lenslab_home):
+    config = SAETrainingConfig(
+        name="cancelled",
+        layer=1,
+        d_sae=32,
+        k=2,
+        n_tokens=300,
+        context_size=32,
+        steps=200,
+        batch_size=32,
+        corpus=str(corpus_file),
+        eval_windows=1,
+    )
+
+    def cancel(fraction, message=""):
+        if "training step" in message:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        train_sae(tiny_gemma, config, cancel)
+    assert not trained_dir(tiny_gemma, "cancelled").exists()
+
+
+def test_training_config_validation(tiny_gemma):
+    with pytest.raises(ValueError, match="layer"):
+        SAETrainingConfig(layer=9).validate(tiny_gemma)
+    with pytest.raises(ValueError, match="cannot exceed"):
+        SAETrainingConfig(layer=1, d_sae=8, k=16).validate(tiny_gemma)
+    with pytest.raises(ValueError, match="invalid SAE name"):
+        SAETrainingConfig(layer=1, name="a/b").validate(tiny_gemma)
+
+
+def test_corpus_errors(tiny_gemma, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_text_file(tmp_path / "missing.txt")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match="line 2"):
+        read_text_file(bad)
+    short = tmp_path / "short.txt"
+    short.write_text("tiny")
+    with pytest.raises(ValueError, match="windows"):
+        token_windows(tiny_gemma, str(short), context_size=16, n_seq=4)
+    windows = token_windows(tiny_gemma, "python-docs", context_size=8, n_seq=3)
+    assert (
+        windows.tokens.shape == (3, 8) and (windows.tokens[:, 0] == tiny_gemma.tokenizer.bos_token_id).all()
+    )

@@ -1,0 +1,422 @@
+"""Shared-neuron probe on tiny random models: overlap maths, streaming scores, hooks, model checks."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lenslab.models.tiny import tiny_session
+from lenslab.probes import get_probe
+from lenslab.probes.shared_neurons.result import SharedNeuronsConfig, SharedNeuronsResult
+from lenslab.probes.shared_neurons.stats import (
+    expected_overlap,
+    overlap_p_value,
+    overlap_stats,
+    top_units,
+    total_overlap_p_value,
+)
+from lenslab.probes.shared_neurons.tasks import (
+    TaskItem,
+    approximate_arithmetic,
+    capitals,
+    exact_arithmetic,
+    load_task_set,
+    opposites,
+    parse_jsonl,
+    parse_lines,
+    round_to_ten,
+)
+from lenslab.probes.shared_neurons.units import (
+    answer_scores,
+    check_same_architecture,
+    encode_items,
+    head_output_weight,
+    intervention_hooks,
+    mlp_hook,
+    perturbed_weights,
+    unit_groups,
+    unit_statistics,
+)
+from lenslab.progress import Cancelled
+
+PROMPTS = [
+    TaskItem("12 + 7 =", " 19"),
+    TaskItem("3 + 4 =", " 7"),
+    TaskItem("a", " b"),
+    TaskItem("hello there!", " x"),
+]
+PROMPTS += [TaskItem("45 + 10 = 55, 2 + 2 =", " 4")]
+
+
+# ------------------------------------------------------------------------------------ overlap maths
+def test_overlap_hand_worked_case():
+    stats = overlap_stats([[0, 1, 2]], [[1, 2, 3]], n=10)
+    assert stats.count.tolist() == [2]
+    assert stats.fraction[0] == pytest.approx(2 / 3)
+    assert stats.jaccard[0] == pytest.approx(2 / 4)
+    assert stats.expected[0] == pytest.approx(0.9)  # k²/n = 9/10
+    # P(X ≥ 2) for X ~ Hypergeom(N=10, K=3, n=3): (C(3,2)C(7,1) + C(3,3)) / C(10,3) = 22/120
+    assert stats.p_value[0] == pytest.approx(22 / 120)
+    assert stats.total_p_value == pytest.approx(22 / 120)
+    identical = overlap_stats([[4, 5]], [[5, 4]], n=6)
+    assert identical.fraction[0] == 1.0 and identical.jaccard[0] == 1.0
+    assert identical.p_value[0] == pytest.approx(1 / math.comb(6, 2))
+    disjoint = overlap_stats([[0, 1]], [[2, 3]], n=6)
+    assert disjoint.count[0] == 0 and disjoint.p_value[0] == pytest.approx(1.0)
+
+
+def test_total_p_value_matches_enumeration():
+    """The convolved per-layer laws equal brute-force enumeration of all subset pairs."""
+    n, k = 6, 2
+    subsets = list(itertools.combinations(range(n), k))
+    per_layer = [len(set(a) & set(b)) for a in subsets for b in subsets]
+    totals = [x + y for x in per_layer for y in per_layer]
+    for observed in range(0, 5):
+        brute = sum(t >= observed for t in totals) / len(totals)
+        assert total_overlap_p_value(n, [k, k], [k, k], observed) == pytest.approx(brute)
+    assert expected_overlap(n, k, k) == pytest.approx(np.mean(per_layer))
+    assert overlap_p_value(n, k, k, 1) == pytest.approx(np.mean([x >= 1 for x in per_layer]))
+
+
+def test_overlap_rejects_bad_input():
+    with pytest.raises(ValueError, match="same"):
+        overlap_stats([[0]], [[0], [1]], n=4)
+    with pytest.raises(ValueError, match="out of range"):
+        overlap_stats([[0, 9]], [[0, 1]], n=4)
+    with pytest.raises(ValueError, match="k="):
+        top_units(np.zeros((2, 4)), 5)
+
+
+def test_top_units_order_and_ties():
+    scores = np.asarray([[0.1, 0.9, 0.5, 0.9], [3.0, 2.0, 1.0, 0.0]])
+    assert top_units(scores, 2).tolist() == [[1, 3], [0, 1]]
+
+
+def test_unit_groups_partition_and_control():
+    top_a, top_b = np.asarray([[0, 1, 2, 3]]), np.asarray([[2, 3, 4, 5]])
+    groups = unit_groups(top_a, top_b, n_units=20, seed=0)
+    assert groups["shared"][0] == [2, 3]
+    assert groups["A-only"][0] == [0, 1] and groups["B-only"][0] == [4, 5]
+    assert len(groups["random"][0]) == 2
+    assert not set(groups["random"][0]) & {0, 1, 2, 3, 4, 5}
+    assert unit_groups(top_a, top_b, 20, seed=0)["random"] == groups["random"]
+
+
+# ---------------------------------------------------------------------------------------- task sets
+def test_builtin_sets_have_correct_answers():
+    exact, approx = exact_arithmetic(10, seed=3), approximate_arithmetic(10, seed=3)
+    for e, a in zip(exact.items, approx.items, strict=True):
+        x, y = map(int, e.prompt.rsplit("\n", 1)[-1].rstrip(" =").split(" + "))
+        assert e.answer == f" {x + y}"
+        assert a.prompt.rsplit("\n", 1)[-1] == f"{x} + {y} ≈"  # same operands, other task
+        assert a.answer == f" {round_to_ten(x + y)}"
+    assert round_to_ten(85) == 90 and round_to_ten(84) == 80 and round_to_ten(5) == 10
+    assert exact_arithmetic(5, seed=1).items != exact_arithmetic(5, seed=2).items
+    for task in (capitals(), opposites()):
+        assert task.has_answers and len(task.items) >= 20
+        assert len(set(task.prompts)) == len(task.items)
+
+
+def test_parse_typed_and_jsonl(tmp_path):
+    typed = parse_lines("# comment\n2 + 2 => 4\n\nFrance:\\nParis is in =>France\nno answer here")
+    assert typed.items == (
+        TaskItem("2 + 2", " 4"),
+        TaskItem("France:\nParis is in", " France"),
+        TaskItem("no answer here"),
+    )
+    assert not typed.has_answers
+    lines = [json.dumps({"prompt": "a b", "answer": " c"}), "", json.dumps({"prompt": "d"})]
+    loaded = parse_jsonl("\n".join(lines))
+    assert loaded.items == (TaskItem("a b", " c"), TaskItem("d", ""))
+    path = tmp_path / "set.jsonl"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    assert load_task_set(str(path), n=1).items == (TaskItem("a b", " c"),)
+    text_path = tmp_path / "set.txt"
+    text_path.write_text("x => y\n", encoding="utf-8")
+    assert load_task_set(str(text_path)).items == (TaskItem("x", " y"),)
+    assert load_task_set("q => r\ns => t").name == "typed"
+
+
+@pytest.mark.parametrize(
+    ("spec", "error", "match"),
+    [
+        ("", ValueError, "choose a prompt set"),
+        ("/no/such/file.jsonl", FileNotFoundError, "neither a built-in"),
+        (" => answer", ValueError, "prompt before"),
+        ("# only a comment\n", ValueError, "no prompts"),
+    ],
+)
+def test_bad_sets_raise_clear_errors(spec, error, match):
+    with pytest.raises(error, match=match):
+        load_task_set(spec)
+
+
+def test_bad_jsonl_raises():
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse_jsonl("{oops")
+    with pytest.raises(ValueError, match='"prompt"'):
+        parse_jsonl(json.dumps({"text": "x"}))
+    with pytest.raises(ValueError, match="answer"):
+        parse_jsonl(json.dumps({"prompt": "x", "answer": 3}))
+
+
+# ------------------------------------------------------------------------------- streaming scores
+def _reference_stats(session, items):
+    """Per-prompt, unbatched means computed from full activations (the slow way)."""
+    n_heads = int(session.cfg.n_heads)
+    sums = torch.zeros(session.n_layers, int(session.cfg.d_mlp), dtype=torch.float64)
+    answer = torch.zeros_like(sums)
+    heads = torch.zeros(session.n_layers, n_heads, dtype=torch.float64)
+    count = 0
+    for item in items:
+        names = [mlp_hook(layer) for layer in range(session.n_layers)]
+        names += [f"blocks.{layer}.attn.o.hook_in" for layer in range(session.n_layers)]
+        run = session.run(item.prompt, names)
+        for layer in range(session.n_layers):
+            act = run.activations[mlp_hook(layer)][0].double()
+            sums[layer] += act[1:].abs().sum(0)
+            answer[layer] += act[-1].abs()
+            z = (
+                run.activations[f"blocks.{layer}.attn.o.hook_in"][0]
+                .double()
+                .reshape(act.shape[0], n_heads, -1)
+            )
+            w_o = head_output_weight(session, layer).double()
+            heads[layer] += torch.einsum("shd,hdm->shm", z[1:], w_o).norm(dim=-1).sum(0)
+        count += run.tokens.shape[1] - 1
+    return sums / count, answer / len(items), heads / count
+
+
+def test_streamed_batched_scores_equal_unbatched_reference(tiny_any):
+    stats = unit_statistics(tiny_any, PROMPTS, batch_size=3)  # ragged batches: padding must not count
+    mean_abs, answer_abs, heads = _reference_stats(tiny_any, PROMPTS)
+    torch.testing.assert_close(stats.mean_abs("all").cpu(), mean_abs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.mean_abs("answer").cpu(), answer_abs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(stats.head_mean("all").cpu(), heads, rtol=1e-4, atol=1e-5)
+    assert stats.tokens_answer == len(PROMPTS)
+    assert tiny_any.active_hook_count() == 0
+
+
+def test_head_split_sums_to_attention_output(tiny_gemma):
+    """Per-head outputs z_h W_O^h add up to the attention output projection (no bias in Gemma)."""
+    run = tiny_gemma.run("abc def", ["blocks.1.attn.o.hook_in", "blocks.1.attn.o.hook_out"])
+    z = run.activations["blocks.1.attn.o.hook_in"][0]
+    z = z.reshape(z.shape[0], int(tiny_gemma.cfg.n_heads), -1)
+    summed = torch.einsum("shd,hdm->sm", z, head_output_weight(tiny_gemma, 1))
+    torch.testing.assert_close(summed, run.activations["blocks.1.attn.o.hook_out"][0], rtol=1e-5, atol=1e-5)
+
+
+def test_planted_shared_unit_is_found():
+    """A GPT-2 unit whose input bias is huge fires on every token: it must top both sets and be shared."""
+    session = tiny_session("gpt2", seed=3)
+    planted_layer, planted_unit = 1, 37
+    with torch.no_grad():
+        session.bridge.original_model.transformer.h[planted_layer].mlp.c_fc.bias[planted_unit] = 40.0
+    config = SharedNeuronsConfig(n_prompts=4, top_k=3, causal=False, batch_size=2)
+    result = get_probe("shared_neurons").run(session, "planted", config)
+    assert result.top_a[planted_layer, 0] == planted_unit
+    assert result.top_b[planted_layer, 0] == planted_unit
+    assert planted_unit in set(result.top_a[planted_layer]) & set(result.top_b[planted_layer])
+    assert (
+        result.mlp_scores_a[planted_layer, planted_unit]
+        > 10 * np.delete(result.mlp_scores_a[planted_layer], planted_unit).max()
+    )
+
+
+# ----------------------------------------------------------------------------------- interventions
+@pytest.mark.parametrize("mode", ["zero", "mean", "amplify"])
+def test_intervention_changes_exactly_the_chosen_units(tiny_any, mode):
+    layer, units = 1, [3, 5, 7]
+    name = mlp_hook(layer)
+    baseline = tiny_any.run("12 + 30 =", [name, f"blocks.{layer}.mlp.hook_out"])
+    means = torch.randn(tiny_any.n_layers, int(tiny_any.cfg.d_mlp))
+    captured = {}
+
+    def capture(tensor, *, hook):
+        captured[hook.name] = tensor.detach().clone()
+
+    hooks = intervention_hooks({layer: units}, mode, alpha=3.0, means=means)
+    with tiny_any.hooks([*hooks, (name, capture)]) as bridge, torch.inference_mode():
+        bridge(baseline.tokens)
+    edited, original = captured[name][0], baseline.activations[name][0]
+    others = [u for u in range(original.shape[-1]) if u not in units]
+    torch.testing.assert_close(edited[:, others], original[:, others])
+    expected = {
+        "zero": torch.zeros_like(original[:, units]),
+        "mean": means[layer, units].expand(original.shape[0], -1),
+        "amplify": 3.0 * original[:, units],
+    }[mode]
+    torch.testing.assert_close(edited[:, units], expected)
+    assert tiny_any.active_hook_count() == 0
+    again = tiny_any.run("12 + 30 =", [name])
+    torch.testing.assert_close(again.activations[name], baseline.activations[name])
+
+
+def test_ablation_reaches_the_mlp_output_and_hooks_go_after_errors(tiny_gemma):
+    """Zeroing every unit of a bias-free gated MLP zeroes its output; an error still removes hooks."""
+    width = int(tiny_gemma.cfg.d_mlp)
+    captured = {}
+
+    def capture(tensor, *, hook):
+        captured["out"] = tensor.detach().clone()
+
+    hooks = intervention_hooks({0: list(range(width))}, "zero")
+    with tiny_gemma.hooks([*hooks, ("blocks.0.mlp.hook_out", capture)]) as bridge, torch.inference_mode():
+        bridge(tiny_gemma.tokenize("abc"))
+    assert torch.count_nonzero(captured["out"]) == 0
+
+    def boom(tensor, *, hook):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError), tiny_gemma.hooks([*hooks, ("blocks.1.mlp.hook_out", boom)]) as bridge:
+        bridge(tiny_gemma.tokenize("abc"))
+    assert tiny_gemma.active_hook_count() == 0
+    with pytest.raises(ValueError, match="intervention"):
+        intervention_hooks({0: [1]}, "scale")
+    with pytest.raises(ValueError, match="mean"):
+        intervention_hooks({0: [1]}, "mean")
+
+
+def test_answer_scores_match_full_logits(tiny_any):
+    items = [TaskItem("12 + 7 =", " 19"), TaskItem("ab", " cd"), TaskItem("hello", "!")]
+    encoded = encode_items(tiny_any, items, with_answer=True)
+    scores = answer_scores(tiny_any, encoded, batch_size=2)
+    for item, enc, logprob, correct in zip(items, encoded, scores.logprob, scores.correct, strict=True):
+        tokens = torch.tensor([enc.ids])
+        logits = tiny_any.run(tokens).logits[0].double().log_softmax(-1)
+        positions = range(enc.prompt_len - 1, enc.prompt_len - 1 + enc.answer_len)
+        targets = [enc.ids[p + 1] for p in positions]
+        assert enc.answer_len == len(item.answer)  # character tokenizer
+        assert logprob == pytest.approx(
+            sum(logits[p, t].item() for p, t in zip(positions, targets, strict=True)), abs=1e-4
+        )
+        assert correct == float(
+            all(logits[p].argmax().item() == t for p, t in zip(positions, targets, strict=True))
+        )
+
+
+# ------------------------------------------------------------------------------------ two models
+def test_mismatched_models_are_refused(tiny_gemma):
+    with pytest.raises(ValueError, match="architecture"):
+        check_same_architecture(tiny_gemma, tiny_session("llama"))
+    with pytest.raises(ValueError, match="3 layers"):
+        check_same_architecture(tiny_gemma, tiny_session("gemma3", n_layers=3))
+    probe = get_probe("shared_neurons")
+    with pytest.raises(ValueError, match="architecture"):
+        probe.compare(
+            tiny_gemma, tiny_session("gpt2"), SharedNeuronsConfig(model_b="x", n_prompts=2, top_k=4)
+        )
+    check_same_architecture(tiny_gemma, tiny_session("gemma3", seed=5))  # same shapes: accepted
+
+
+def test_two_model_comparison_same_model_is_identical(tiny_gemma):
+    config = SharedNeuronsConfig(model_b="other", n_prompts=3, top_k=6, causal=False)
+    twin = tiny_session("gemma3")  # same seed: same weights
+    result = get_probe("shared_neurons").compare(tiny_gemma, twin, config)
+    assert result.mode == "models" and result.overlap_fraction.tolist() == [1.0, 1.0]
+    other = get_probe("shared_neurons").compare(tiny_gemma, tiny_session("gemma3", seed=9), config)
+    assert other.shared_fraction < 1.0
+
+
+def test_perturbed_copy_restores_weights_bit_exactly(tiny_gemma):
+    before = {n: p.detach().clone() for n, p in tiny_gemma.bridge.original_model.named_parameters()}
+    logits = tiny_gemma.run("abc").logits
+    with perturbed_weights(tiny_gemma, 0.5, seed=1):
+        assert not torch.equal(tiny_gemma.run("abc").logits, logits)
+        params = dict(tiny_gemma.bridge.original_model.named_parameters())
+        embed = next(name for name in params if "embed_tokens" in name)
+        assert torch.equal(params[embed], before[embed])  # vocab matrices untouched
+        changed = [name for name in params if not torch.equal(params[name], before[name])]
+        assert any("mlp" in name for name in changed) and any("q_proj" in name for name in changed)
+    with pytest.raises(RuntimeError), perturbed_weights(tiny_gemma, 0.5, seed=1):
+        raise RuntimeError("interrupted")
+    for name, param in tiny_gemma.bridge.original_model.named_parameters():
+        assert torch.equal(param, before[name]), name
+    with pytest.raises(ValueError, match="noise scale"), perturbed_weights(tiny_gemma, -1.0):
+        pass
+
+
+def test_perturbed_mode_overlap_falls_with_noise(tiny_gemma):
+    probe = get_probe("shared_neurons")
+    small = probe.run(
+        tiny_gemma,
+        "",
+        SharedNeuronsConfig(model_b="perturbed", noise_scale=0.01, n_prompts=4, top_k=8, causal=False),
+    )
+    large = probe.run(
+        tiny_gemma,
+        "",
+        SharedNeuronsConfig(model_b="perturbed", noise_scale=2.0, n_prompts=4, top_k=8, causal=False),
+    )
+    assert small.shared_fraction > large.shared_fraction
+    assert small.shared_fraction >= 0.9
+
+
+# --------------------------------------------------------------------------------- probe contract
+def test_full_run_result_round_trips_and_plots(tiny_gemma, lenslab_home):
+    from lenslab.analyses.report import Report
+
+    config = SharedNeuronsConfig(n_prompts=4, top_k=8, batch_size=3, intervention="mean")
+    seen = []
+    result = get_probe("shared_neurons").run(tiny_gemma, "", config, lambda f, m="": seen.append(f))
+    assert seen and seen[-1] == 1.0 and all(b >= a for a, b in itertools.pairwise(seen))
+    assert result.conditions == ["none", "shared", "A-only", "B-only", "random"]
+    assert result.logprob.shape == (5, 2, 4) and np.isfinite(result.logprob).all()
+    sizes = dict(zip(result.conditions, result.group_sizes.tolist(), strict=True))
+    assert sizes["shared"] + sizes["A-only"] == 8 * tiny_gemma.n_layers
+    assert sizes["random"] == sizes["A-only"] == sizes["B-only"]
+    table = result.causal_table()
+    assert all(r["delta_logprob"] == 0 for r in table if r["condition"] == "none")
+    assert set(result.figures()) == {
+        "overlap",
+        "membership",
+        "venn",
+        "heads",
+        "causal_logprob",
+        "causal_accuracy",
+    }
+    assert "Dissociation" in result.interpretation()
+    restored = SharedNeuronsResult.from_dict(result.to_dict())
+    np.testing.assert_array_equal(restored.logprob, result.logprob)
+    assert restored.config == config and restored.causal_table() == table
+    path = Report([result], {"title": "t"}).save(lenslab_home / "r")
+    loaded = Report.load(path).results[0]
+    np.testing.assert_array_equal(loaded.top_b, result.top_b)
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_config_validation_messages(tiny_gemma, tmp_path):
+    probe = get_probe("shared_neurons")
+    with pytest.raises(ValueError, match="smaller than the MLP width"):
+        probe.run(tiny_gemma, "", SharedNeuronsConfig(top_k=64))
+    with pytest.raises(ValueError, match="positions"):
+        probe.run(tiny_gemma, "", SharedNeuronsConfig(positions="middle"))
+    with pytest.raises(FileNotFoundError):
+        probe.run(tiny_gemma, "", SharedNeuronsConfig(set_b=str(tmp_path / "missing.txt")))
+    with pytest.raises(ValueError, match="expected answer"):
+        probe.run(
+            tiny_gemma, "", SharedNeuronsConfig(set_b="just a prompt\nanother one => ", top_k=4, n_prompts=2)
+        )
+    no_causal = probe.run(
+        tiny_gemma,
+        "",
+        SharedNeuronsConfig(set_b="just a prompt\nanother", top_k=4, causal=False, n_prompts=3),
+    )
+    assert no_causal.conditions == [] and "causal_logprob" not in no_causal.figures()
+
+
+def test_cancel_stops_and_leaves_no_hooks(tiny_gemma):
+    def cancel(fraction, message=""):
+        if fraction > 0.2:
+            raise Cancelled("stop")
+
+    with pytest.raises(Cancelled):
+        get_probe("shared_neurons").run(
+            tiny_gemma, "", SharedNeuronsConfig(n_prompts=6, top_k=4, batch_size=1), cancel
+        )
+    assert tiny_gemma.active_hook_count() == 0
