@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
-from lenslab.models.paths import artefacts_dir
+from lenslab.models.paths import family_dir
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
 from lenslab.progress import NO_PROGRESS, Progress
@@ -194,12 +194,7 @@ class FutureLensData:
 
 def cache_dir(model_id: str) -> Path:
     """``artefacts_dir()/future_lens/<model-slug>``: where this model's Future Lens files live."""
-    return artefacts_dir() / "future_lens" / model_slug(model_id)
-
-
-def model_slug(model_id: str) -> str:
-    """A file-system safe name for a model id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id).strip("._") or "model"
+    return family_dir("future_lens", model_id)
 
 
 # ------------------------------------------------------------------------------------ examples

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lenslab.models.paths import artefacts_dir
+from lenslab.models.paths import family_dir
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config
 from lenslab.probes.neurosymbolic.fit import LinearMap
@@ -195,11 +194,6 @@ def _get(tensors: dict[str, Tensor], prefix: str, alpha: float) -> LinearMap:
     )
 
 
-def model_slug(model_id: str) -> str:
-    """A folder name for a model id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip(".-") or "model"
-
-
 def artefact_folder(model_id: str, config: TrainConfig) -> Path:
     """``artefacts_dir()/neurosymbolic/<model-slug>/<config key>``."""
-    return artefacts_dir() / "neurosymbolic" / model_slug(model_id) / config.key()
+    return family_dir("neurosymbolic", model_id) / config.key()

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslab.models.paths import artefacts_dir
+from lenslab.models.paths import family_dir
 from lenslab.models.session import ModelSession
 
 DEFAULT_SAE = "default"
@@ -93,14 +93,9 @@ class LoadedSAE:
         return int(feature)
 
 
-def model_slug(model_id: str) -> str:
-    """A folder-safe name for a model id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", model_id).strip("-.") or "model"
-
-
 def sae_root(session: ModelSession) -> Path:
     """Folder holding the SAEs lenslab trained for ``session``'s model."""
-    return artefacts_dir() / "sae" / model_slug(session.model_id)
+    return family_dir("sae", session.model_id)
 
 
 def trained_dir(session: ModelSession, name: str) -> Path:
