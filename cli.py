@@ -11,10 +11,8 @@ import dataclasses
 import os
 import sys
 import time
-import types
-import typing
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 APP_MAIN = Path(__file__).resolve().parent / "app" / "main.py"
 
@@ -32,32 +30,10 @@ def _progress_printer(prefix: str):
 
 
 def parse_config_value(config_cls: type, key: str, raw: str) -> Any:
-    """Turn ``key=raw`` into a typed value for ``config_cls`` (ints, floats, bools, int tuples)."""
-    hints = get_type_hints(config_cls)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    if key not in names:
-        raise ValueError(f"unknown setting {key!r}; settings: {sorted(names)}")
-    tp = hints[key]
-    optional = get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp)
-    if optional:
-        if raw.strip().lower() in ("", "none", "all"):
-            return None
-        tp = next(a for a in get_args(tp) if a is not type(None))
-    try:
-        if tp is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if tp is int:
-            return int(raw)
-        if tp is float:
-            return float(raw)
-        if get_origin(tp) is tuple:
-            (item,) = get_args(tp)[:1]
-            return tuple(item(part) for part in raw.replace(" ", "").split(",") if part)
-    except ValueError as exc:
-        raise ValueError(f"setting {key}: cannot read {raw!r} as {getattr(tp, '__name__', tp)}") from exc
-    return raw
+    """Turn ``key=raw`` into a typed value for ``config_cls`` (the field's kind reads the text)."""
+    from lenslab.probes.fields import config_field
+
+    return config_field(config_cls, key).parse(raw)
 
 
 def build_config(probe: Any, pairs: list[str]) -> Any:
@@ -125,7 +101,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     from lenslab.models import ModelSession, prepare_embedded
     from lenslab.models.paths import lenslab_home
-    from lenslab.probes import registered_probes
+    from lenslab.probes import FAMILIES
 
     started = time.perf_counter()
     prepare_embedded(args.model, progress=lambda m: print(m, file=sys.stderr))
@@ -134,14 +110,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     lenslab_home().mkdir(parents=True, exist_ok=True)
     with FileLock(str(lenslab_home() / ".prepare.lock")):
         session = ModelSession.load(args.model)
-        seen = set()
-        for cls in registered_probes().values():
-            module = sys.modules[cls.__module__]
-            prepare = getattr(module, "prepare_default_artefacts", None)
-            if prepare is None or module.__name__ in seen:
-                continue
-            seen.add(module.__name__)
-            prepare(session, _progress_printer(f"prepare {cls.name}"))
+        for family in FAMILIES:  # each family face that trains artefacts exports its preparer
+            prepare = getattr(family, "prepare_default_artefacts", None)
+            if prepare is not None:
+                prepare(session, _progress_printer(f"prepare {family.__name__.rsplit('.', 1)[-1]}"))
         _prepared_stamp(args.model).parent.mkdir(parents=True, exist_ok=True)
         _prepared_stamp(args.model).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     print(f"prepared in {time.perf_counter() - started:.0f} s", file=sys.stderr)

@@ -9,7 +9,6 @@ complete.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -27,6 +26,7 @@ import numpy as np
 
 from lenslab.analyses.html import render_html
 from lenslab.probes.base import Result
+from lenslab.probes.fields import config_fields
 
 FORMAT_VERSION = 1
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -53,15 +53,17 @@ def provenance(session: Any | None = None, seed: int | None = None) -> dict[str,
 
 
 def rerun_command(result: Result) -> str:
-    """The ``lenslab run`` command that reproduces ``result`` (non-default settings only)."""
+    """The ``lenslab run`` command that reproduces ``result`` (non-default settings only).
+
+    Values are written by each field's kind, which the CLI's parser reads back exactly.
+    """
     config = result.config
     defaults = type(config)()
     parts = ["lenslab", "run", result.probe, "--model", result.model_id, "--prompt", result.prompt]
-    for f in dataclasses.fields(config):
+    for f in config_fields(type(config)):
         value = getattr(config, f.name)
         if value != getattr(defaults, f.name):
-            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-            parts += ["--config", f"{f.name}={'none' if shown is None else shown}"]
+            parts += ["--config", f"{f.name}={f.format(value)}"]
     return shlex.join(parts)
 
 

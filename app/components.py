@@ -2,33 +2,39 @@
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import types
-import typing
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any
 
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.probes import Config, Result, get_probe
+from lenslab.probes import Config, Result, get_probe, registered_probes
+from lenslab.probes.fields import ConfigField, config_fields
 
 DEFAULT_PROMPT = "The Eiffel Tower is located in the city of"
 
 
-def config_form(config_cls: type[Config], key: str, session: Any | None = None) -> Config | None:
-    """Widgets for every field of ``config_cls``; returns the config or None (error shown)."""
-    hints = get_type_hints(config_cls)
+def config_form(
+    config_cls: type[Config], key: str, session: Any | None = None, start: Config | None = None
+) -> Config | None:
+    """Widgets for every field of ``config_cls``; returns the config or None (error shown).
+
+    The form starts at ``start``, by default the registered probe's ``default_config()`` for this
+    config class (so a probe's defaults live in one place), else ``config_cls()``. Each widget
+    comes from the field's :class:`~lenslab.probes.fields.WidgetSpec`; text inputs are read back
+    with the same parser as the CLI.
+    """
+    start = start if start is not None else _default_config(config_cls)
     values: dict[str, Any] = {}
-    # LENSLAB_FAST_CONFIGS=1 (set by the browser tests) starts every form at Config.fast_for_tests().
-    fast = config_cls.fast_for_tests() if os.environ.get("LENSLAB_FAST_CONFIGS") == "1" else None
-    for f in dataclasses.fields(config_cls):
-        if f.metadata.get("hidden"):
-            if fast is not None:
-                values[f.name] = getattr(fast, f.name)
-            continue
-        start = getattr(fast, f.name) if fast is not None else dataclasses.MISSING
-        values[f.name] = _field_widget(f, hints[f.name], f"{key}:{f.name}", session, start)
+    unreadable = []
+    for f in config_fields(config_cls):
+        value = getattr(start, f.name)
+        try:  # a field that does not parse must not hide the widgets after it
+            values[f.name] = value if f.hidden else _field_widget(f, value, f"{key}:{f.name}", session)
+        except ValueError as exc:
+            unreadable.append(str(exc))
+    if unreadable:
+        st.error(f"Invalid settings: {'; '.join(unreadable)}")
+        return None
     try:
         config = config_cls(**values)
         if session is not None:
@@ -39,86 +45,72 @@ def config_form(config_cls: type[Config], key: str, session: Any | None = None) 
     return config
 
 
-def _field_widget(
-    f: dataclasses.Field, tp: Any, key: str, session: Any | None, start: Any = dataclasses.MISSING
-) -> Any:
-    label = f.name.replace("_", " ")
-    help_text = f.metadata.get("help")
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-    if start is not dataclasses.MISSING:
-        default = start
-    choices = f.metadata.get("choices")
-    origin = get_origin(tp)
-    if choices is not None or origin is typing.Literal:
-        options = list(choices if choices is not None else get_args(tp))
-        return st.selectbox(label, options, index=options.index(default), key=key, help=help_text)
-    if tp is bool:
-        return st.checkbox(label, value=default, key=key, help=help_text)
-    if tp is int:
+def _default_config(config_cls: type[Config]) -> Config:
+    for cls in registered_probes().values():
+        if cls.config_cls is config_cls:
+            return cls().default_config()
+    return config_cls()
+
+
+def _field_widget(f: ConfigField, start: Any, key: str, session: Any | None) -> Any:
+    """One streamlit widget for field ``f`` starting at ``start``; returns the value it holds."""
+    spec = f.widget(start)
+    if spec.kind == "select":
+        options = list(spec.options)
+        return st.selectbox(spec.label, options, index=options.index(start), key=key, help=spec.help)
+    if spec.kind == "checkbox":
+        return st.checkbox(spec.label, value=start, key=key, help=spec.help)
+    if spec.kind == "int":
         return int(
             st.number_input(
-                label,
-                value=int(default),
+                spec.label,
+                value=int(start),
                 step=1,
                 key=key,
-                help=help_text,
-                min_value=f.metadata.get("min"),
-                max_value=f.metadata.get("max"),
+                help=spec.help,
+                min_value=spec.min,
+                max_value=spec.max,
             )
         )
-    if tp is float:
+    if spec.kind == "float":
         return float(
             st.number_input(
-                label,
-                value=float(default),
+                spec.label,
+                value=float(start),
                 key=key,
-                help=help_text,
+                help=spec.help,
                 format="%g",
-                min_value=_as_float(f.metadata.get("min")),
-                max_value=_as_float(f.metadata.get("max")),
+                min_value=_as_float(spec.min),
+                max_value=_as_float(spec.max),
             )
         )
-    if _is_int_tuple(tp):
-        if f.name == "layers" and session is not None:
-            picked = st.multiselect(
-                label,
-                list(range(session.n_layers)),
-                default=list(default or []),
-                key=key,
-                help=(help_text or "") + " — empty means all",
-            )
-            return tuple(picked) or None
-        text = st.text_input(
-            label,
-            value=", ".join(map(str, default or ())),
+    if spec.kind == "int_list" and f.name == "layers" and session is not None:
+        picked = st.multiselect(
+            spec.label,
+            list(range(session.n_layers)),
+            default=list(start or []),
             key=key,
-            help=(help_text or "") + " (comma-separated integers; empty: default)",
+            help=(spec.help or "") + " — empty means all",
         )
-        return _parse_ints(text, f.name) if text.strip() else (None if _optional(tp) else ())
-    if tp is str or _optional(tp):
-        return st.text_input(label, value=default or "", key=key, help=help_text) or default
-    st.caption(f"{label}: {default!r} (not editable here)")
-    return default
+        return tuple(picked) or (None if spec.optional else ())
+    if spec.kind in ("int_list", "text_list"):
+        what = "integers" if spec.kind == "int_list" else "values"
+        text = st.text_input(
+            spec.label,
+            value=spec.text,
+            key=key,
+            help=(spec.help or "") + f" (comma-separated {what}; empty: default)",
+        )
+        return f.parse(text)
+    if spec.kind == "text":
+        text = st.text_input(spec.label, value=spec.text, key=key, help=spec.help)
+        return f.parse(text) if text or spec.optional else start
+    st.caption(f"{spec.label}: {start!r} (not editable here)")
+    return start
 
 
 def _as_float(value: Any) -> float | None:
     return None if value is None else float(value)
-
-
-def _optional(tp: Any) -> bool:
-    return get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp)
-
-
-def _is_int_tuple(tp: Any) -> bool:
-    args = [a for a in get_args(tp) if a is not type(None)] if _optional(tp) else [tp]
-    return any(get_origin(a) is tuple and get_args(a)[:1] == (int,) for a in args)
-
-
-def _parse_ints(text: str, name: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.replace(" ", "").split(",") if part)
-    except ValueError as exc:
-        raise ValueError(f"{name}: enter integers separated by commas") from exc
 
 
 def show_result(result: Result, key: str) -> None:
@@ -163,7 +155,7 @@ def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | 
     stays in the session so reruns of the page keep showing it.
     """
     with st.expander("Settings", expanded=False):
-        config = config_form(probe.config_cls, key, session)
+        config = config_form(probe.config_cls, key, session, probe.default_config())
     if st.button("Run", type="primary", key=f"{key}:run", disabled=config is None):
         result = state.run_with_status(
             probe.title, lambda progress: probe.run(session, text, config, progress)

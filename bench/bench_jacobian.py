@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
 from bench import common
-from lenslab.models import ModelSession
+from lenslab.models import ModelSession, hooknames
 from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd
 from lenslab.probes.jacobian.detached import COMPONENTS, detached, record_coefficients, target_hook
 from lenslab.probes.jacobian.operator import LinearizedModel
@@ -114,7 +114,7 @@ def bench_length(session: ModelSession, length: int, repeats: int) -> dict[str, 
     row["record_s"], _, coefficients = measure(lambda: record_coefficients(session, tokens))
     model = LinearizedModel(session, coefficients)
     inputs = coefficients.inputs
-    target = "ln_final.hook_out"
+    target = hooknames.FINAL_NORM
 
     # Reference: autograd jacobian(vectorize=True) of the detached forward.
     def reference() -> torch.Tensor:

@@ -27,12 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lenslab.models import ModelSession
+from lenslab.models import ModelSession, hooknames
 from lenslab.probes import get_probe
 from lenslab.probes.sae.corpus import as_tensor, token_windows
 from lenslab.probes.sae.dashboards import DashboardSettings, build_dashboards, logit_effects
 from lenslab.probes.sae.features import SAEFeaturesConfig, prepare_default_artefacts
-from lenslab.probes.sae.loading import capture
 
 RESULTS = Path(__file__).parent / "results" / "sae.md"
 
@@ -41,14 +40,15 @@ def naive_dashboards(
     session, loaded, tokens: torch.Tensor, features: list[int], top_k: int, feature_batch: int
 ):
     """SAEDashboard-style: one corpus pass per feature batch, then per-feature Python work."""
-    w_u = session.bridge.unembed.W_U.detach().float()
+    w_u = session.unembed_matrix.float()
     out = {}
     for start in range(0, len(features), feature_batch):
         batch_features = torch.tensor(features[start : start + feature_batch])
         columns = []
         for row in range(0, len(tokens), 8):
             with torch.inference_mode():
-                acts = loaded.encode(capture(session, tokens[row : row + 8], loaded.hook_name)[:, 1:])
+                captured = session.capture(tokens[row : row + 8], [loaded.hook_name])[loaded.hook_name]
+                acts = loaded.encode(captured[:, 1:])
             columns.append(acts.reshape(-1, loaded.d_sae)[:, batch_features].float())
         acts = torch.cat(columns)
         for j, feature in enumerate(batch_features.tolist()):
@@ -82,7 +82,7 @@ sae = SAE.load_from_disk(args["sae_dir"], device="cpu")
 # SaeVisRunner folds decoder norms, which TopK SAEs refuse; lenslab saves W_dec rows already at unit norm.
 sae.fold_W_dec_norm = lambda: None
 tokens = torch.from_numpy(np.load(args["tokens"]))
-hook = args["hook"].replace(".hook_out", ".hook_resid_post")
+hook = args["hook"]
 load_s = time.perf_counter() - t0
 timings = {}
 for n_features in args["feature_counts"]:
@@ -101,6 +101,10 @@ def run_saedashboard(python: str, loaded, windows, feature_counts: list[int], ti
     """Run SAEDashboard in its own venv on the same tokens and SAE; returns timing or the error."""
     if not Path(python).is_file():
         return {"error": f"no SAEDashboard venv at {python}"}
+    if not hooknames.is_resid(loaded.hook_name):
+        return {"error": f"the runner maps residual hooks only, not {loaded.hook_name}"}
+    from transformer_lens.utilities import get_act_name
+
     from lenslab.models.loading import models_dir
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +116,8 @@ def run_saedashboard(python: str, loaded, windows, feature_counts: list[int], ti
             "model_dir": str(models_dir() / "gemma-3-270m"),
             "sae_dir": str(loaded.path),
             "tokens": str(tokens_file),
-            "hook": loaded.hook_name,
+            # SAEDashboard runs a TransformerLens 2 HookedTransformer: its name for the same point
+            "hook": get_act_name("resid_post", hooknames.layer_of(loaded.hook_name)),
             "feature_counts": feature_counts,
         }
         try:

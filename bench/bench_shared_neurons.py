@@ -17,13 +17,11 @@ from pathlib import Path
 
 import torch
 
-from lenslab.models import ModelSession
+from lenslab.models import ModelSession, hooknames
 from lenslab.probes.shared_neurons.tasks import exact_arithmetic
 from lenslab.probes.shared_neurons.units import (
     answer_scores,
     encode_items,
-    head_hook,
-    mlp_hook,
     unit_statistics,
 )
 
@@ -33,13 +31,13 @@ OUT = Path(__file__).parent / "results" / "shared_neurons.md"
 
 def naive_scores(session: ModelSession, items) -> torch.Tensor:
     """Per-prompt run_with_cache of all MLP hiddens and head outputs, reduced afterwards."""
-    names = [mlp_hook(layer) for layer in range(session.n_layers)]
-    names += [head_hook(layer) for layer in range(session.n_layers)]
+    names = [hooknames.mlp_hidden(layer) for layer in range(session.n_layers)]
+    names += [hooknames.attn_heads(layer) for layer in range(session.n_layers)]
     total = torch.zeros(session.n_layers, int(session.cfg.d_mlp), dtype=torch.float64)
     for item in items:
         run = session.run(item.prompt, names)
         for layer in range(session.n_layers):
-            total[layer] += run.activations[mlp_hook(layer)][0, 1:].abs().sum(0).double().cpu()
+            total[layer] += run.activations[hooknames.mlp_hidden(layer)][0, 1:].abs().sum(0).double().cpu()
     return total
 
 

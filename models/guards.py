@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from lenslab.models import hooknames
 from lenslab.progress import Cancelled
 
 BUDGET_ENV = "LENSLAB_MEMORY_BUDGET_GB"
@@ -122,16 +122,12 @@ def jacobian_bytes(
     return tensor_bytes((seq_len, d_out if d_out is not None else d_in, d_in), dtype)
 
 
-_ATTENTION_HOOK = re.compile(r"(hook_pattern|hook_attn_scores|hook_attention_scores)$")
-_MLP_HIDDEN_HOOK = re.compile(r"(mlp\.out\.hook_in|mlp\.hook_post|mlp\.hook_pre|hook_mlp_in_hidden)$")
-
-
 def hook_width(session: Any, name: str, seq_len: int) -> int:
     """Elements per (batch, position) of the activation at hook ``name`` (an upper-bound guess)."""
     cfg = session.cfg
-    if _ATTENTION_HOOK.search(name):
+    if hooknames.is_attention_map(name):
         return int(getattr(cfg, "n_heads", 1) or 1) * seq_len
-    if _MLP_HIDDEN_HOOK.search(name):
+    if hooknames.is_mlp_wide(name):
         return int(getattr(cfg, "d_mlp", None) or 4 * session.d_model)
     if name.startswith("unembed") or name.endswith("logits"):
         return session.d_vocab

@@ -23,6 +23,11 @@ def resid(layer: int) -> str:
     return f"blocks.{layer}.hook_out"
 
 
+def resid_pre(layer: int) -> str:
+    """Residual stream entering block ``layer`` (HF ``hidden_states[layer]``; TL's ``hook_resid_pre``)."""
+    return f"blocks.{layer}.hook_in"
+
+
 def attn_out(layer: int) -> str:
     """Output of block ``layer``'s attention (before any post-attention norm)."""
     return f"blocks.{layer}.attn.hook_out"
@@ -84,6 +89,44 @@ def is_scale(name: str) -> bool:
     return name.endswith(".hook_scale")
 
 
+_ATTENTION_MAP = re.compile(r"(hook_pattern|hook_attn_scores|hook_attention_scores)$")
+_MLP_WIDE = re.compile(r"(mlp\.out\.hook_in|mlp\.hook_post|mlp\.hook_pre|hook_mlp_in_hidden)$")
+
+
+def is_attention_map(name: str) -> bool:
+    """Whether ``name`` carries one value per (head, key position): patterns and scores."""
+    return _ATTENTION_MAP.search(name) is not None
+
+
+def is_mlp_wide(name: str) -> bool:
+    """Whether ``name`` is ``d_mlp`` wide: the MLP's hidden units (bridge or TransformerLens names)."""
+    return _MLP_WIDE.search(name) is not None
+
+
 def is_pattern(name: str) -> bool:
     """Whether ``name`` is an attention-pattern hook (frozen by the detached forward)."""
     return name.endswith(".hook_pattern")
+
+
+# The norms' scales (frozen by the detached forward).
+FINAL_NORM_SCALE = "ln_final.hook_scale"  # the final norm's scale (1/RMS, or 1/std for LayerNorm)
+
+
+def attn_norm_scale(layer: int) -> str:
+    """Scale of block ``layer``'s pre-attention norm."""
+    return f"blocks.{layer}.ln1.hook_scale"
+
+
+def mlp_norm_scale(layer: int) -> str:
+    """Scale of block ``layer``'s pre-MLP norm."""
+    return f"blocks.{layer}.ln2.hook_scale"
+
+
+def attn_post_norm_scale(layer: int) -> str:
+    """Scale of Gemma's post-attention norm in block ``layer``."""
+    return f"blocks.{layer}.ln1_post.hook_scale"
+
+
+def mlp_post_norm_scale(layer: int) -> str:
+    """Scale of Gemma's post-MLP norm in block ``layer``."""
+    return f"blocks.{layer}.ln2_post.hook_scale"

@@ -439,6 +439,42 @@ class ModelSession:
         """Hook name of the residual stream after block ``layer`` (validated)."""
         return hooknames.resid(self.check_layer(layer))
 
+    # ------------------------------------------------------------------ names, norms, dtype copies
+    def canonical_hook_name(self, name: str) -> str:
+        """The bridge's own name of hook point ``name``, resolving TransformerLens aliases.
+
+        SAEs from sae-lens' registry name TransformerLens hooks (``blocks.0.hook_resid_pre``);
+        hooks report, and :meth:`capture` keys, the canonical name (``blocks.0.hook_in``).
+        """
+        if name not in self.hook_names:
+            raise ValueError(f"unknown hook point {name!r} for {self.model_id}")
+        canonical = getattr(self.bridge.hook_dict[name], "name", None) or name
+        return canonical if canonical in self.hook_names else name
+
+    def hf_final_norm(self) -> torch.nn.Module:
+        """The HF final norm (``model.norm`` / ``transformer.ln_f``), for code that reads its weights."""
+        return getattr(self.bridge.ln_final, "original_component", self.bridge.ln_final)
+
+    def converted(self, dtype: str | torch.dtype) -> ModelSession:
+        """The session with its weights in ``dtype``: a copy made once and cached (self if already).
+
+        The copy costs the parameters again at the new width (+2.1 GB for Gemma 3 270M in float64),
+        stays on the same device and lives as long as this session; it has a lock of its own.
+        """
+        import copy
+        import dataclasses
+
+        target = _as_dtype(dtype)
+        if self.dtype == target:
+            return self
+        with self.lock:
+            copies: dict[torch.dtype, ModelSession] = self.__dict__.setdefault("_converted", {})
+            if target not in copies:
+                bridge = copy.deepcopy(self.bridge).to(target)
+                bridge.eval()
+                copies[target] = dataclasses.replace(self, bridge=bridge, lock=threading.RLock())
+            return copies[target]
+
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early; :class:`HookedModel` swallows it.
@@ -502,14 +538,13 @@ class HookedModel:
         self._guard(input_ids, inputs_embeds, ())
         with guards.oom_guard("the forward pass"):
             try:
-                return self._session.bridge.original_model(
-                    input_ids=input_ids,
-                    inputs_embeds=inputs_embeds,
-                    attention_mask=attention_mask,
-                    past_key_values=past_key_values,
-                    use_cache=use_cache,
-                    logits_to_keep=logits_to_keep,
-                )
+                inputs = {
+                    "input_ids": input_ids,
+                    "inputs_embeds": inputs_embeds,
+                    "attention_mask": attention_mask,
+                }
+                cache = {"past_key_values": past_key_values, "use_cache": use_cache}
+                return self._session.bridge.original_model(**inputs, **cache, logits_to_keep=logits_to_keep)
             except StopForward:
                 return None
 

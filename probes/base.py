@@ -12,15 +12,13 @@ import dataclasses
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_type_hints
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
-import typeguard
 
+from lenslab.probes.fields import config_fields
 from lenslab.probes.serialize import from_plain, to_plain
 from lenslab.progress import NO_PROGRESS, Progress
-
-ALL_ITEMS = typeguard.CollectionCheckStrategy.ALL_ITEMS
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -44,21 +42,11 @@ class Config:
         """Reject values of the wrong type (``"3"`` for an int, ``True`` for a number, 2.5 for an int).
 
         Configs are frozen dataclasses built from forms, the CLI, notebooks and saved reports; a
-        wrong type would otherwise surface deep inside a probe as an unrelated error.
+        wrong type would otherwise surface deep inside a probe as an unrelated error. Each field's
+        kind (:mod:`lenslab.probes.fields`) knows its type.
         """
-        hints = get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value, hint = getattr(self, f.name), hints[f.name]
-            if isinstance(value, bool | np.bool_) and hint is not bool:
-                raise ValueError(f"{f.name} must be {_type_name(hint)}, got the boolean {value!r}")
-            if hint is float and isinstance(value, int):
-                continue  # an int is a fine float
-            try:
-                typeguard.check_type(value, hint, collection_check_strategy=ALL_ITEMS)
-            except typeguard.TypeCheckError:
-                raise ValueError(
-                    f"{f.name} must be {_type_name(hint)}, got {type(value).__name__} {value!r}"
-                ) from None
+        for f in config_fields(type(self)):
+            f.check(getattr(self, f.name))
 
     def check_numbers(self) -> None:
         """Check types, then reject NaN/inf and values outside the ``min``/``max``/``choices`` metadata."""
@@ -77,14 +65,6 @@ class Config:
             if choices is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")
 
-    @classmethod
-    def fast_for_tests(cls) -> Config:
-        """Cheap settings for the reliability tests (fuzz, concurrency, browser); default: the defaults.
-
-        Probes whose defaults take long on the embedded model override this with smaller sizes.
-        """
-        return cls()
-
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (configs hold no arrays)."""
         return to_plain(self, {}, "config")
@@ -97,11 +77,6 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied (configs are frozen)."""
         return dataclasses.replace(self, **changes)
-
-
-def _type_name(hint: Any) -> str:
-    """``int``, ``tuple[int, ...]``, ``str | None`` — how a type reads in an error message."""
-    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Combines the detached Jacobian with an SAE. With every nonlinear coefficient frozen, the state
 y at (layer, position) is exactly Σ_i c_i (+ b for models with biases), where c_i = J_i x_i is
-input token i's contribution (one batched forward, see ``jacobian_linear.contributions``). The
+input token i's contribution (one batched forward, see ``jacobian.algorithms.contributions``). The
 SAE's pre-activation f(y) = process_in(y)·W_enc + b_enc is affine in y, so token i's share of
 feature f is f(c_i) − f(0) and the shares plus the constant term f(0) (plus f(b) − f(0)) add up
 exactly to the feature's pre-activation. SAEs with a non-affine input normalisation are refused.
@@ -10,7 +10,6 @@ exactly to the feature's pre-activation. SAEs with a non-affine input normalisat
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
@@ -140,8 +140,11 @@ class FeatureAttribution(Probe[FeatureAttributionConfig, FeatureAttributionResul
         config.validate(session)
         loaded = load_sae(session, config.sae)
         hook = loaded.hook_name
-        if re.fullmatch(r"blocks\.\d+\.hook_out", hook) is None:
-            raise ValueError(f"attribution needs an SAE on a residual stream (blocks.N.hook_out), not {hook}")
+        if not hooknames.is_resid(hook):
+            raise ValueError(
+                f"attribution needs an SAE on a residual stream (a block's output such as "
+                f"{hooknames.resid(0)}), not {hook}"
+            )
         tokens = session.tokenize(prompt)
         seq = int(tokens.shape[-1])
         if seq > config.max_tokens:

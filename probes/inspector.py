@@ -5,6 +5,7 @@ joins the inspector with one call, ``register_state_view(StateView(...))``, givi
 computes a normal probe Result focused on that state; the app shows all of them side by side and
 can save them together as one report. A view that needs something missing (an SAE, a trained
 encoder) raises ``FileNotFoundError`` with what to do, and the inspector shows that message.
+Lenses that look at one activation vector of the state read it with :func:`read_state`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from jaxtyping import Float
+from torch import Tensor
+
+from lenslab.models import hooknames
 from lenslab.probes.base import Result
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -42,7 +47,7 @@ class StateRef:
 
     def hook_name(self) -> str:
         """TransformerLens hook name of this state."""
-        return f"blocks.{self.layer}.hook_out"
+        return hooknames.resid(self.layer)
 
     def to_query(self) -> dict[str, str]:
         """Query-string form (the app keeps the selected state in the URL)."""
@@ -64,6 +69,28 @@ class StateRef:
         except ValueError as exc:
             raise ValueError("the link's layer/pos must be integers") from exc
         return cls(str(params["prompt"]), layer, position, str(params.get("hook", "resid_post")))
+
+
+@dataclass(frozen=True)
+class StateActivation:
+    """One activation vector of a prompt, with the prompt's tokens and the resolved position."""
+
+    tokens: list[str]
+    position: int  # non-negative
+    vector: Float[Tensor, " width"]  # float32
+
+
+def read_state(session: ModelSession, prompt: str, hook: str, position: int) -> StateActivation:
+    """The activation at ``hook`` and ``position`` (negative: from the end) of ``prompt``.
+
+    One forward that stops once ``hook`` has fired. The lenses that look at a single vector of
+    one state (the MLP units, the VSA readout) share it, so they resolve the position and label
+    the tokens the same way.
+    """
+    tokens = session.tokenize(prompt)
+    position = session.check_position(position, int(tokens.shape[-1]))
+    vector = session.capture(tokens, [hook])[hook][0, position].float()
+    return StateActivation(session.decode_each(tokens[0].tolist()), position, vector)
 
 
 ViewFn = Callable[["ModelSession", StateRef, Progress], Result]

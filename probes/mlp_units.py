@@ -1,8 +1,9 @@
 """Most active MLP units of one hidden state (the neuron view of the state inspector).
 
-A unit is the MLP's hidden activation before the down projection (``blocks.{l}.mlp.out.hook_in``:
-act(gate)·up for gated MLPs, the post-GELU hidden for GPT-2), the same unit the shared-neuron
-analysis scores. The state at layer ℓ is the block's output, so its units are layer ℓ's MLP units.
+A unit is the MLP's hidden activation before the down projection
+(:func:`lenslab.models.hooknames.mlp_hidden`: act(gate)·up for gated MLPs, the post-GELU hidden
+for GPT-2), the same unit the shared-neuron analysis scores. The state at layer ℓ is the block's
+output, so its units are layer ℓ's MLP units.
 """
 
 from __future__ import annotations
@@ -13,45 +14,18 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float, Int
-from torch import Tensor
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
-from lenslab.probes.inspector import StateRef, StateView, register_state_view
+from lenslab.probes.inspector import StateRef, StateView, read_state, register_state_view
 from lenslab.probes.plotting import label
 from lenslab.progress import NO_PROGRESS, Progress
 
 
 @dataclass(frozen=True)
-class StateActivation:
-    """One activation vector of a prompt, with the prompt's tokens and the resolved position."""
-
-    tokens: list[str]
-    position: int  # non-negative
-    vector: Float[Tensor, " width"]  # float32
-
-
-def read_state(session: ModelSession, prompt: str, hook: str, position: int) -> StateActivation:
-    """One forward caching only ``hook``; its activation at ``position`` (negative: from the end).
-
-    The lenses that look at a single vector of one state (these units, the VSA readout of
-    :mod:`lenslab.probes.neurosymbolic.vsa_readout`) share it, so they resolve the position and label
-    the tokens the same way.
-    """
-    run = session.run(prompt, [hook])
-    position = session.check_position(position, int(run.tokens.shape[-1]))
-    tokens = session.decode_each(run.tokens[0].tolist())
-    return StateActivation(tokens, position, run.activations[hook][0, position].float())
-
-
-@dataclass(frozen=True)
 class MLPUnitsConfig(Config):
     """Which state and how many units."""
-
-    @classmethod
-    def fast_for_tests(cls) -> MLPUnitsConfig:
-        """Small settings for the reliability tests."""
-        return cls(layer=0)
 
     layer: int = field(default=6, metadata={"help": "layer whose MLP units are read", "min": 0})
     position: int = field(default=-1, metadata={"help": "token position (-1: last)"})
@@ -110,10 +84,10 @@ class MLPUnits(Probe[MLPUnitsConfig, MLPUnitsResult]):
     def run(
         self, session: ModelSession, prompt: str, config: MLPUnitsConfig, progress: Progress = NO_PROGRESS
     ) -> MLPUnitsResult:
-        """One forward with only the chosen layer's MLP hidden cached."""
+        """One forward, stopped once the chosen layer's MLP hidden has fired."""
         config.validate(session)
         layer = session.check_layer(config.layer)
-        state = read_state(session, prompt, f"blocks.{layer}.mlp.out.hook_in", config.position)
+        state = read_state(session, prompt, hooknames.mlp_hidden(layer), config.position)
         hidden = state.vector
         top = hidden.abs().topk(min(config.k, hidden.numel())).indices
         progress(1.0, "done")

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+E2E_APP = "tests/e2e_app.py"  # the real app with every form starting at its fast config
 ARTIFACTS = REPO / "tests" / "_artifacts"
 CHROMIUM = Path(os.environ.get("LENSLAB_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -101,6 +102,8 @@ _PILOTS: dict[tuple[int, float], dict[str, Any]] = {}
 
 def runnable_probes(session, pilot_limit_s: float = 6.0) -> dict[str, Any]:
     """Probes whose fast config runs on ``session`` within the pilot limit, with their pilot results."""
+    from fast_configs import fast_config
+
     from lenslab.models import guards
     from lenslab.probes import registered_probes
     from lenslab.progress import NO_PROGRESS, Cancelled
@@ -110,7 +113,7 @@ def runnable_probes(session, pilot_limit_s: float = 6.0) -> dict[str, Any]:
         return dict(_PILOTS[key])
     found: dict[str, Any] = {}
     for name, cls in sorted(registered_probes().items()):
-        probe, config = cls(), cls.config_cls.fast_for_tests()
+        probe, config = cls(), fast_config(name)
         started = time.monotonic()
         try:
             result = probe.run(session, PILOT_PROMPT, config, guards.time_limited(NO_PROGRESS, pilot_limit_s))
@@ -122,8 +125,8 @@ def runnable_probes(session, pilot_limit_s: float = 6.0) -> dict[str, Any]:
             continue
         except Cancelled:
             STATS.note(
-                f"pilot: {name} left out on {session.model_id}: fast_for_tests() takes over "
-                f"{pilot_limit_s:g} s (override Config.fast_for_tests)"
+                f"pilot: {name} left out on {session.model_id}: its fast config takes over "
+                f"{pilot_limit_s:g} s (add or shrink its entry in tests/fast_configs.py)"
             )
             continue
         found[name] = (config, result, time.monotonic() - started)
@@ -169,7 +172,7 @@ def isolated_home(root: Path) -> dict[str, str]:
 
 @dataclass
 class AppServer:
-    """A ``streamlit run app/main.py`` subprocess and where its output goes."""
+    """A ``streamlit run tests/e2e_app.py`` subprocess (the real app) and where its output goes."""
 
     process: subprocess.Popen
     port: int
@@ -199,7 +202,11 @@ class AppServer:
 def start_app(
     root: Path, *, address: str | None = "localhost", extra_env: dict[str, str] | None = None
 ) -> AppServer:
-    """Start the app on a free port and wait for ``/_stcore/health``; ``address=None`` uses the config."""
+    """Start the app on a free port and wait for ``/_stcore/health``; ``address=None`` uses the config.
+
+    It runs ``tests/e2e_app.py`` from the repository root (so the repo's ``.streamlit/config.toml``
+    applies): ``app/main.py`` with every probe's form starting at its fast config.
+    """
     port = free_port()
     env = isolated_home(root)
     env.update(extra_env or {})
@@ -208,7 +215,7 @@ def start_app(
         "-m",
         "streamlit",
         "run",
-        "app/main.py",
+        E2E_APP,
         "--server.port",
         str(port),
         "--server.headless",

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from lenslab.models import hooknames
 from lenslab.models.paths import family_dir
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
@@ -168,7 +169,7 @@ class FutureLensData:
     doc_ids: Int[np.ndarray, " example"]
     is_test: np.ndarray  # bool [example]
     labels: Int[np.ndarray, "example horizon"]  # greedy tokens t+1 .. t+4
-    resid: Float[np.ndarray, "example layer d_model"]  # h_t^ℓ (blocks.ℓ.hook_out at t)
+    resid: Float[np.ndarray, "example layer d_model"]  # h_t^ℓ (hooknames.resid(ℓ) at t)
     final: Float[np.ndarray, "example horizon d_model"]  # last block's output at t+N
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -224,7 +225,7 @@ def sample_windows(
         held += len(tokenized[i])
     n_test = max(1, round(settings.n_examples * settings.test_fraction))
     counts = {True: n_test, False: settings.n_examples - n_test}
-    bos = _bos_id(session)
+    bos = bos_id(session)
     prefixes, doc_ids, is_test = [], [], []
     for test, count in counts.items():
         docs_here = [i for i in usable if (i in test_docs) == test]
@@ -242,7 +243,8 @@ def sample_windows(
     return np.asarray(prefixes, dtype=np.int64), np.asarray(doc_ids, dtype=np.int64), np.asarray(is_test)
 
 
-def _bos_id(session: ModelSession) -> int:
+def bos_id(session: ModelSession) -> int:
+    """The model's BOS token id (the first token of a tokenized prompt when the tokenizer has none)."""
     bos = session.tokenizer.bos_token_id
     if bos is None:
         bos = int(session.tokenize("a")[0, 0])
@@ -258,44 +260,40 @@ def collect(
     """Greedy continuation of every prefix plus the hidden states the four methods need.
 
     Returns ``labels [n, 4]``, ``resid [n, n_layers, d_model]`` (every layer at the prefix's last
-    position) and ``final [n, 4, d_model]`` (the last block's output at t+N). The prefill runs
-    once per batch with hooks on every layer; the three greedy steps reuse its KV cache and hook
-    only the last layer.
+    position) and ``final [n, 4, d_model]`` (the last block's output at t+N). Each batch is one
+    KV-cached greedy generation (``session.generate_greedy``) with hooks on every layer: they keep
+    all layers' states during the prefill and only the last layer's in the three greedy steps.
     """
-    hf = session.bridge.original_model
-    names = [session.resid_name(layer) for layer in range(session.n_layers)]
+    names = [hooknames.resid(layer) for layer in range(session.n_layers)]
     last = names[-1]
     n = len(prefix_ids)
     labels = np.zeros((n, HORIZONS), dtype=np.int64)
     resid = np.zeros((n, session.n_layers, session.d_model), dtype=np.float32)
     final = np.zeros((n, HORIZONS, session.d_model), dtype=np.float32)
-    captured: dict[str, torch.Tensor] = {}
+    prefill_states: dict[str, torch.Tensor] = {}
+    final_states: list[torch.Tensor] = []  # the last layer at t+N, one per forward
     state = {"prefill": True}
 
-    def capture(tensor: torch.Tensor, *, hook: Any) -> None:
-        if state["prefill"] or hook.name == last:
-            captured[hook.name] = tensor[:, -1].detach()
+    def keep(tensor: torch.Tensor, *, hook: Any) -> None:
+        if state["prefill"]:
+            prefill_states[hook.name] = tensor[:, -1].detach()
+        if hook.name == last:
+            final_states.append(tensor[:, -1].detach())
 
-    with session.hooks([(name, capture) for name in names]), torch.inference_mode():
-        for begin in range(0, n, batch_size):
-            tokens = torch.as_tensor(prefix_ids[begin : begin + batch_size], device=session.device)
-            rows = slice(begin, begin + len(tokens))
-            state["prefill"] = True
-            out = hf(input_ids=tokens, use_cache=True, logits_to_keep=1)
-            resid[rows] = to_numpy(torch.stack([captured[name] for name in names], 1)).astype(np.float32)
-            for step in range(HORIZONS):
-                final[rows, step] = to_numpy(captured[last]).astype(np.float32)
-                next_ids = out.logits[:, -1].float().argmax(-1)
-                labels[rows, step] = to_numpy(next_ids)
-                if step + 1 < HORIZONS:
-                    state["prefill"] = False
-                    out = hf(
-                        input_ids=next_ids[:, None],
-                        past_key_values=out.past_key_values,
-                        use_cache=True,
-                        logits_to_keep=1,
-                    )
-            progress(rows.stop / n, f"collected {rows.stop}/{n} examples")
+    def prefill_done() -> None:
+        state["prefill"] = False
+
+    hooks = [(name, keep) for name in names]
+    for begin in range(0, n, batch_size):
+        tokens = torch.as_tensor(prefix_ids[begin : begin + batch_size], device=session.device)
+        rows = slice(begin, begin + len(tokens))
+        state["prefill"] = True
+        final_states.clear()
+        chosen, _ = session.generate_greedy(tokens, HORIZONS, hooks=hooks, on_prefill=prefill_done)
+        resid[rows] = to_numpy(torch.stack([prefill_states[name] for name in names], 1)).astype(np.float32)
+        final[rows] = to_numpy(torch.stack(final_states, 1)).astype(np.float32)
+        labels[rows] = to_numpy(chosen)
+        progress(rows.stop / n, f"collected {rows.stop}/{n} examples")
     return labels, resid, final
 
 
@@ -374,8 +372,3 @@ def load_dataset(folder: Path) -> FutureLensData:
     settings = DataSettings(**meta["settings"])
     extra = {k: v for k, v in meta.items() if k in ("n_train", "n_test")}
     return FutureLensData(model_id=meta["model_id"], key=meta["key"], settings=settings, meta=extra, **arrays)
-
-
-def final_probs(session: ModelSession, final: Float[torch.Tensor, "... d_model"]) -> torch.Tensor:
-    """The model's own distribution at t+N, recomputed from the stored last-block state."""
-    return session.decode_resid(final).float().softmax(-1)

@@ -102,11 +102,6 @@ class FutureLensEvalConfig(Config):
     )
     seed: int = field(default=0, metadata={"help": "sampling seed", "min": 0, "max": 2**31 - 1})
 
-    @classmethod
-    def fast_for_tests(cls) -> FutureLensEvalConfig:
-        """Small settings for the reliability tests."""
-        return cls(n_examples=16, prefix_tokens=8, layers=(0,), fixed_prompt=False, learned_prompt=False)
-
     def validate(self, session: ModelSession) -> None:
         """Check ranges, the layer selection and the data settings."""
         super().validate(session)

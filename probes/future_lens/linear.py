@@ -23,7 +23,7 @@ from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT, load_artefact,
 from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, cache_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
-# Relative ridge of the linear fit, chosen on the embedded model (0.03/0.3/3 tried, docs/notes/issue-3.md).
+# Relative ridge of the linear fit, chosen on the embedded model from 0.03 / 0.3 / 3 (docs/future_lens.md).
 DEFAULT_RIDGE = 0.3
 
 

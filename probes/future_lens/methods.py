@@ -2,16 +2,15 @@
 
 1. direct projection: decode h_t^ℓ (final norm + unembed) as if it were the prediction for t+N+1;
 2. linear model: a d_model×d_model map h_t^ℓ → last block's output at t+N, fitted in closed form
-   (ridge on centred data, float64), decoded through final norm + unembed (``future_lens_linear``);
+   (ridge on centred data, float64), decoded through final norm + unembed (``linear``);
 3. fixed prompt: run a generic context, overwrite the layer-ℓ state at its last position with
    h_t^ℓ, feed the model's own next tokens (teacher forcing) and read N = 0..3;
 4. learned prompt: as 3 with a trainable soft prompt (10 vectors) trained with KL(original ‖
-   intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023) (3 and 4: ``future_lens_prompts``).
+   intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023) (3 and 4: ``prompts``).
 
 Trained artefacts are safetensors files with JSON metadata (model id, d_model, settings, data
 key) under ``artefacts_dir()/future_lens/<model>``; loading one for another model is refused
-(``future_lens_artefacts``). Every name of those modules is re-exported here, so code and saved
-notebooks importing from ``future_lens_methods`` keep working.
+(``artefacts``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Future Lens (Pal et al., CoNLL 2023): what a single hidden state knows about tokens t+2, t+3, ….
 
 For a prompt, every cell (layer ℓ, position t) of the grid decodes the ONE state h_t^ℓ into the
-tokens it predicts for t+1 .. t+1+N with one of four methods (see ``future_lens_methods``):
+tokens it predicts for t+1 .. t+1+N with one of four methods (see ``methods``):
 direct projection, the linear model, the fixed-prompt or the learned-prompt intervention. The
 model's actual continuation is shown alongside: at position t it is the model's greedy token at
 t+1+n given the prompt up to t+n (the prompt's own tokens are fed where it has them, the model's
@@ -10,8 +10,8 @@ greedy tokens beyond its end). The causal methods feed those actual tokens after
 
 Direct projection and the fixed prompt need no training; the linear maps and learned prompts come
 from saved artefacts (``prepare_default_artefacts`` fits the linear maps once per model).
-Data, training and the evaluation live in ``future_lens_data``, ``future_lens_linear``,
-``future_lens_prompts`` and ``future_lens_eval``; ``future_lens_methods`` dispatches between methods.
+Data, training and the evaluation live in the sibling modules ``data``, ``linear``, ``prompts``
+and ``evaluation``; ``methods`` dispatches between methods.
 """
 
 from __future__ import annotations
@@ -182,9 +182,9 @@ def actual_continuation(
 ) -> tuple[dict[int, torch.Tensor], Int[torch.Tensor, "seq horizon"]]:
     """Residual states of ``layers`` over the prompt and the actual tokens t+1..t+horizon per position.
 
-    One prefill with the KV cache, then ``horizon - 1`` greedy steps past the prompt's end.
+    One KV-cached greedy generation: the prefill keeps every position's logits (the greedy token
+    after each prompt position) and the states, then ``horizon - 1`` steps past the prompt's end.
     """
-    hf = session.bridge.original_model
     names = {session.resid_name(layer): layer for layer in layers}
     captured: dict[int, torch.Tensor] = {}
     state = {"prefill": True}
@@ -193,16 +193,18 @@ def actual_continuation(
         if state["prefill"]:
             captured[names[hook.name]] = tensor[0].detach()
 
-    predicted = []
-    with session.hooks([(name, capture) for name in names]), torch.inference_mode():
-        out = hf(input_ids=tokens, use_cache=True)
-        predicted.append(out.logits[0].float().argmax(-1))
+    def prefill_done() -> None:
         state["prefill"] = False
-        for _ in range(horizon - 1):
-            next_id = predicted[-1][-1:]
-            out = hf(input_ids=next_id[None], past_key_values=out.past_key_values, use_cache=True)
-            predicted.append(out.logits[0, -1:].float().argmax(-1))
-    extended = torch.cat(predicted)  # greedy token after each position of prompt + continuation
+
+    _, step_logits = session.generate_greedy(
+        tokens,
+        horizon,
+        hooks=[(name, capture) for name in names],
+        on_prefill=prefill_done,
+        logits_to_keep=0,
+    )
+    # greedy token after each position of prompt + continuation
+    extended = torch.cat([logits[0].float().argmax(-1) for logits in step_logits])
     seq = tokens.shape[1]
     actual = torch.stack([extended[t : t + horizon] for t in range(seq)])
     return captured, actual

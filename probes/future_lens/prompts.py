@@ -21,9 +21,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT, load_artefact, save_artefact
-from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, cache_dir
+from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, bos_id, cache_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
 FIXED_CONTEXT = 'Hello! Could you please tell me more about "'
@@ -43,17 +44,12 @@ def transplant_hook(states: Float[Tensor, "batch d_model"], position: int) -> Ca
 
 def embedding_multiplier(session: ModelSession) -> float:
     """How much the model scales token embeddings (√d_model for Gemma, 1 for Llama/GPT-2)."""
-    embed = session.bridge.original_model.get_input_embeddings()
+    embed = session.input_embedding()
     ids = torch.tensor([[1, 2, 3]], device=session.device)
     with torch.no_grad():
         out = embed(ids)[0].float()
         raw = embed.weight[ids[0]].float()
     return float(out.norm() / raw.norm().clamp_min(1e-12))
-
-
-def _bos(session: ModelSession) -> int:
-    bos = session.tokenizer.bos_token_id
-    return int(bos if bos is not None else session.tokenize("a")[0, 0])
 
 
 def fixed_context_ids(session: ModelSession, context: str = FIXED_CONTEXT) -> Int[Tensor, " ctx"]:
@@ -83,7 +79,7 @@ def causal_logits(
     device = session.device
     if soft_prompt is not None:
         n_soft = soft_prompt.shape[0]
-        context_ids = torch.full((n_soft + 1,), _bos(session), dtype=torch.long, device=device)
+        context_ids = torch.full((n_soft + 1,), bos_id(session), dtype=torch.long, device=device)
     if context_ids is None:
         raise ValueError("give a context (fixed prompt) or a soft prompt")
     context_ids = context_ids.to(device)
@@ -98,11 +94,9 @@ def causal_logits(
                 [embedded[:, :1], prompt.expand(embedded.shape[0], -1, -1), embedded[:, 1 + n_soft :]], 1
             )
 
-        hooks.append(("embed.hook_out", insert_soft))
-    with session.hooks(hooks):
-        out = session.bridge.original_model(
-            input_ids=tokens, use_cache=False, logits_to_keep=teacher.shape[1] + 1
-        )
+        hooks.append((hooknames.EMBED, insert_soft))
+    with session.hooks(hooks) as model:
+        out = model.hf(input_ids=tokens, use_cache=False, logits_to_keep=teacher.shape[1] + 1)
     return out.logits
 
 

@@ -1,4 +1,4 @@
-"""The fast Jacobian algorithms on the compiled detached network (:mod:`.jacobian_operator`).
+"""The fast Jacobian algorithms on the compiled detached network (:mod:`.operator`).
 
 * :func:`contributions` — with all inputs but x_i zeroed, the operator's output is J_i x_i at
   every layer and position; one batched forward of ``seq`` copies gives all of them.
@@ -20,7 +20,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lenslab.probes.jacobian.operator import LinearizedModel, TargetFn
+from lenslab.models import hooknames
+from lenslab.probes.jacobian.operator import LinearizedModel
 from lenslab.progress import NO_PROGRESS, Progress
 
 JACOBIAN_MEMORY = 1 << 30
@@ -70,13 +71,6 @@ def contributions(
             bias[name] = torch.zeros_like(full[0])
             contrib[name] = full
     return contrib, bias
-
-
-def func_vjp_rows(fn: TargetFn, inputs: Tensor, cotangents: Tensor, chunk: int = 128) -> Tensor:
-    """Jᵀu by ``torch.func.vjp`` + ``vmap`` (the autograd route; kept as a cross-check and bench)."""
-    _, vjp_fn = torch.func.vjp(lambda x: fn(x[None])[0], inputs[0])
-    rows = [torch.func.vmap(vjp_fn)(cotangents[s : s + chunk])[0] for s in range(0, len(cotangents), chunk)]
-    return torch.cat(rows)
 
 
 def jacobian(
@@ -250,11 +244,6 @@ def _top_right_vector(matrix: Float[Tensor, "m n"], steps: int = 12) -> Float[Te
     return vector
 
 
-def _orth(matrix: Tensor) -> Tensor:
-    """Orthonormal basis of the columns (reduced QR)."""
-    return torch.linalg.qr(matrix).Q
-
-
 def layer_sweep(
     model: LinearizedModel,
     inputs: Float[Tensor, "1 seq d_model"],
@@ -273,7 +262,7 @@ def layer_sweep(
     at its own block, one forward). Returns (frobenius² [L], sigma_max [L], left vectors [L, d]).
     """
     n_layers, seq, d_model = model.n_layers, inputs.shape[1], inputs.shape[2]
-    names = [f"blocks.{layer}.hook_out" for layer in range(n_layers)]
+    names = [hooknames.resid(layer) for layer in range(n_layers)]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     omega = torch.randn(probes, seq, d_model, generator=generator, dtype=torch.float64).to(inputs)
     with torch.no_grad():
@@ -289,7 +278,6 @@ def layer_sweep(
     frob_t, left_t = torch.stack(frob), torch.stack(left)
     progress(1 / (rounds + 1), "layer sweep: sketch")
     sigma = torch.zeros(n_layers, dtype=inputs.dtype, device=inputs.device)
-    rows = torch.arange(n_layers, device=inputs.device)
     for it in range(rounds):
         right = model.adjoint_layers(left_t, list(range(n_layers)), position)  # Jᵀu per layer
         sigma = right.flatten(1).norm(dim=-1)
@@ -302,5 +290,4 @@ def layer_sweep(
         sigma = forward.norm(dim=-1)
         left_t = forward / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)[:, None]
         progress((it + 2) / (rounds + 1), "layer sweep: power iteration")
-    del rows
     return frob_t, sigma, left_t

@@ -10,15 +10,16 @@ is linear, so with no additive biases ``y = Σ_i J_i x_i`` exactly, and with bia
 ``y = Σ_i J_i x_i + b`` where ``b`` is the output for all-zero inputs.
 
 How: TransformerBridge hooks, attached only through ``session.hooks`` (so they are removed on
-exit, also after an exception). The bridge reimplements attention and fires ``hook_pattern`` on
-the post-softmax weights *before* multiplying by V, and its norms fire ``hook_scale`` and rebuild
-their output from the hooked scale; the MLP projections are LinearBridges with ``hook_out`` /
-``hook_in``. So every coefficient has a hook point where a recorded constant can replace it, and
-no HF module or module-level function is monkey-patched (patching HF classes would be global
-state shared by every session in the process). Pass 1 (:func:`record_coefficients`) runs the
-model normally and records the coefficients; pass 2 (:class:`DetachedModel`, inside
-:func:`detached`) replaces them with the recorded constants. The detached network is then run
-through the HF inner model with ``inputs_embeds`` (no unembedding: 60% of a Gemma forward is the
+exit, also after an exception) and named by :mod:`lenslab.models.hooknames`. The bridge
+reimplements attention and fires ``hook_pattern`` on the post-softmax weights *before*
+multiplying by V, and its norms fire ``hook_scale`` and rebuild their output from the hooked
+scale; the MLP projections are LinearBridges with ``hook_out`` / ``hook_in``. So every
+coefficient has a hook point where a recorded constant can replace it, and no HF module or
+module-level function is monkey-patched (patching HF classes would be global state shared by
+every session in the process). Pass 1 (:func:`record_coefficients`) runs the model normally and
+records the coefficients; pass 2 (:class:`DetachedModel`, inside :func:`detached`) replaces them
+with the recorded constants. The detached network is then run through the session's HF forward
+with ``inputs_embeds``, stopped at the final norm (no unembedding: 60% of a Gemma forward is the
 262k-wide unembedding, useless for hidden-state targets), on any batch of inputs: the constants
 broadcast over the batch, so one forward on ``seq`` copies gives every token's exact
 contribution.
@@ -30,10 +31,7 @@ is part of token i's contribution and ``b`` holds only the layers' biases).
 
 from __future__ import annotations
 
-import copy
-import threading
 import warnings
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +41,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslab.models.session import ModelSession
+from lenslab.models import hooknames
+from lenslab.models.session import HookedModel, ModelSession, StopForward
 
 SUPPORTED: dict[str, str] = {
     "Gemma3ForCausalLM": "gemma3",
@@ -78,14 +77,14 @@ def target_hook(session: ModelSession, layer: int | None, component: str = "resi
     if layer is None:
         if component != "resid":
             raise ValueError("the final-norm target has no attention/MLP part: choose a layer")
-        return "ln_final.hook_out"
+        return hooknames.FINAL_NORM
     layer = session.check_layer(layer)
     if component == "resid":
-        return f"blocks.{layer}.hook_out"
+        return hooknames.resid(layer)
     gemma = model_family(session) == "gemma3"
     if component == "attn":
-        return f"blocks.{layer}.ln1_post.hook_out" if gemma else f"blocks.{layer}.attn.hook_out"
-    return f"blocks.{layer}.ln2_post.hook_out" if gemma else f"blocks.{layer}.mlp.hook_out"
+        return hooknames.attn_post_norm(layer) if gemma else hooknames.attn_out(layer)
+    return hooknames.mlp_post_norm(layer) if gemma else hooknames.mlp_out(layer)
 
 
 @dataclass
@@ -94,7 +93,7 @@ class FrozenCoefficients:
 
     family: str
     tokens: Int[Tensor, "1 seq"]
-    inputs: Float[Tensor, "1 seq d_model"]  # x_i: the residual stream's input (blocks.0.hook_in)
+    inputs: Float[Tensor, "1 seq d_model"]  # x_i: the residual stream's input (hooknames.resid_pre(0))
     logits: Float[Tensor, "1 seq vocab"]
     final_hidden: Float[Tensor, "1 seq d_model"]
     scales: dict[str, Tensor] = field(default_factory=dict)  # norm hook_scale → recorded value
@@ -109,7 +108,7 @@ class FrozenCoefficients:
 
 
 def _mlp_act(session: ModelSession, layer: int) -> Any:
-    hf_mlp = session.bridge.blocks[layer].mlp.original_component
+    hf_mlp = session.block_component(layer, "mlp")
     act = getattr(hf_mlp, "act_fn", None) or getattr(hf_mlp, "act", None)
     if act is None:
         raise ValueError(f"cannot find the MLP activation of layer {layer} in {session.model_id}")
@@ -132,40 +131,40 @@ def record_coefficients(session: ModelSession, tokens: Int[Tensor, "1 seq"]) -> 
         store[hook.name] = tensor.detach().clone()
         return store[hook.name]
 
-    names = [n for n in session.bridge.hook_dict if n.endswith(".hook_scale") or n.endswith(".hook_pattern")]
+    names = sorted(n for n in session.hook_names if hooknames.is_scale(n) or hooknames.is_pattern(n))
     for layer in range(session.n_layers):
-        names += [f"blocks.{layer}.mlp.in.hook_out", f"blocks.{layer}.mlp.out.hook_in"]
+        names += [hooknames.mlp_pre(layer), hooknames.mlp_hidden(layer)]
         if family != "gpt2":
-            names.append(f"blocks.{layer}.mlp.gate.hook_out")
-    targets = ["ln_final.hook_out"] + [
+            names.append(hooknames.mlp_gate(layer))
+    targets = [hooknames.FINAL_NORM] + [
         target_hook(session, layer, component)
         for layer in range(session.n_layers)
         for component in COMPONENTS
     ]
-    names += ["blocks.0.hook_in", *targets]
-    table = {name: keep_scale if name.endswith(".hook_scale") else keep for name in names}
-    with session.hooks(dispatch_hooks(session, table)) as bridge, torch.no_grad(), warnings.catch_warnings():
+    names += [hooknames.resid_pre(0), *targets]
+    table = {name: keep_scale if hooknames.is_scale(name) else keep for name in names}
+    with session.hooks(dispatch_hooks(session, table)) as model, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the bridge warns when a hook returns a new norm scale
-        logits = bridge(tokens)
+        logits = model(tokens)
     gates: dict[int, Tensor] = {}
     with torch.no_grad():
         for layer in range(session.n_layers):
             if family == "gpt2":
-                pre = store[f"blocks.{layer}.mlp.in.hook_out"]
-                post = store[f"blocks.{layer}.mlp.out.hook_in"]
+                pre = store[hooknames.mlp_pre(layer)]
+                post = store[hooknames.mlp_hidden(layer)]
                 # act(z) = z · (act(z)/z); at z = 0 the ratio's limit for GELU is 1/2.
                 safe = torch.where(pre == 0, torch.ones_like(pre), pre)
                 gates[layer] = torch.where(pre == 0, torch.full_like(pre, 0.5), post / safe)
             else:
-                gates[layer] = _mlp_act(session, layer)(store[f"blocks.{layer}.mlp.gate.hook_out"])
+                gates[layer] = _mlp_act(session, layer)(store[hooknames.mlp_gate(layer)])
     return FrozenCoefficients(
         family=family,
         tokens=tokens,
-        inputs=store["blocks.0.hook_in"],
+        inputs=store[hooknames.resid_pre(0)],
         logits=logits.detach(),
-        final_hidden=store["ln_final.hook_out"],
-        scales={k: v for k, v in store.items() if k.endswith(".hook_scale")},
-        patterns={k: v for k, v in store.items() if k.endswith(".hook_pattern")},
+        final_hidden=store[hooknames.FINAL_NORM],
+        scales={k: v for k, v in store.items() if hooknames.is_scale(k)},
+        patterns={k: v for k, v in store.items() if hooknames.is_pattern(k)},
         gates=gates,
         outputs={name: store[name] for name in targets},
     )
@@ -183,6 +182,7 @@ class DetachedModel:
         """Bind a session and recorded coefficients; hooks are attached by :func:`detached`."""
         self.session = session
         self.coefficients = coefficients
+        self.model: HookedModel | None = None  # the hooked model, set by detached()
         self._captured: dict[str, Tensor] | None = None
         self._wanted: set[str] = set()
         self._stash: dict[int, Tensor] = {}
@@ -197,15 +197,15 @@ class DetachedModel:
         for name, value in coeffs.patterns.items():
             hooks.append((name, _constant(value)))
         for layer, gate in coeffs.gates.items():
-            hooks.append((f"blocks.{layer}.mlp.in.hook_out", self._stash_hook(layer)))
-            hooks.append((f"blocks.{layer}.mlp.out.hook_in", self._gate_hook(layer, gate)))
+            hooks.append((hooknames.mlp_pre(layer), self._stash_hook(layer)))
+            hooks.append((hooknames.mlp_hidden(layer), self._gate_hook(layer, gate)))
         if coeffs.family == "gpt2":
-            hooks.append(("pos_embed.hook_out", lambda tensor, *, hook: torch.zeros_like(tensor)))
+            hooks.append((hooknames.POS_EMBED, lambda tensor, *, hook: torch.zeros_like(tensor)))
         return hooks
 
     def capture_hooks(self, names: Sequence[str]) -> list[tuple[str, Any]]:
-        """Hooks that record the target activations of each call."""
-        return [(name, self._capture(name)) for name in dict.fromkeys(names) if name != "ln_final.hook_out"]
+        """Hooks that record the target activations of each call (the final norm's output always)."""
+        return [(name, self._capture(name)) for name in dict.fromkeys([*names, hooknames.FINAL_NORM])]
 
     def _stash_hook(self, layer: int) -> Any:
         def stash(tensor: Tensor, *, hook: Any) -> None:
@@ -224,38 +224,31 @@ class DetachedModel:
         def capture(tensor: Tensor, *, hook: Any) -> None:
             if self._captured is not None and name in self._wanted:
                 self._captured[name] = tensor
+            if self._captured is not None and name == hooknames.FINAL_NORM:
+                raise StopForward  # the last hidden state is all a call returns: skip the unembedding
 
         return capture
 
     # ----------------------------------------------------------------------------------- running
     def __call__(
-        self, inputs: Float[Tensor, "batch seq d_model"], targets: Sequence[str] = ("ln_final.hook_out",)
+        self, inputs: Float[Tensor, "batch seq d_model"], targets: Sequence[str] = (hooknames.FINAL_NORM,)
     ) -> dict[str, Float[Tensor, "batch seq d"]]:
         """Run the detached network on ``inputs``; returns ``{target hook: activation}``."""
-        hf = self.session.bridge.original_model
-        inner = hf.transformer if self.coefficients.family == "gpt2" else hf.model
+        if self.model is None:
+            raise RuntimeError("a DetachedModel runs only inside `with detached(session, coefficients)`")
         self._captured, self._wanted = {}, set(targets)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the bridge warns on every edited norm scale
-                hidden = inner(inputs_embeds=inputs, use_cache=False).last_hidden_state
+                self.model.hf(inputs_embeds=inputs)
             captured = self._captured
         finally:
             self._captured, self._stash = None, {}
-        out = {}
-        for name in targets:
-            out[name] = hidden if name == "ln_final.hook_out" else captured[name]
-        return out
+        return {name: captured[name] for name in targets}
 
     def logits(self, inputs: Float[Tensor, "batch seq d_model"]) -> Float[Tensor, "batch seq vocab"]:
         """Logits of the detached network (final norm + unembedding of the detached state)."""
-        hidden = self(inputs)["ln_final.hook_out"]
-        hf = self.session.bridge.original_model
-        logits = hf.lm_head(hidden)
-        softcap = getattr(hf.config, "final_logit_softcapping", None)
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
-        return logits
+        return self.session.final_logits(self(inputs)[hooknames.FINAL_NORM])
 
 
 @contextmanager
@@ -268,28 +261,33 @@ def detached(
     removed on exit, also when the body raises. ``targets`` are the hook names (besides the
     final-norm output) that calls of the yielded :class:`DetachedModel` may return.
     """
-    model = DetachedModel(session, coefficients)
-    with session.hooks(dispatch_hooks(session, dict([*model.hooks(), *model.capture_hooks(targets)]))):
-        yield model
+    detached_model = DetachedModel(session, coefficients)
+    table = dict([*detached_model.hooks(), *detached_model.capture_hooks(targets)])
+    with session.hooks(dispatch_hooks(session, table)) as model:
+        detached_model.model = model
+        try:
+            yield detached_model
+        finally:
+            detached_model.model = None
 
 
 def dispatch_hooks(session: ModelSession, table: dict[str, Any]) -> list[tuple[Any, Any]]:
     """One filter hook that dispatches by hook name: ``{name: fn}`` → a ``session.hooks`` list.
 
-    The bridge recomputes its 200-entry ``hook_dict`` for every string hook it attaches (≈20 ms
+    The bridge recomputes its 200-entry hook table for every string hook it attaches (≈20 ms
     each on CPU, 10 s for a few hundred hooks); a single name filter attaches them in one pass.
-    Names are resolved to their hook point's canonical name, so aliases cannot attach twice.
+    Names must be the hook points' own names, as :mod:`lenslab.models.hooknames` spells them
+    (hooks report those; a TransformerLens alias would never be dispatched).
     """
-    hook_dict = session.bridge.hook_dict
-    unknown = [name for name in table if name not in hook_dict]
+    known = session.hook_names
+    unknown = [name for name in table if name not in known]
     if unknown:
         raise ValueError(f"unknown hook point(s) {unknown[:5]} for {session.model_id}")
-    canonical = {hook_dict[name].name or name: fn for name, fn in table.items()}
 
     def dispatch(tensor: Tensor, *, hook: Any) -> Tensor | None:
-        return canonical[hook.name](tensor, hook=hook)
+        return table[hook.name](tensor, hook=hook)
 
-    return [(canonical.__contains__, dispatch)]
+    return [(table.__contains__, dispatch)]
 
 
 def _constant(value: Tensor) -> Any:
@@ -297,28 +295,3 @@ def _constant(value: Tensor) -> Any:
         return value
 
     return replace
-
-
-# --------------------------------------------------------------------------------------- float64
-_FLOAT64_COPIES: weakref.WeakKeyDictionary[Any, ModelSession] = weakref.WeakKeyDictionary()
-_COPY_LOCK = threading.Lock()
-
-
-def as_float64(session: ModelSession) -> ModelSession:
-    """A float64 copy of ``session`` (cached per session; the session itself if already float64).
-
-    Costs 8 bytes per parameter on top of the original model (2.1 GB for Gemma 3 270M); made once
-    and kept while the original session lives. On a GPU the copy stays on the same device.
-    """
-    if session.dtype == torch.float64:
-        return session
-    with _COPY_LOCK:
-        cached = _FLOAT64_COPIES.get(session.bridge)
-        if cached is None:
-            with session.lock:
-                bridge = copy.deepcopy(session.bridge).to(torch.float64)
-            cached = ModelSession.from_bridge(
-                bridge, model_id=session.model_id, max_tokens=session.max_tokens
-            )
-            _FLOAT64_COPIES[session.bridge] = cached
-        return cached

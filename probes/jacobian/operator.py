@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.jacobian.detached import FrozenCoefficients, model_family
 
@@ -52,6 +53,20 @@ def _linear(module: torch.nn.Module) -> tuple[Tensor, Tensor | None]:
 
 def _affine(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return torch.nn.functional.linear(x, weight, bias)
+
+
+def _target_parts(layer: int) -> dict[str, str]:
+    """Layer targets the operator computes → the part each one is (``resid``, ``attn``, ``mlp``).
+
+    Both spellings of what attention / MLP add: Gemma's post-norm outputs and the plain outputs.
+    """
+    return {
+        hooknames.resid(layer): "resid",
+        hooknames.attn_out(layer): "attn",
+        hooknames.mlp_out(layer): "mlp",
+        hooknames.attn_post_norm(layer): "attn",
+        hooknames.mlp_post_norm(layer): "mlp",
+    }
 
 
 @dataclass
@@ -147,9 +162,6 @@ class LinearizedModel:
         self.has_bias = family == "gpt2"
         self.n_layers = session.n_layers
         self.seq = coefficients.seq_len
-        hf = session.bridge.original_model
-        inner = hf.transformer if family == "gpt2" else hf.model
-        blocks = inner.h if family == "gpt2" else inner.layers
         scales = coefficients.scales
 
         def norm(module: torch.nn.Module, hook: str) -> _Norm:
@@ -162,17 +174,16 @@ class LinearizedModel:
             return _Norm(factor, None if bias is None else bias.detach(), centre=family == "gpt2")
 
         self.layers: list[_Layer] = []
-        for layer, block in enumerate(blocks):
+        for layer, block in enumerate(session.hf_layers()):
             dec = _unwrap(block)
-            prefix = f"blocks.{layer}"
-            pattern = coefficients.patterns[f"{prefix}.attn.hook_pattern"][0].detach()
+            pattern = coefficients.patterns[hooknames.attn_pattern(layer)][0].detach()
             if family == "gpt2":
                 w_v, b_v = _linear(dec.attn.v)
                 w_o, b_o = _linear(dec.attn.o)
                 w_up, b_up = _linear(dec.mlp.c_fc)
                 w_down, b_down = _linear(dec.mlp.c_proj)
-                ln1 = norm(dec.ln_1, f"{prefix}.ln1.hook_scale")
-                ln2 = norm(dec.ln_2, f"{prefix}.ln2.hook_scale")
+                ln1 = norm(dec.ln_1, hooknames.attn_norm_scale(layer))
+                ln2 = norm(dec.ln_2, hooknames.mlp_norm_scale(layer))
                 ln1_post = ln2_post = None
             else:
                 attn = _unwrap(dec.self_attn)
@@ -181,14 +192,14 @@ class LinearizedModel:
                 mlp = _unwrap(dec.mlp)
                 w_up, b_up = _linear(mlp.up_proj)
                 w_down, b_down = _linear(mlp.down_proj)
-                ln1 = norm(dec.input_layernorm, f"{prefix}.ln1.hook_scale")
+                ln1 = norm(dec.input_layernorm, hooknames.attn_norm_scale(layer))
                 if family == "gemma3":
-                    ln1_post = norm(dec.post_attention_layernorm, f"{prefix}.ln1_post.hook_scale")
-                    ln2 = norm(dec.pre_feedforward_layernorm, f"{prefix}.ln2.hook_scale")
-                    ln2_post = norm(dec.post_feedforward_layernorm, f"{prefix}.ln2_post.hook_scale")
+                    ln1_post = norm(dec.post_attention_layernorm, hooknames.attn_post_norm_scale(layer))
+                    ln2 = norm(dec.pre_feedforward_layernorm, hooknames.mlp_norm_scale(layer))
+                    ln2_post = norm(dec.post_feedforward_layernorm, hooknames.mlp_post_norm_scale(layer))
                 else:
                     ln1_post = ln2_post = None
-                    ln2 = norm(dec.post_attention_layernorm, f"{prefix}.ln2.hook_scale")
+                    ln2 = norm(dec.post_attention_layernorm, hooknames.mlp_norm_scale(layer))
             n_heads = pattern.shape[0]
             d_head = w_o.shape[1] // n_heads
             n_kv = w_v.shape[0] // d_head
@@ -211,8 +222,7 @@ class LinearizedModel:
                     b_down=None if b_down is None else b_down.detach(),
                 )
             )
-        final = inner.ln_f if family == "gpt2" else inner.norm
-        self.final_norm = norm(final, "ln_final.hook_scale")
+        self.final_norm = norm(session.hf_final_norm(), hooknames.FINAL_NORM_SCALE)
 
     def window(self, start: int, stop: int) -> LinearizedModel:
         """The operator on positions ``start…stop−1`` only (shares the weights).
@@ -246,7 +256,7 @@ class LinearizedModel:
     def __call__(
         self,
         x: Float[Tensor, "batch seq d_model"],
-        targets: Sequence[str] = ("ln_final.hook_out",),
+        targets: Sequence[str] = (hooknames.FINAL_NORM,),
         at: int | None = None,
     ) -> dict[str, Float[Tensor, "batch seq d"]]:
         """Apply the operator to ``x``; return the requested targets by hook name.
@@ -258,9 +268,10 @@ class LinearizedModel:
         wanted = set(targets)
         out: dict[str, Tensor] = {}
         resid = x
+        layers = [hooknames.layer_of(name) for name in wanted]
         last_needed = max(
-            [self.n_layers - 1 if "ln_final.hook_out" in wanted else -1]
-            + [int(name.split(".")[1]) for name in wanted if name.startswith("blocks.")]
+            [self.n_layers - 1 if hooknames.FINAL_NORM in wanted else -1]
+            + [layer for layer in layers if layer is not None]
         )
         final_norm = self.final_norm
         for index, layer in enumerate(self.layers[: last_needed + 1]):
@@ -278,18 +289,12 @@ class LinearizedModel:
             if layer.ln2_post is not None:
                 mlp = layer.ln2_post(mlp)
             resid = resid + mlp
-            prefix = f"blocks.{index}"
-            for name, value in (
-                (f"{prefix}.hook_out", resid),
-                (f"{prefix}.attn.hook_out", attn),
-                (f"{prefix}.mlp.hook_out", mlp),
-                (f"{prefix}.ln1_post.hook_out", attn),
-                (f"{prefix}.ln2_post.hook_out", mlp),
-            ):
+            values = {"resid": resid, "attn": attn, "mlp": mlp}
+            for name, part in _target_parts(index).items():
                 if name in wanted:
-                    out[name] = value
-        if "ln_final.hook_out" in wanted:
-            out["ln_final.hook_out"] = final_norm(resid)
+                    out[name] = values[part]
+        if hooknames.FINAL_NORM in wanted:
+            out[hooknames.FINAL_NORM] = final_norm(resid)
         missing = wanted - set(out)
         if missing:
             raise ValueError(f"unknown Jacobian target(s) {sorted(missing)}")
@@ -308,14 +313,14 @@ class LinearizedModel:
         Exact for the linear part; biases do not enter a transpose. Equals ``torch.func.vjp`` of
         :meth:`__call__` (tests check it) at a fraction of its cost: no forward pass, no graph.
         """
-        if target == "ln_final.hook_out":
+        if target == hooknames.FINAL_NORM:
             start, part = self.n_layers - 1, "final"
         else:
-            parts = target.split(".")
-            start = int(parts[1])
-            part = {"hook_out": "resid", "attn": "attn", "ln1_post": "attn", "mlp": "mlp", "ln2_post": "mlp"}[
-                parts[2]
-            ]
+            layer = hooknames.layer_of(target)
+            part = None if layer is None else _target_parts(layer).get(target)
+            if layer is None or part is None:
+                raise ValueError(f"unknown Jacobian target {target!r}")
+            start = layer
         return self._adjoint(cotangents, [start] * len(cotangents), part, position)
 
     def adjoint_layers(

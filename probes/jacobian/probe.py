@@ -12,7 +12,7 @@ sweep (stable rank and top decoded tokens of each layer's Jacobian, contribution
 
 Cheaper variants than the paper, chosen for an interactive app and documented here:
 * contributions come from one batched forward of the detached operator on ``seq`` one-token
-  copies, not from J (exact, see :func:`.jacobian_linear.contributions`);
+  copies, not from J (exact, see :func:`.algorithms.contributions`);
 * by default (method ``randomized``) J is never formed: its top singular triplets come from a
   matrix-free block Lanczos SVD from a random start, run until the singular values are within
   ``SVD_TOLERANCE`` (per-token SVDs are then skipped); method ``full`` (or
@@ -33,12 +33,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Probe, register, to_numpy
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd, layer_sweep
-from lenslab.probes.jacobian.detached import as_float64, model_family, record_coefficients, target_hook
-from lenslab.probes.jacobian.operator import LinearizedModel, _unwrap
+from lenslab.probes.jacobian.detached import model_family, record_coefficients, target_hook
+from lenslab.probes.jacobian.operator import LinearizedModel
 from lenslab.probes.jacobian.result import (
     HUTCHINSON_PROBES,
     SVD_TOLERANCE,
@@ -80,7 +81,7 @@ class JacobianProbe(Probe[JacobianConfig, JacobianResult]):
         position = session.check_position(config.position, seq)
         if config.dtype == "float64":
             progress(0.0, "making a float64 copy of the model (once per session)")
-            session = as_float64(session)
+            session = session.converted(torch.float64)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         with session.lock:
@@ -112,16 +113,13 @@ def _analyse(
 ) -> JacobianResult:
     inputs = coefficients.inputs
     seq = coefficients.seq_len
-    unembed = _unwrap(session.bridge.original_model.get_output_embeddings())
-    w_u = unembed.weight
+    w_u = session.output_embedding().weight
     predicted = int(coefficients.logits[0, position].argmax())
     direction = w_u[predicted].detach()
 
     # Exact contributions of every token to every layer's residual stream and to the target.
     clock = time.perf_counter()
-    sweep_names = (
-        [f"blocks.{layer}.hook_out" for layer in range(session.n_layers)] if config.layer_sweep else []
-    )
+    sweep_names = [hooknames.resid(layer) for layer in range(session.n_layers)] if config.layer_sweep else []
     names = list(dict.fromkeys([target, *sweep_names]))
     contrib, bias = contributions(model, inputs, names, progress=_scaled(progress, 0.05, 0.15))
     timings["contributions"] = time.perf_counter() - clock
@@ -233,13 +231,8 @@ def _scaled(progress: Progress, low: float, high: float) -> Progress:
 
 def _detach_error(session: ModelSession, coefficients: Any, model: LinearizedModel) -> float:
     """Relative max difference between the detached operator's logits and the recorded logits."""
-    unembed = session.bridge.original_model.get_output_embeddings()
     with torch.no_grad():
-        hidden = model(coefficients.inputs)["ln_final.hook_out"]
-        logits = unembed(hidden)
-        softcap = getattr(session.bridge.original_model.config, "final_logit_softcapping", None)
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = session.final_logits(model(coefficients.inputs)[hooknames.FINAL_NORM])
         ref = coefficients.logits
         return float((logits - ref).abs().max() / ref.abs().max())
 
@@ -265,13 +258,12 @@ def _decode_left(
     session: ModelSession, vectors: Float[Tensor, "d k"], y: Tensor, target: str, top: int
 ) -> tuple[list[list[str]], np.ndarray]:
     """Top output tokens of each left singular vector, its sign aligned with the output y."""
-    hf = session.bridge.original_model
-    w_u = _unwrap(hf.get_output_embeddings()).weight
+    w_u = session.output_embedding().weight
     vectors = vectors * torch.where((vectors.T @ y) < 0, -1.0, 1.0).to(vectors)
-    if target != "ln_final.hook_out":
+    if target != hooknames.FINAL_NORM:
         # A residual-stream direction is read through the final norm's weight (its scale is a
         # positive per-position constant that does not change the ranking).
-        final = _unwrap(hf.transformer.ln_f if model_family(session) == "gpt2" else hf.model.norm)
+        final = session.hf_final_norm()
         weight = final.weight + 1.0 if model_family(session) == "gemma3" else final.weight
         vectors = vectors * weight[:, None]
     with torch.no_grad():
@@ -287,7 +279,7 @@ def _nearest_inputs(
     session: ModelSession, vectors: Float[Tensor, "k seq d"], config: JacobianConfig
 ) -> tuple[list[list[str]], np.ndarray]:
     """For each right singular vector: its dominant input position and the nearest embeddings there."""
-    w_e = _unwrap(session.bridge.original_model.get_input_embeddings()).weight
+    w_e = session.input_embedding().weight
     key = (w_e.data_ptr(), tuple(w_e.shape), w_e.dtype)
     if key not in _EMBED_NORMS:
         with torch.no_grad():

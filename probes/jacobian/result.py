@@ -70,11 +70,6 @@ class JacobianConfig(Config):
         metadata={"help": "auto uses the full Jacobian up to this many tokens", "min": 1, "max": 512},
     )
 
-    @classmethod
-    def fast_for_tests(cls) -> JacobianConfig:
-        """Small settings for the reliability tests."""
-        return cls(max_tokens=48, layer_sweep=False, n_components=2)
-
     def validate(self, session: ModelSession) -> None:
         """Check the architecture, the layer and the sizes against the model."""
         super().validate(session)

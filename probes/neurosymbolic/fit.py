@@ -9,7 +9,6 @@ positions from the last block's output with the session's final norm + unembeddi
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -101,10 +100,6 @@ def mean_cosine(pred: Float[Tensor, "n d"], target: Float[Tensor, "n d"]) -> flo
 
 
 # ------------------------------------------------------------------------------------ collection
-class _StopForward(Exception):
-    """Raised from the deepest needed hook: nothing after it is computed."""
-
-
 @dataclass
 class Merge:
     """Vectors to merge into the residual stream after ``layer``: h ← (1−w)·h + w·vector.
@@ -172,8 +167,9 @@ def collect(
 
     ``positions[i]`` are the positions of sequence ``i`` to keep; with ``targets`` (one token id
     per kept position) the log-probability of each target and the argmax token at each kept
-    position are returned too (logits decoded only there). A ``merge`` is applied through
-    ``session.hooks`` like any intervention.
+    position are returned too (logits decoded only there). A ``merge`` is an intervention hook
+    of the same :meth:`~lenslab.models.session.ModelSession.capture`, which stops the forward
+    right after the deepest residual stream needed.
     """
     if len(sequences) != len(positions):
         raise ValueError("one list of positions per sequence is needed")
@@ -183,6 +179,7 @@ def collect(
     need_logits = targets is not None
     deepest = max([*layers, session.n_layers - 1 if need_logits else -1, merge.layer if merge else -1])
     kept = sorted(set(layers) | ({session.n_layers - 1} if need_logits else set()))
+    last = session.resid_name(session.n_layers - 1)  # its output decodes to the logits
     pad_id = session.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
     device = session.device
@@ -198,31 +195,18 @@ def collect(
         for b, i in enumerate(rows):
             tokens[b, : len(sequences[i])] = torch.as_tensor(list(sequences[i]), dtype=torch.long)
         tokens = tokens.to(device)
-        captured: dict[int, Tensor] = {}
-
-        def capture(layer: int, store: dict[int, Tensor] = captured):
-            def hook(resid: Tensor, *, hook=None) -> None:
-                store[layer] = resid.detach()
-                if layer == deepest:
-                    raise _StopForward
-
-            return hook
-
         hooks = []
         if merge is not None:
             mask, replacement = merge_tensors(merge, rows, seq_len, session.d_model, device)
             hooks.append((session.resid_name(merge.layer), merge_hook(mask, replacement, merge.weight)))
-        hooks += [(session.resid_name(layer), capture(layer)) for layer in kept]
-        if deepest not in kept:
-            hooks.append((session.resid_name(deepest), capture(deepest)))
-        with session.hooks(hooks) as bridge, torch.inference_mode(), contextlib.suppress(_StopForward):
-            bridge(tokens)
+        names = [session.resid_name(layer) for layer in sorted({*kept, deepest})]
+        captured = session.capture(tokens, names, hooks=hooks)
         for b, i in enumerate(rows):
             index = torch.as_tensor(list(positions[i]), dtype=torch.long, device=device)
             for layer in kept:
-                states[layer][i] = captured[layer][b, index].float()
+                states[layer][i] = captured[session.resid_name(layer)][b, index].float()
             if need_logits:
-                logits = session.decode_resid(captured[session.n_layers - 1][b, index]).float()
+                logits = session.decode_resid(captured[last][b, index]).float()
                 log_probs = logits.log_softmax(-1)
                 wanted = torch.as_tensor(list(targets[i]), dtype=torch.long, device=device)
                 target_logprob[i] = log_probs.gather(-1, wanted[:, None])[:, 0]

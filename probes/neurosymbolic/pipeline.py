@@ -11,7 +11,7 @@ Pipeline (Dhanraj & Eliasmith 2025, scaled to a CPU and a 270M model):
 3. Decoder: ridge map from the answer-step VSA vectors (digit to write + step atom,
    :meth:`Codebook.answer_step_vectors`) to h(p0 + j, layer), fitted on training problems for
    every layer at once (reconstruction only: the optional cross-entropy fine-tune is left out,
-   see docs/notes/issue-7.md). Its validation R² per layer is a second curve ("where is the
+   see docs/neurosymbolic.md). Its validation R² per layer is a second curve ("where is the
    digit to write linearly writable?"); by default the merge layer is the layer with the best
    R² at or after the encoder's layer (a one-pass system reads before it writes).
 4. Merge: encode, pick the operation by score (act only above the threshold), unbind the operands,
@@ -26,8 +26,7 @@ exact match and cross-entropy come from one forward per problem. Tokenizers that
 (GPT-2) are refused with a clear message.
 
 The artefact and its storage live in :mod:`lenslab.probes.neurosymbolic.artefact`, reading out
-and evaluating in :mod:`lenslab.probes.neurosymbolic.readout`; both are re-exported here so
-existing imports from ``lenslab.probes.neurosymbolic.pipeline`` keep working.
+and evaluating in :mod:`lenslab.probes.neurosymbolic.readout`.
 """
 
 from __future__ import annotations
@@ -38,10 +37,7 @@ import numpy as np
 import torch
 
 from lenslab.models.session import ModelSession
-from lenslab.probes.neurosymbolic.artefact import (
-    Artefact,
-    TrainConfig,
-)
+from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig
 from lenslab.probes.neurosymbolic.fit import Collected, LinearMap, collect, mean_cosine, ridge_path
 from lenslab.probes.neurosymbolic.readout import (
     Encoded,

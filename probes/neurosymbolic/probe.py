@@ -18,7 +18,7 @@ the same merges at all earlier answer positions, so generation and the teacher-f
 see identical interventions. See :mod:`.pipeline` for fitting, :mod:`.readout` for reading out
 and evaluation, :mod:`.vsa` for the algebra.
 
-Deviations from the paper (details in docs/notes/issue-7.md): operands below 100 by default
+Deviations from the paper (see docs/neurosymbolic.md): operands below 100 by default
 instead of 1000 (CPU budget; configurable), a few hundred training problems instead of
 thousands, ridge fits only (the decoder's optional cross-entropy fine-tune is not implemented),
 merge at every answer token rather than only the first (the first token alone cannot fix a
@@ -39,6 +39,7 @@ import plotly.graph_objects as go
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register
 from lenslab.probes.neurosymbolic.artefact import FORMAT, Artefact, TrainConfig, artefact_folder
+from lenslab.probes.neurosymbolic.fit import Merge, collect
 from lenslab.probes.neurosymbolic.pipeline import fit_artefact
 from lenslab.probes.neurosymbolic.readout import answer_tokens, decoded_steps, greedy_answer, read_out
 from lenslab.probes.neurosymbolic.tasks import OPERATIONS, default_shots, few_shot_prompt, parse_problem
@@ -95,11 +96,6 @@ class FitSummary:
     evaluation: np.ndarray  # [task, column]
     evaluation_threshold: float
     evaluation_weight: float
-
-    def evaluation_row(self, task: str) -> dict[str, float]:
-        """One row of the evaluation table as a dict."""
-        row = self.evaluation[self.evaluation_tasks.index(task)]
-        return dict(zip(self.evaluation_columns, row.tolist(), strict=True))
 
     def markdown(self) -> str:
         """The evaluation table as Markdown (notes, bench, notebooks)."""
@@ -363,8 +359,6 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
         answer_ids = answer_tokens(session, problem.answer)
         readout_layer = artefact.chosen_layer if config.layer == -1 else session.check_layer(config.layer)
         progress(0.1, "reading the hidden states")
-        from lenslab.probes.neurosymbolic.fit import Merge, collect
-
         with session.lock:
             layers = list(range(session.n_layers))
             clean = collect(session, [prompt_ids + answer_ids], [[len(prompt_ids) - 1]], layers)

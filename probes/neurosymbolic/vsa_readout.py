@@ -16,8 +16,7 @@ import plotly.graph_objects as go
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
-from lenslab.probes.inspector import StateRef, StateView, register_state_view
-from lenslab.probes.mlp_units import read_state
+from lenslab.probes.inspector import StateRef, StateView, read_state, register_state_view
 from lenslab.probes.neurosymbolic.probe import load_artefact
 from lenslab.probes.neurosymbolic.readout import read_out
 from lenslab.probes.neurosymbolic.tasks import OPERATIONS
@@ -28,11 +27,6 @@ from lenslab.progress import NO_PROGRESS, Progress
 @dataclass(frozen=True)
 class VSAReadoutConfig(Config):
     """Which state to read and the confidence threshold."""
-
-    @classmethod
-    def fast_for_tests(cls) -> VSAReadoutConfig:
-        """Small settings for the reliability tests."""
-        return cls(layer=0)
 
     layer: int = field(default=6, metadata={"help": "layer of the state", "min": 0})
     position: int = field(default=-1, metadata={"help": "token position (-1: last)"})

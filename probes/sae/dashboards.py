@@ -33,7 +33,7 @@ from torch import Tensor
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
 from lenslab.probes.sae.corpus import PYTHON_DOCS, TokenWindows, as_tensor, token_windows
-from lenslab.probes.sae.loading import LoadedSAE, capture, sae_root
+from lenslab.probes.sae.loading import LoadedSAE, sae_root
 from lenslab.progress import NO_PROGRESS, Progress
 
 ARRAY_FIELDS = (
@@ -193,7 +193,8 @@ def build_dashboards(
             first = b * settings.batch_size
             batch = tokens[first : first + settings.batch_size]
             with torch.inference_mode():
-                acts = loaded.encode(capture(session, batch, loaded.hook_name)[:, 1:]).float()
+                captured = session.capture(batch, [loaded.hook_name])[loaded.hook_name]
+                acts = loaded.encode(captured[:, 1:]).float()
             # flat corpus index of each non-BOS token in this batch
             rows = torch.arange(first, first + len(batch), device=device)[:, None] * context
             flat_index = (rows + torch.arange(1, context, device=device)[None, :]).reshape(-1)
@@ -271,7 +272,7 @@ def logit_effects(
     directly (the final norm's per-token scale is left out), so this reads which tokens a
     feature's direction promotes or suppresses. Computed in chunks of features.
     """
-    w_u = session.bridge.unembed.W_U.detach().float()
+    w_u = session.unembed_matrix.float()
     ids = list(range(loaded.d_sae)) if features is None else [loaded.check_feature(f) for f in features]
     out: list[list[Tensor]] = [[], [], [], []]
     with torch.inference_mode():

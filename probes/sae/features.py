@@ -11,10 +11,10 @@ Two probes share this module:
 - ``sae_feature`` (feature page, Neuronpedia / SAEDashboard style): top-activating corpus
   contexts with the activating token highlighted, examples from activation quantiles, the
   activation histogram, firing frequency and top/bottom logit effects (W_dec[f] · W_U). It reads
-  dashboards built for all features in one streaming pass (``probes/sae_dashboards.py``) and
+  dashboards built for all features in one streaming pass (``probes/sae/dashboards.py``) and
   cached per (model, SAE, corpus).
 
-SAEs come from ``probes/sae_loading.py`` (trained here, on disk, or sae-lens' registry); the
+SAEs come from ``probes/sae/loading.py`` (trained here, on disk, or sae-lens' registry); the
 shipped one is trained during set-up by :func:`prepare_default_artefacts`.
 """
 
@@ -29,6 +29,7 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
@@ -200,11 +201,9 @@ class SAEFeatures(Probe[SAEFeaturesConfig, SAEFeaturesResult]):
                 feats = loaded.encode(act)
                 recon = loaded.decode(feats)
             progress(0.5, "CE with the SAE spliced in")
-            with session.hooks([(loaded.hook_name, splice_hook(loaded))]) as bridge, torch.inference_mode():
-                logits_sae = bridge(tokens)
+            logits_sae = session.logits(tokens, [(loaded.hook_name, splice_hook(loaded))])
             progress(0.75, "CE with the activation zeroed")
-            with session.hooks([(loaded.hook_name, zero_hook())]) as bridge, torch.inference_mode():
-                logits_zero = bridge(tokens)
+            logits_zero = session.logits(tokens, [(loaded.hook_name, zero_hook())])
         seconds = time.perf_counter() - started
         ce = [_mean_ce(logits, tokens) for logits in (run.logits, logits_sae, logits_zero)]
         body, body_recon = act[1:], recon[1:]
@@ -261,11 +260,6 @@ def _mean_ce(logits: torch.Tensor, tokens: torch.Tensor) -> float:
 @dataclass(frozen=True)
 class SAEFeatureConfig(Config):
     """Which feature to show, and the corpus its dashboard is built from."""
-
-    @classmethod
-    def fast_for_tests(cls) -> SAEFeatureConfig:
-        """Small settings for the reliability tests."""
-        return cls(n_seq=8, context_size=16)
 
     sae: str = field(
         default=DEFAULT_SAE,
@@ -478,24 +472,10 @@ def top_features_by_frequency(
     return [(int(f), float(freq[f]), float(dash.top_values[f, 0])) for f in order if freq[f] > 0]
 
 
-def encode_prompt(session: ModelSession, loaded: LoadedSAE, prompt: str) -> Float[np.ndarray, "pos d_sae"]:
-    """Dense feature activations for every token of ``prompt`` (numpy, CPU)."""
-    with session.lock:
-        act = session.run(prompt, [loaded.hook_name]).activations[loaded.hook_name][0]
-        with torch.inference_mode():
-            return to_numpy(loaded.encode(act.float()))
-
-
 # ------------------------------------------------------------------------ inspector view
-def _hook_layer(hook_name: str) -> int | None:
-    """Layer of a ``blocks.<n>.…`` hook name (None for hooks outside the blocks)."""
-    parts = hook_name.split(".")
-    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
-
-
 def _sae_view(session: ModelSession, ref: StateRef, progress: Progress) -> SAEFeaturesResult:
     loaded = load_sae(session, SAEFeaturesConfig().sae)
-    layer = _hook_layer(loaded.hook_name)
+    layer = hooknames.layer_of(loaded.hook_name)
     if layer != ref.layer:
         raise ValueError(
             f"the SAE reads {loaded.hook_name} (layer {layer}); open the inspector at layer {layer} "

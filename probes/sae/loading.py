@@ -15,16 +15,14 @@ width there must equal the SAE's ``d_in``; lenslab-trained SAEs must also come f
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 
 from lenslab.models.paths import family_dir
@@ -230,65 +228,20 @@ def check_fits(session: ModelSession, sae: Any) -> str:
     hook_name = getattr(sae.cfg.metadata, "hook_name", None)
     if not hook_name:
         raise ValueError("the SAE's config names no hook point (metadata.hook_name); cannot attach it")
-    hook_dict = session.bridge.hook_dict
-    if hook_name not in hook_dict:
+    if hook_name not in session.hook_names:
         raise ValueError(
             f"the SAE reads hook point {hook_name!r}, which {session.model_id} does not have "
             f"(it has {session.n_layers} layers; residual hooks are blocks.<l>.hook_out)"
         )
-    canonical = getattr(hook_dict[hook_name], "name", None) or hook_name
-    if canonical not in hook_dict:
-        canonical = hook_name
+    canonical = session.canonical_hook_name(hook_name)
     if getattr(sae.cfg, "reshape_activations", "none") != "none":
         raise ValueError("SAEs on per-head activations (hook_z) are not supported by this page")
     bos = session.tokenizer.bos_token_id
     probe = torch.tensor([[bos if bos is not None else 0]], device=session.device)
-    width = capture(session, probe, canonical).shape[-1]
+    width = session.capture(probe, [canonical])[canonical].shape[-1]
     if width != sae.cfg.d_in:
         raise ValueError(
             f"the SAE expects {sae.cfg.d_in}-wide activations at {hook_name}, but {session.model_id} has "
             f"{width} there: it was trained for a different model"
         )
     return canonical
-
-
-class _Captured(Exception):
-    """Raised from a hook to stop the forward pass once the wanted activation is captured."""
-
-
-def capture(
-    session: ModelSession,
-    tokens: Int[Tensor, "batch seq"],
-    hook_name: str,
-    extra_hooks: Sequence[tuple[str, Any]] = (),
-) -> Tensor:
-    """Activations at ``hook_name`` for ``tokens``, stopping the forward pass right there.
-
-    Layers after the hook are never run, which makes activation collection for early and middle
-    hooks several times cheaper than a full forward (and capturing ``ln_final.hook_out`` skips
-    the 262k-wide unembedding). ``extra_hooks`` (e.g. an SAE splice) run in the same pass.
-    """
-    box: dict[str, Tensor] = {}
-
-    def grab(activation: Tensor, hook: Any) -> None:
-        box["act"] = activation.detach().clone()
-        raise _Captured
-
-    hooks = [*extra_hooks, (hook_name, grab)]
-    with session.hooks(hooks) as bridge, torch.inference_mode(), contextlib.suppress(_Captured):
-        bridge(tokens, return_type=None)
-    if "act" not in box:
-        raise ValueError(f"hook {hook_name!r} did not fire during the forward pass")
-    return box["act"]
-
-
-def final_logits(
-    session: ModelSession, final_hidden: Float[Tensor, "... d_model"]
-) -> Float[Tensor, "... vocab"]:
-    """Logits from final-norm outputs (``ln_final.hook_out``), with the model's logit soft-cap if any."""
-    with torch.inference_mode():
-        logits = session.bridge.unembed(final_hidden)
-    cap = getattr(session.bridge.original_model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits

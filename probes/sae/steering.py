@@ -60,9 +60,9 @@ def greedy(
     """Greedy continuation of ``tokens`` with ``hooks`` live; also returns the first step's probabilities."""
     ids = tokens
     first_probs: Tensor | None = None
-    with session.hooks(hooks) as bridge, torch.inference_mode():
+    with session.hooks(hooks) as model, torch.inference_mode():
         for _ in range(n_new):
-            logits = bridge(ids)[0, -1].float()
+            logits = model(ids)[0, -1].float()
             if first_probs is None:
                 first_probs = logits.softmax(-1)
             ids = torch.cat([ids, logits.argmax()[None, None]], dim=1)

@@ -17,25 +17,25 @@ import math
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config
 from lenslab.probes.sae.corpus import PYTHON_DOCS, TokenWindows, as_tensor, token_windows
-from lenslab.probes.sae.loading import INFO_FILE, LoadedSAE, capture, final_logits, load_sae, trained_dir
+from lenslab.probes.sae.loading import INFO_FILE, LoadedSAE, load_sae, trained_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
-HOOKS = {
-    "resid_post": "blocks.{layer}.hook_out",
-    "mlp_out": "blocks.{layer}.mlp.hook_out",
-    "attn_out": "blocks.{layer}.attn.hook_out",
+HOOKS: dict[str, Callable[[int], str]] = {
+    "resid_post": hooknames.resid,
+    "mlp_out": hooknames.mlp_out,
+    "attn_out": hooknames.attn_out,
 }
 
 
@@ -66,7 +66,7 @@ class SAETrainingConfig(Config):
 
     def hook_name(self) -> str:
         """The hook point this config trains on."""
-        return HOOKS[self.hook].format(layer=self.layer)
+        return HOOKS[self.hook](self.layer)
 
     def validate(self, session: ModelSession) -> None:
         """Check numbers, the layer, the name and that k fits d_sae."""
@@ -75,7 +75,7 @@ class SAETrainingConfig(Config):
         trained_dir(session, self.name)
         if self.k > self.d_sae:
             raise ValueError(f"k={self.k} cannot exceed the number of features d_sae={self.d_sae}")
-        if self.hook_name() not in session.bridge.hook_dict:
+        if self.hook_name() not in session.hook_names:
             raise ValueError(f"{session.model_id} has no hook point {self.hook_name()!r}")
 
 
@@ -94,7 +94,7 @@ def collect_activations(
     n_batches = math.ceil(len(tokens) / batch_size)
     for i in range(n_batches):
         batch = tokens[i * batch_size : (i + 1) * batch_size]
-        act = capture(session, batch, hook_name)[:, 1:]
+        act = session.capture(batch, [hook_name])[hook_name][:, 1:]
         chunks.append(act.reshape(-1, act.shape[-1]).float())
         progress(
             span[0] + (span[1] - span[0]) * (i + 1) / n_batches, f"collecting activations {i + 1}/{n_batches}"
@@ -266,12 +266,6 @@ def zero_hook(*, skip_bos: bool = True) -> Any:
     return zero
 
 
-def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
-    """Per-position next-token cross-entropy [batch, seq-1] in float32."""
-    logprobs = logits[:, :-1].float().log_softmax(-1)
-    return -logprobs.gather(-1, tokens[:, 1:, None])[..., 0]
-
-
 def evaluate_sae(
     session: ModelSession,
     loaded: LoadedSAE,
@@ -292,7 +286,7 @@ def evaluate_sae(
     positions = torch.arange(1, tokens.shape[1] - 1, position_stride, device=session.device)
     for start in range(0, len(tokens), batch_size):
         batch = tokens[start : start + batch_size]
-        act = capture(session, batch, loaded.hook_name)[:, 1:].float()
+        act = session.capture(batch, [loaded.hook_name])[loaded.hook_name][:, 1:].float()
         with torch.inference_mode():
             feats = loaded.encode(act)
             recon = loaded.decode(feats)
@@ -306,8 +300,10 @@ def evaluate_sae(
             ("ce_sae", ((loaded.hook_name, splice_hook(loaded)),)),
             ("ce_zero", ((loaded.hook_name, zero_hook()),)),
         ):
-            hidden = capture(session, batch, "ln_final.hook_out", extra)[:, positions]
-            logprobs = final_logits(session, hidden).float().log_softmax(-1)
+            hidden = session.capture(batch, [hooknames.FINAL_NORM], hooks=extra)[hooknames.FINAL_NORM]
+            with torch.inference_mode():
+                logits = session.final_logits(hidden[:, positions])
+            logprobs = logits.float().log_softmax(-1)
             sums[key] += float(-logprobs.gather(-1, targets[..., None]).sum())
         sums["n_ce"] += targets.numel()
     acts = torch.cat(acts_all)
@@ -339,8 +335,3 @@ def ensure_trained(
             progress(1.0, "SAE already trained")
             return load_sae(session, spec)
     return train_sae(session, config, progress, overwrite=True)
-
-
-def result_path(loaded: LoadedSAE) -> Path | None:
-    """Folder of a loaded SAE (None for pretrained ones)."""
-    return loaded.path

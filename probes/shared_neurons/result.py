@@ -1,4 +1,4 @@
-"""Config and Result of the shared-neuron analysis; :mod:`.shared_neurons` holds the probe."""
+"""Config and Result of the shared-neuron analysis; :mod:`.probe` holds the probe."""
 
 from __future__ import annotations
 
@@ -95,11 +95,6 @@ class SharedNeuronsConfig(Config):
         default=0, metadata={"help": "seed of the built-in sets, random control and noise", "min": 0}
     )
     batch_size: int = field(default=8, metadata={"help": "prompts per forward pass", "min": 1, "max": 256})
-
-    @classmethod
-    def fast_for_tests(cls) -> SharedNeuronsConfig:
-        """Small settings for the reliability tests."""
-        return cls(n_prompts=4, causal=False)
 
     def validate(self, session: ModelSession) -> None:
         """Check numbers, that the sets resolve, and that k fits the MLP width."""

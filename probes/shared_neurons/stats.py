@@ -1,20 +1,13 @@
-"""Overlap statistics of the shared-neuron analysis: per-layer overlap, Jaccard, chance, p-values.
-
-Split out of :mod:`lenslab.probes.shared_neurons.probe` (which re-exports these names).
-"""
+"""Overlap statistics of the shared-neuron analysis: per-layer overlap, Jaccard, chance, p-values."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 from jaxtyping import Float, Int
 from scipy.stats import hypergeom
-
-if TYPE_CHECKING:
-    pass
 
 
 # ----------------------------------------------------------------------------------- overlap maths

@@ -1,13 +1,15 @@
-"""Unit-level model access for the shared-neuron analysis: hooks, weights, streamed scores, interventions.
+"""Unit-level model access for the shared-neuron analysis: weights, streamed scores, interventions.
 
-Split out of :mod:`lenslab.probes.shared_neurons.probe` (which re-exports these names).
+A unit is one MLP hidden activation (:func:`lenslab.models.hooknames.mlp_hidden`); a head's
+output is read at :func:`lenslab.models.hooknames.attn_heads`. Every forward goes through the
+session and stops at the final norm, so the 262k-wide unembedding is never computed.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 from jaxtyping import Float, Int
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
 from lenslab.probes.shared_neurons.tasks import TaskItem
@@ -22,16 +25,6 @@ from lenslab.progress import NO_PROGRESS, Progress
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-
-def mlp_hook(layer: int) -> str:
-    """Hook name of the MLP hidden (the down projection's input) of block ``layer``."""
-    return f"blocks.{layer}.mlp.out.hook_in"
-
-
-def head_hook(layer: int) -> str:
-    """Hook name of the per-head attention output ``z`` (the output projection's input)."""
-    return f"blocks.{layer}.attn.o.hook_in"
 
 
 # -------------------------------------------------------------------------------- model utilities
@@ -48,13 +41,13 @@ def _in_out_weight(module: Any) -> Tensor:
 
 def unit_output_weight(session: ModelSession, layer: int) -> Float[Tensor, " unit"]:
     """Mean |output weight| of every MLP unit of ``layer`` (StreetMath's |W| column mean)."""
-    down = _in_out_weight(session.bridge.blocks[layer].mlp.out.original_component)
+    down = _in_out_weight(session.block_component(layer, "mlp.out"))
     return down.detach().float().abs().mean(-1)
 
 
 def head_output_weight(session: ModelSession, layer: int) -> Float[Tensor, "head d_head d_model"]:
     """The attention output projection of ``layer`` split per head."""
-    o_proj = _in_out_weight(session.bridge.blocks[layer].attn.o.original_component)
+    o_proj = _in_out_weight(session.block_component(layer, "attn.o"))
     n_heads = int(session.cfg.n_heads)
     return o_proj.detach().reshape(n_heads, -1, o_proj.shape[-1])
 
@@ -107,9 +100,7 @@ def perturbed_weights(session: ModelSession, scale: float, seed: int = 0) -> Ite
     with session.lock:
         try:
             with torch.no_grad():
-                for _, param in sorted(
-                    session.bridge.original_model.named_parameters(), key=lambda kv: kv[0]
-                ):
+                for _, param in sorted(session.named_weights(), key=lambda kv: kv[0]):
                     if param.ndim != 2 or session.d_vocab in param.shape:
                         continue
                     saved.append((param, param.detach().clone()))
@@ -174,29 +165,11 @@ def _batches(
         yield chunk, tokens.to(session.device)
 
 
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early (before the unembedding)."""
-
-
-def _run_until_final_norm(
-    session: ModelSession, tokens: Int[Tensor, "batch seq"], hooks: list[tuple[str, Callable]]
+def _last_resid(
+    session: ModelSession, tokens: Int[Tensor, "batch seq"], hooks: Sequence[tuple[str, Callable]]
 ) -> Float[Tensor, "batch seq d_model"]:
-    """Forward with ``hooks`` attached, stopping at the final norm; returns the last residual."""
-    captured: dict[str, Tensor] = {}
-
-    def stop(tensor: Tensor, *, hook: Any) -> None:
-        captured["resid"] = tensor
-        raise _StopForward
-
-    with (
-        session.hooks([*hooks, ("ln_final.hook_in", stop)]) as bridge,
-        torch.inference_mode(),
-        suppress(_StopForward),
-    ):
-        bridge(tokens)
-    if "resid" not in captured:
-        raise RuntimeError("the forward pass never reached the final norm")
-    return captured["resid"]
+    """The last residual stream (the final norm's input) with ``hooks`` live; the unembedding never runs."""
+    return session.capture(tokens, [hooknames.FINAL_NORM_IN], hooks=hooks)[hooknames.FINAL_NORM_IN]
 
 
 @dataclass
@@ -264,8 +237,8 @@ def unit_statistics(
 
         return read
 
-    hooks = [(mlp_hook(layer), mlp_reader(layer)) for layer in layers]
-    hooks += [(head_hook(layer), head_reader(layer)) for layer in layers]
+    hooks = [(hooknames.mlp_hidden(layer), mlp_reader(layer)) for layer in layers]
+    hooks += [(hooknames.attn_heads(layer), head_reader(layer)) for layer in layers]
     started = time.perf_counter()
     done = 0
     with session.lock:
@@ -276,7 +249,7 @@ def unit_statistics(
                 all_mask[row, 1 : item.prompt_len] = 1.0  # BOS excluded
                 answer_mask[row, item.prompt_len - 1] = 1.0
             masks["all"], masks["answer"] = all_mask, answer_mask
-            _run_until_final_norm(session, tokens, hooks)
+            _last_resid(session, tokens, hooks)
             stats.tokens_all += int(all_mask.sum().item())
             stats.tokens_answer += len(chunk)
             done += len(chunk)
@@ -333,7 +306,7 @@ def intervention_hooks(
                 out[..., idx] = tensor[..., idx] * alpha
             return out
 
-        hooks.append((mlp_hook(layer), edit))
+        hooks.append((hooknames.mlp_hidden(layer), edit))
     return hooks
 
 
@@ -359,7 +332,7 @@ def answer_scores(
     logprobs, correct = [], []
     with session.lock:
         for chunk, tokens in _batches(session, encoded, batch_size):
-            resid = _run_until_final_norm(session, tokens, list(hooks))
+            resid = _last_resid(session, tokens, hooks)
             for row, item in enumerate(chunk):
                 positions = torch.arange(
                     item.prompt_len - 1, item.prompt_len - 1 + item.answer_len, device=resid.device

@@ -27,7 +27,7 @@ def test_every_page_renders(module, lenslab_home):
 
 
 def test_main_navigation_runs_default_page(lenslab_home):
-    at = AppTest.from_file("../app/main.py", default_timeout=TIMEOUT).run()
+    at = AppTest.from_file("../../app/main.py", default_timeout=TIMEOUT).run()
     assert not at.exception
     assert at.sidebar.selectbox[0].value == "gemma-3-270m"
 

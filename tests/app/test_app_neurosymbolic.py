@@ -7,7 +7,7 @@ import functools
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lenslab.probes import neurosymbolic
+from lenslab.probes.neurosymbolic import probe as neurosymbolic_probe
 from lenslab.probes.neurosymbolic.artefact import TrainConfig
 
 pytestmark = pytest.mark.slow
@@ -30,8 +30,13 @@ TINY_FIT = functools.partial(
 )
 
 
+def use_tiny_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make TINY_FIT the page's default fit: the probe module builds the default TrainConfig."""
+    monkeypatch.setattr(neurosymbolic_probe, "TrainConfig", TINY_FIT)
+
+
 def test_page_fits_shows_curve_and_answers_a_problem(lenslab_home, monkeypatch):
-    monkeypatch.setattr(neurosymbolic, "TrainConfig", TINY_FIT)
+    use_tiny_fit(monkeypatch)
     at = AppTest.from_string(SCRIPT, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("No encoders are fitted" in i.value for i in at.info)
@@ -56,7 +61,7 @@ def test_page_fits_shows_curve_and_answers_a_problem(lenslab_home, monkeypatch):
 
 
 def test_page_refuses_encoders_of_another_model(lenslab_home, monkeypatch, tiny_gemma):
-    monkeypatch.setattr(neurosymbolic, "TrainConfig", TINY_FIT)
+    use_tiny_fit(monkeypatch)
     from lenslab.models import loading
     from lenslab.probes.neurosymbolic.artefact import artefact_folder
     from lenslab.probes.neurosymbolic.pipeline import fit_artefact

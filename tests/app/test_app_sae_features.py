@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from lenslab.models.tiny import tiny_session
-
-SCRIPT = "from lenslab.app.views import sae_features as page\npage.render()\n"
-TIMEOUT = 300
 KEY = "sae"
 
 
 @pytest.fixture
-def app(monkeypatch, lenslab_home):
-    session = tiny_session("gemma3")
-    monkeypatch.setattr("lenslab.app.state.session", lambda: session)
-    at = AppTest.from_string(SCRIPT, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+def app(open_page):
+    return open_page("sae_features")
 
 
 def _ok(at: AppTest) -> AppTest:

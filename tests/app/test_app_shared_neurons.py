@@ -6,19 +6,13 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lenslab.app.views import shared_neurons as page
-from lenslab.models.tiny import tiny_session
 
-SCRIPT = "from lenslab.app.views import shared_neurons as page\npage.render()\n"
-TIMEOUT = 300
 KEY = "shared_neurons"
 
 
 @pytest.fixture
-def app(monkeypatch, lenslab_home):
-    session = tiny_session("gemma3")
-    monkeypatch.setattr("lenslab.app.state.session", lambda: session)
-    at = AppTest.from_string(SCRIPT, default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
+def app(open_page):
+    at = open_page("shared_neurons")
     at.number_input(key=f"{KEY}:n_prompts").set_value(3)
     at.number_input(key=f"{KEY}:top_k").set_value(8)
     return at.run()

@@ -40,7 +40,7 @@ def test_lenslab_app_command_defaults_to_localhost(monkeypatch):
 
 @pytest.mark.slow
 def test_plain_streamlit_run_listens_on_loopback_only(tmp_path):
-    """`streamlit run app/main.py` with no address flag, from the repo root: loopback sockets only."""
+    """`streamlit run` from the repo root with no address flag listens on loopback sockets only."""
     server = start_app(tmp_path, address=None, extra_env={"HF_TOKEN": FAKE})
     try:
         addresses = listening_addresses(server.port)

@@ -44,7 +44,7 @@ RUN_TIMEOUT_S = 240
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One app server for the module, with its own reports folder and a fake secret in its env."""
-    env = {"HF_TOKEN": FAKE_TOKEN, "LENSLAB_FAST_CONFIGS": "1"}  # forms start at fast_for_tests()
+    env = {"HF_TOKEN": FAKE_TOKEN}  # start_app runs tests/e2e_app.py: forms start at fast configs
     env["LENSLAB_TIME_LIMIT_S"] = str(RUN_TIMEOUT_S - 30)  # a runaway run ends with a message
     app = start_app(tmp_path_factory.mktemp("e2e"), extra_env=env)
     yield app
@@ -206,8 +206,8 @@ def test_reports_page_opens_a_saved_report(page, server, tiny_gemma):
         _open(page, server, "reports")
         page.get_by_text("e2e opened report").first.click()
         page.get_by_text("Open").first.wait_for(state="visible")
-        page.locator("[data-testid='stCheckbox'], [data-testid='stToggle']").first.click()
         idle(page)
+        _switch_on(page, "[data-testid='stCheckbox'], [data-testid='stToggle']")
         page.locator(".js-plotly-plot").first.wait_for(state="attached", timeout=60_000)
         _no_crash(page)
         STATS.add("reports_checked")
@@ -215,6 +215,21 @@ def test_reports_page_opens_a_saved_report(page, server, tiny_gemma):
     except Exception:
         screenshot(page, "e2e-reports-open")
         raise
+
+
+def _switch_on(page, selector: str, tries: int = 3) -> None:
+    """Click the first toggle matching ``selector`` until its input is checked.
+
+    A click that lands while Streamlit is still re-running the script can be dropped by the
+    rerun; the page is what a user sees, so the test clicks again as a user would.
+    """
+    toggle = page.locator(selector).first
+    for _ in range(tries):
+        if toggle.locator("input").first.is_checked():
+            return
+        toggle.click()
+        idle(page)
+    assert toggle.locator("input").first.is_checked(), "the toggle never switched on"
 
 
 def _run_prompt(page, text: str) -> None:

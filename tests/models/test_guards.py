@@ -7,6 +7,7 @@ import gc
 import pytest
 import torch
 from e2e_support import STATS
+from fast_configs import fast_config
 from streamlit.testing.v1 import AppTest
 
 from lenslab.models import guards
@@ -196,7 +197,7 @@ def test_every_probe_stops_at_an_expired_time_limit(name, tiny_gemma):
     probe = registered_probes()[name]()
     progress = guards.time_limited(lambda f, m="": None, 1e-9)
     try:
-        probe.run(tiny_gemma, "The capital of France is", probe.config_cls.fast_for_tests(), progress)
+        probe.run(tiny_gemma, "The capital of France is", fast_config(name), progress)
     except Cancelled as exc:
         assert "time limit" in str(exc)
         STATS.add("time_limited")

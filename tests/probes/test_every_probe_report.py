@@ -4,6 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from fast_configs import fast_config
 
 from lenslab.analyses.report import Report
 from lenslab.probes import get_probe, registered_probes
@@ -29,7 +30,7 @@ def _equal(a, b) -> bool:
 
 def _result(name, tiny, embedded):
     probe = get_probe(name)
-    config = probe.config_cls.fast_for_tests()
+    config = fast_config(name)
     try:
         return probe.run(tiny, PROMPT, config)
     except (ValueError, FileNotFoundError):  # needs artefacts or layers only the real model has

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.probes.feature_attribution import FeatureAttribution, FeatureAttributionConfig, pre_activation
 from lenslab.probes.sae.loading import load_sae
 
+STATE = hooknames.resid(1)
 
-def _sae_folder(tmp_path, d_in, hook="blocks.1.hook_out"):
+
+def _sae_folder(tmp_path, d_in, hook=STATE):
     from sae_lens.saes.sae import SAEMetadata
     from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig
 
@@ -34,7 +37,7 @@ def test_shares_sum_to_pre_activation(tmp_path, family):
     assert res.attribution.shape == (len(res.tokens), 5)
     # the features chosen are the SAE's strongest at that state, with its real activations
     loaded = load_sae(session, spec)
-    state = session.run("hello world", ["blocks.1.hook_out"]).activations["blocks.1.hook_out"][0, -1]
+    state = session.run("hello world", [STATE]).activations[STATE][0, -1]
     acts = loaded.encode(state[None])[0]
     assert set(res.features.tolist()) == set(acts.topk(5).indices.tolist())
     np.testing.assert_allclose(
@@ -48,7 +51,7 @@ def test_shares_sum_to_pre_activation(tmp_path, family):
 
 
 def test_wrong_hook_and_long_prompt_refused(tmp_path, tiny_gemma):
-    spec = _sae_folder(tmp_path, tiny_gemma.d_model, hook="blocks.1.attn.hook_out")
+    spec = _sae_folder(tmp_path, tiny_gemma.d_model, hook=hooknames.attn_out(1))
     with pytest.raises(ValueError, match="residual stream"):
         FeatureAttribution().run(tiny_gemma, "hi", FeatureAttributionConfig(sae=spec))
     spec = _sae_folder(tmp_path / "b", tiny_gemma.d_model)

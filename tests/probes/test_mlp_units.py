@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.probes.mlp_units import MLPUnits, MLPUnitsConfig
 
 
 def test_top_units_match_brute_force(tiny_any):
     res = MLPUnits().run(tiny_any, "hello there", MLPUnitsConfig(layer=1, position=3, k=5))
-    hook = "blocks.1.mlp.out.hook_in"
+    hook = hooknames.mlp_hidden(1)
     hidden = tiny_any.run("hello there", [hook]).activations[hook][0, 3]
     expected = hidden.abs().topk(5).indices.numpy()
     assert np.array_equal(res.units, expected)

@@ -4,7 +4,7 @@ Each parallel result must equal the same job run alone (arrays bit-exact, plain 
 may stay attached, and the weights must be unchanged. Saboteur threads fail mid-run — a progress
 callback that raises, a hook that raises inside the forward — and must not disturb anyone else.
 Probes join automatically from the registry; a probe that needs artefacts which are not there, or
-whose ``Config.fast_for_tests()`` is too slow for the pilot, is left out with a printed note.
+whose fast config (``tests/fast_configs.py``) is too slow for the pilot, is left out with a printed note.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from e2e_support import STATS, runnable_probes
+from fast_configs import fast_config
 
 from lenslab.probes import registered_probes
 
@@ -165,7 +166,7 @@ def test_mixed_registered_probes_in_parallel_on_a_tiny_model(tiny_gemma):
 def test_eight_threads_on_the_embedded_model(embedded_session):
     """The logit lens on the embedded model: 6 threads computing while 2 saboteurs fail mid-run."""
     session = embedded_session
-    config = registered_probes()["logit_lens"].config_cls.fast_for_tests()
+    config = fast_config("logit_lens")
     if config.layers is None:  # three layers keep it cheap on a CPU; the threads still interleave
         config = config.replace(layers=(0, session.n_layers // 2, session.n_layers - 1))
     _check_mix(session, {"logit_lens": (config, None, 0.0)}, n_jobs=N_THREADS - 2, saboteurs=True)

@@ -20,6 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 import pytest
 from e2e_support import STATS
+from fast_configs import fast_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,14 +120,14 @@ def _is_fast(name: str, session) -> bool:
             probe.run(
                 session,
                 "The capital of France is",
-                probe.config_cls.fast_for_tests(),
+                fast_config(name),
                 guards.time_limited(NO_PROGRESS, FAST_LIMIT_S),
             )
             _SPEED[name] = True
         except Cancelled:
             _SPEED[name] = False
             STATS.note(
-                f"fuzz: {name} fast_for_tests() exceeds {FAST_LIMIT_S:g} s on the tiny model; its valid "
+                f"fuzz: {name}'s fast config exceeds {FAST_LIMIT_S:g} s on the tiny model; its valid "
                 "cases are run up to the first progress update only"
             )
         except (ValueError, FileNotFoundError):
@@ -160,7 +161,7 @@ def check_outcome(action, what: str) -> str:
 def test_fuzz_probe_configs_and_prompts(name, tiny_gemma):
     session = tiny_gemma
     probe_cls = registered_probes()[name]
-    base = probe_cls.config_cls.fast_for_tests()
+    base = fast_config(name)
     strategies = _mutable_fields(probe_cls.config_cls)
     limit = FAST_LIMIT_S if _is_fast(name, session) else 1e-9
     field_names = sorted(strategies)

@@ -103,8 +103,9 @@ def test_transplant_writes_exactly_one_position_and_is_removed(tiny_gemma):
     def capture(tensor, *, hook):
         seen["resid"] = tensor[0].detach().clone()
 
-    with session.hooks([(name, transplant_hook(states, 4)), (name, capture)]), torch.inference_mode():
-        session.bridge(tokens)
+    hooks = [(name, transplant_hook(states, 4)), (name, capture)]
+    with session.hooks(hooks) as model, torch.inference_mode():
+        model(tokens)
     assert session.active_hook_count() == 0
     changed = (seen["resid"] != clean).any(-1)
     assert changed.tolist() == [i == 4 for i in range(tokens.shape[1])]
@@ -238,14 +239,14 @@ def test_linear_at_last_layer_is_exact_for_n0(tiny_gemma, tiny_data):
 
 def test_soft_prompt_training_lowers_kl_and_round_trips(tiny_gemma, tiny_data, lenslab_home):
     session = tiny_gemma
-    before = [p.detach().clone() for p in session.bridge.parameters()]
+    before = [p.detach().clone() for _, p in session.named_weights()]
     settings = PromptTraining(epochs=6, lr=5e-2, batch_size=16)
     prompt = train_soft_prompt(session, tiny_data, 1, settings)
     losses = prompt.meta["losses"]
     assert len(losses) == 6 * 4
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
-    assert all(torch.equal(a, b) for a, b in zip(before, session.bridge.parameters(), strict=True))
-    assert all(p.grad is None for p in session.bridge.parameters())
+    assert all(torch.equal(a, b) for a, (_, b) in zip(before, session.named_weights(), strict=True))
+    assert all(p.grad is None for _, p in session.named_weights())
     assert prompt.vectors.shape == (10, session.d_model)
     assert prompt.meta["multiplier"] == pytest.approx(session.d_model**0.5, rel=1e-3)  # Gemma scales by √d
     path = prompt.save(lenslab_home / "p.safetensors")

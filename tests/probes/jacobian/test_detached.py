@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.models.tiny import tiny_session
 from lenslab.probes.jacobian.algorithms import one_hot_inputs
 from lenslab.probes.jacobian.detached import (
     COMPONENTS,
-    as_float64,
     detached,
     model_family,
     record_coefficients,
@@ -27,7 +27,7 @@ def tiny64(request):
 
 
 def _targets(session):
-    return ["ln_final.hook_out"] + [
+    return [hooknames.FINAL_NORM] + [
         target_hook(session, layer, part) for layer in range(session.n_layers) for part in COMPONENTS
     ]
 
@@ -61,7 +61,7 @@ def test_detached_is_linear_float64(tiny64):
         real = coefficients.outputs[name][0]
         assert (total - real).norm() / real.norm() < 1e-10, name
         assert (whole[name][0] - real).norm() / real.norm() < 1e-12, name
-    has_bias = out["ln_final.hook_out"][seq].norm() > 0
+    has_bias = out[hooknames.FINAL_NORM][seq].norm() > 0
     assert bool(has_bias) == (model_family(session) == "gpt2")
 
 
@@ -128,14 +128,15 @@ def test_target_hook_validation(tiny_gemma):
         target_hook(tiny_gemma, 0, "ffn")
     with pytest.raises(ValueError, match="no attention/MLP part"):
         target_hook(tiny_gemma, None, "attn")
-    assert target_hook(tiny_gemma, 1, "attn") == "blocks.1.ln1_post.hook_out"
+    assert target_hook(tiny_gemma, 1, "attn") == hooknames.attn_post_norm(1)
 
 
 def test_float64_copy_is_cached_and_separate(tiny_gemma):
-    """as_float64 makes one float64 copy per session and leaves the original float32 model alone."""
-    copy = as_float64(tiny_gemma)
+    """session.converted makes one float64 copy per session and leaves the float32 model alone."""
+    copy = tiny_gemma.converted(torch.float64)
     assert copy.dtype == torch.float64 and tiny_gemma.dtype == torch.float32
-    assert as_float64(tiny_gemma) is copy
-    assert as_float64(copy) is copy
+    assert tiny_gemma.converted("float64") is copy
+    assert copy.converted(torch.float64) is copy
+    assert copy.lock is not tiny_gemma.lock
     tokens = tiny_gemma.tokenize(PROMPT)
     assert torch.allclose(copy.run(tokens).logits.float(), tiny_gemma.run(tokens).logits, atol=1e-4)

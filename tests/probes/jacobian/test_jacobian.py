@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.models.tiny import tiny_session
 from lenslab.probes import get_probe
-from lenslab.probes.jacobian.algorithms import contributions, func_vjp_rows, jacobian, krylov_svd, layer_sweep
+from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd, layer_sweep
 from lenslab.probes.jacobian.detached import record_coefficients, target_hook
 from lenslab.probes.jacobian.operator import LinearizedModel
 from lenslab.probes.jacobian.result import JacobianConfig, JacobianResult
@@ -31,7 +32,7 @@ def test_sum_of_jacobian_terms_reproduces_y(linear64):
     """Σ_i J_i x_i (+ b) = y to 1e-10 in float64, for the final state and layer parts."""
     session, coefficients, model = linear64
     inputs = coefficients.inputs
-    for target in ["ln_final.hook_out", target_hook(session, 0, "attn"), target_hook(session, 1, "mlp")]:
+    for target in [hooknames.FINAL_NORM, target_hook(session, 0, "attn"), target_hook(session, 1, "mlp")]:
         for position in (-1, 2):
             full = jacobian(model, inputs, target, position, chunk=11)
             bias = model(torch.zeros_like(inputs), (target,))[target][0, position]
@@ -50,7 +51,8 @@ def test_adjoint_equals_autograd(linear64):
     assert torch.allclose(jacobian(model, inputs, target, -1), reference, atol=1e-12, rtol=0)
     cotangents = torch.randn(5, session.d_model, dtype=torch.float64)
     rows = model.adjoint(cotangents, target, coefficients.seq_len - 1)
-    assert torch.allclose(rows, func_vjp_rows(fn, inputs, cotangents), atol=1e-12, rtol=0)
+    _, vjp_fn = torch.func.vjp(lambda x: fn(x[None])[0], inputs[0])
+    assert torch.allclose(rows, torch.func.vmap(vjp_fn)(cotangents)[0], atol=1e-12, rtol=0)
     several = model.adjoint_layers(cotangents[:2], [0, 1], coefficients.seq_len - 1)
     assert torch.allclose(several[1], rows[1], atol=1e-12, rtol=0)
 
@@ -59,7 +61,7 @@ def test_contributions_match_jacobian(linear64):
     """The batched one-token forwards give J_i x_i for every layer and position."""
     session, coefficients, model = linear64
     inputs = coefficients.inputs
-    targets = ["ln_final.hook_out", target_hook(session, 0, "resid")]
+    targets = [hooknames.FINAL_NORM, target_hook(session, 0, "resid")]
     contrib, bias = contributions(model, inputs, targets, chunk=3)
     for target in targets:
         for position in (1, coefficients.seq_len - 1):
@@ -75,19 +77,19 @@ def test_krylov_svd_matches_exact(linear64):
     _session, coefficients, model = linear64
     inputs = coefficients.inputs
     for position in (-1, 2):
-        full = jacobian(model, inputs, "ln_final.hook_out", position)
+        full = jacobian(model, inputs, hooknames.FINAL_NORM, position)
         exact = torch.linalg.svdvals(full.reshape(full.shape[0], -1))
-        top = krylov_svd(model, inputs, "ln_final.hook_out", position, rank=4, block=3, tol=1e-12)
+        top = krylov_svd(model, inputs, hooknames.FINAL_NORM, position, rank=4, block=3, tol=1e-12)
         assert top.converged
         assert torch.allclose(top.s, exact[:4], rtol=1e-8)
         assert torch.allclose(top.vh @ top.vh.T, torch.eye(4, dtype=torch.float64), atol=1e-10)
         # right vectors live on the full sequence (zero after the target position) and are J's
         flat = full.reshape(full.shape[0], -1)
         assert torch.allclose(top.vh @ flat.T @ top.u, torch.diag(top.s), atol=1e-8)
-    full = jacobian(model, inputs, "ln_final.hook_out", -1)
+    full = jacobian(model, inputs, hooknames.FINAL_NORM, -1)
     for token in (0, coefficients.seq_len - 1):
         exact_token = torch.linalg.svdvals(full[:, token])
-        top = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=3, block=4, tol=1e-12, token=token)
+        top = krylov_svd(model, inputs, hooknames.FINAL_NORM, -1, rank=3, block=4, tol=1e-12, token=token)
         assert torch.allclose(top.s, exact_token[:3], rtol=1e-8)
 
 
@@ -95,15 +97,15 @@ def test_krylov_svd_stops_within_tolerance(linear64):
     """With a loose tolerance it stops early, and its error estimate bounds the real error."""
     _session, coefficients, model = linear64
     inputs = coefficients.inputs
-    full = jacobian(model, inputs, "ln_final.hook_out", -1)
+    full = jacobian(model, inputs, hooknames.FINAL_NORM, -1)
     exact = torch.linalg.svdvals(full.reshape(full.shape[0], -1))
-    loose = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-3)
-    tight = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-12)
+    loose = krylov_svd(model, inputs, hooknames.FINAL_NORM, -1, rank=4, block=2, tol=1e-3)
+    tight = krylov_svd(model, inputs, hooknames.FINAL_NORM, -1, rank=4, block=2, tol=1e-12)
     assert loose.converged and loose.error_estimate <= 1e-3
     assert loose.products < tight.products
     assert float(((loose.s - exact[:4]).abs() / exact[:4]).max()) < 1e-3
     with pytest.raises(ValueError, match="at or before"):
-        krylov_svd(model, inputs, "ln_final.hook_out", 1, token=3)
+        krylov_svd(model, inputs, hooknames.FINAL_NORM, 1, token=3)
 
 
 def test_krylov_svd_is_scale_free(linear64):
@@ -116,8 +118,8 @@ def test_krylov_svd_is_scale_free(linear64):
     inputs = coefficients.inputs
     scaled = model.window(0, coefficients.seq_len)
     scaled.final_norm = dataclasses.replace(scaled.final_norm, factor=scaled.final_norm.factor * 1e-4)
-    plain = krylov_svd(model, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-3)
-    small = krylov_svd(scaled, inputs, "ln_final.hook_out", -1, rank=4, block=2, tol=1e-3)
+    plain = krylov_svd(model, inputs, hooknames.FINAL_NORM, -1, rank=4, block=2, tol=1e-3)
+    small = krylov_svd(scaled, inputs, hooknames.FINAL_NORM, -1, rank=4, block=2, tol=1e-3)
     assert small.products == plain.products
     assert small.error_estimate == pytest.approx(plain.error_estimate, rel=1e-6)
     assert torch.allclose(small.s, plain.s * 1e-4, rtol=1e-9)
@@ -145,7 +147,7 @@ def test_layer_sweep_estimates(linear64):
     inputs = coefficients.inputs
     frob, sigma, left = layer_sweep(model, inputs, -1, probes=256, rounds=6)
     for layer in range(session.n_layers):
-        full = jacobian(model, inputs, f"blocks.{layer}.hook_out", -1).reshape(session.d_model, -1)
+        full = jacobian(model, inputs, hooknames.resid(layer), -1).reshape(session.d_model, -1)
         exact = torch.linalg.svdvals(full)
         ratio = float(sigma[layer] / exact[0])
         assert 0.85 < ratio < 1 + 1e-9
@@ -167,7 +169,7 @@ def test_analytic_one_layer_linear_model():
     target = target_hook(session, 0, "attn")
     full = jacobian(model, coefficients.inputs, target, -1)
     layer = model.layers[0]
-    pattern = coefficients.patterns["blocks.0.attn.hook_pattern"][0]  # [heads, seq, seq]
+    pattern = coefficients.patterns[hooknames.attn_pattern(0)][0]  # [heads, seq, seq]
     heads, d_head = pattern.shape[0], layer.d_head
     n_kv = layer.w_v.shape[0] // d_head
     expected = torch.zeros_like(full)
@@ -192,8 +194,7 @@ def test_probe_contributions_sum_to_logit(tiny_any):
     # The target logit is the model's own (the unembedding of the real final state; no bias here).
     logits = session.run(PROMPT).logits[0, -1]
     unembed_bias = 0.0
-    hf_head = session.bridge.original_model.get_output_embeddings()
-    bias = getattr(getattr(hf_head, "original_component", hf_head), "bias", None)
+    bias = getattr(session.output_embedding(), "bias", None)
     if bias is not None:
         unembed_bias = float(bias[result.predicted_id].detach())
     assert result.target_logit + unembed_bias == pytest.approx(float(logits[result.predicted_id]), rel=1e-4)
@@ -280,7 +281,7 @@ def test_embedded_float32_reconstruction(embedded_session):
     for prompt in ["1, 2, 3, 4,", "def add(a, b):\n    return"]:
         coefficients = record_coefficients(embedded_session, embedded_session.tokenize(prompt))
         model = LinearizedModel(embedded_session, coefficients)
-        targets = ["ln_final.hook_out", target_hook(embedded_session, 8, "mlp")]
+        targets = [hooknames.FINAL_NORM, target_hook(embedded_session, 8, "mlp")]
         contrib, _ = contributions(model, coefficients.inputs, targets)
         for target in targets:
             y = coefficients.outputs[target][0]
@@ -294,7 +295,7 @@ def test_fused_mlp_adjoint_matches(linear64, monkeypatch):
     import lenslab.probes.jacobian.operator as operator
 
     session, coefficients, model = linear64
-    for target in (target_hook(session, 1, "resid"), "ln_final.hook_out"):
+    for target in (target_hook(session, 1, "resid"), hooknames.FINAL_NORM):
         monkeypatch.setattr(operator, "FUSE_MARGIN", float("inf"))
         plain = jacobian(model, coefficients.inputs, target, -1)
         monkeypatch.setattr(operator, "FUSE_MARGIN", 0.0)

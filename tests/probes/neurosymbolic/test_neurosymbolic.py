@@ -158,8 +158,8 @@ def test_merge_hook_is_removed_after_an_exception(tiny_gemma):
         raise RuntimeError("boom")
 
     hooks = [(tiny_gemma.resid_name(0), hook), (tiny_gemma.resid_name(1), boom)]
-    with pytest.raises(RuntimeError, match="boom"), tiny_gemma.hooks(hooks) as bridge:
-        bridge(tiny_gemma.tokenize("1 + 1 = "))
+    with pytest.raises(RuntimeError, match="boom"), tiny_gemma.hooks(hooks) as model:
+        model(tiny_gemma.tokenize("1 + 1 = "))
     assert tiny_gemma.active_hook_count() == 0
 
 

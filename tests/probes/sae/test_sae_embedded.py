@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lenslab.models import hooknames
 from lenslab.probes import get_probe
 from lenslab.probes.sae.features import (
     SAEFeatureConfig,
@@ -25,7 +26,7 @@ def shipped(embedded_session):
 
 
 def test_shipped_sae_loads_with_stated_quality(embedded_session, shipped):
-    assert shipped.hook_name == "blocks.6.hook_out" and shipped.d_in == embedded_session.d_model
+    assert shipped.hook_name == hooknames.resid(6) and shipped.d_in == embedded_session.d_model
     assert shipped.d_sae == 2048 and shipped.sae.cfg.k == 32
     metrics = shipped.info["metrics"]
     assert 20 <= metrics["l0"] <= 32  # TopK k=32: at most 32 active

@@ -8,17 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.probes import get_probe
 from lenslab.probes.base import Result
 from lenslab.probes.sae.corpus import read_text_file, token_windows
 from lenslab.probes.sae.dashboards import DashboardSettings, build_dashboards, get_dashboards, quantile_groups
 from lenslab.probes.sae.features import SAEFeatureConfig, SAEFeaturesConfig
-from lenslab.probes.sae.loading import capture, check_fits, load_sae, trained_dir
+from lenslab.probes.sae.loading import check_fits, load_sae, trained_dir
 from lenslab.probes.sae.steering import SAESteeringConfig, steering_hook
 from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained, splice_hook, train_sae
 from lenslab.progress import Cancelled
 
-HOOK = "blocks.1.hook_out"
+HOOK = hooknames.resid(1)
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Pack my box with five dozen liquor jugs.\n\n"
     "def add(a, b):\n    return a + b\n\nSphinx of black quartz, judge my vow! 12 + 30 = 42.\n\n"
@@ -37,6 +38,11 @@ def make_sae(d_in: int = 32, d_sae: int = 48, k: int = 4, hook: str = HOOK, seed
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
     return sae.eval()
+
+
+def capture(session, tokens, name, hooks=()):
+    """Activations at ``name`` from the session's stop-early capture (``hooks`` run in the same pass)."""
+    return session.capture(tokens, [name], hooks=hooks)[name]
 
 
 @pytest.fixture
@@ -156,7 +162,7 @@ def test_mismatched_sae_refused(tiny_gemma, tmp_path):
     with pytest.raises(ValueError, match="16-wide"):
         load_sae(tiny_gemma, str(wrong_width))
     wrong_hook = tmp_path / "deep"
-    make_sae(hook="blocks.7.hook_out").save_model(wrong_hook)
+    make_sae(hook=hooknames.resid(7)).save_model(wrong_hook)
     with pytest.raises(ValueError, match="does not have"):
         load_sae(tiny_gemma, str(wrong_hook))
     with pytest.raises(FileNotFoundError, match="sae-lens format"):
@@ -206,10 +212,11 @@ def test_pretrained_path_loads_from_local_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
     loaded = load_sae(tiny_gpt2, "pretrained:gpt2-small-res-jb/blocks.0.hook_resid_pre")
-    assert loaded.hook_name == "blocks.0.hook_in"  # alias resolved to the bridge's canonical name
-    assert loaded.path is None and check_fits(tiny_gpt2, loaded.sae) == "blocks.0.hook_in"
+    block_input = hooknames.resid_pre(0)
+    assert loaded.hook_name == block_input  # alias resolved to the bridge's canonical name
+    assert loaded.path is None and check_fits(tiny_gpt2, loaded.sae) == block_input
     tokens = tiny_gpt2.tokenize("abc")
-    act = capture(tiny_gpt2, tokens, "blocks.0.hook_in")
+    act = capture(tiny_gpt2, tokens, block_input)
     torch.testing.assert_close(loaded.encode(act), loaded.sae.encode(act))
 
 

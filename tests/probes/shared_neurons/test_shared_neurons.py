@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.models.tiny import tiny_session
 from lenslab.probes import get_probe
 from lenslab.probes.shared_neurons.result import SharedNeuronsConfig, SharedNeuronsResult
@@ -37,7 +38,6 @@ from lenslab.probes.shared_neurons.units import (
     encode_items,
     head_output_weight,
     intervention_hooks,
-    mlp_hook,
     perturbed_weights,
     unit_groups,
     unit_statistics,
@@ -174,18 +174,14 @@ def _reference_stats(session, items):
     heads = torch.zeros(session.n_layers, n_heads, dtype=torch.float64)
     count = 0
     for item in items:
-        names = [mlp_hook(layer) for layer in range(session.n_layers)]
-        names += [f"blocks.{layer}.attn.o.hook_in" for layer in range(session.n_layers)]
+        names = [hooknames.mlp_hidden(layer) for layer in range(session.n_layers)]
+        names += [hooknames.attn_heads(layer) for layer in range(session.n_layers)]
         run = session.run(item.prompt, names)
         for layer in range(session.n_layers):
-            act = run.activations[mlp_hook(layer)][0].double()
+            act = run.activations[hooknames.mlp_hidden(layer)][0].double()
             sums[layer] += act[1:].abs().sum(0)
             answer[layer] += act[-1].abs()
-            z = (
-                run.activations[f"blocks.{layer}.attn.o.hook_in"][0]
-                .double()
-                .reshape(act.shape[0], n_heads, -1)
-            )
+            z = run.activations[hooknames.attn_heads(layer)][0].double().reshape(act.shape[0], n_heads, -1)
             w_o = head_output_weight(session, layer).double()
             heads[layer] += torch.einsum("shd,hdm->shm", z[1:], w_o).norm(dim=-1).sum(0)
         count += run.tokens.shape[1] - 1
@@ -204,11 +200,11 @@ def test_streamed_batched_scores_equal_unbatched_reference(tiny_any):
 
 def test_head_split_sums_to_attention_output(tiny_gemma):
     """Per-head outputs z_h W_O^h add up to the attention output projection (no bias in Gemma)."""
-    run = tiny_gemma.run("abc def", ["blocks.1.attn.o.hook_in", "blocks.1.attn.o.hook_out"])
-    z = run.activations["blocks.1.attn.o.hook_in"][0]
+    run = tiny_gemma.run("abc def", [hooknames.attn_heads(1), hooknames.attn_out(1)])
+    z = run.activations[hooknames.attn_heads(1)][0]
     z = z.reshape(z.shape[0], int(tiny_gemma.cfg.n_heads), -1)
     summed = torch.einsum("shd,hdm->sm", z, head_output_weight(tiny_gemma, 1))
-    torch.testing.assert_close(summed, run.activations["blocks.1.attn.o.hook_out"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(summed, run.activations[hooknames.attn_out(1)][0], rtol=1e-5, atol=1e-5)
 
 
 def test_planted_shared_unit_is_found():
@@ -216,7 +212,7 @@ def test_planted_shared_unit_is_found():
     session = tiny_session("gpt2", seed=3)
     planted_layer, planted_unit = 1, 37
     with torch.no_grad():
-        session.bridge.original_model.transformer.h[planted_layer].mlp.c_fc.bias[planted_unit] = 40.0
+        session.block_component(planted_layer, "mlp.in").bias[planted_unit] = 40.0  # GPT-2's c_fc
     config = SharedNeuronsConfig(n_prompts=4, top_k=3, causal=False, batch_size=2)
     result = get_probe("shared_neurons").run(session, "planted", config)
     assert result.top_a[planted_layer, 0] == planted_unit
@@ -232,8 +228,8 @@ def test_planted_shared_unit_is_found():
 @pytest.mark.parametrize("mode", ["zero", "mean", "amplify"])
 def test_intervention_changes_exactly_the_chosen_units(tiny_any, mode):
     layer, units = 1, [3, 5, 7]
-    name = mlp_hook(layer)
-    baseline = tiny_any.run("12 + 30 =", [name, f"blocks.{layer}.mlp.hook_out"])
+    name = hooknames.mlp_hidden(layer)
+    baseline = tiny_any.run("12 + 30 =", [name, hooknames.mlp_out(layer)])
     means = torch.randn(tiny_any.n_layers, int(tiny_any.cfg.d_mlp))
     captured = {}
 
@@ -241,8 +237,8 @@ def test_intervention_changes_exactly_the_chosen_units(tiny_any, mode):
         captured[hook.name] = tensor.detach().clone()
 
     hooks = intervention_hooks({layer: units}, mode, alpha=3.0, means=means)
-    with tiny_any.hooks([*hooks, (name, capture)]) as bridge, torch.inference_mode():
-        bridge(baseline.tokens)
+    with tiny_any.hooks([*hooks, (name, capture)]) as model, torch.inference_mode():
+        model(baseline.tokens)
     edited, original = captured[name][0], baseline.activations[name][0]
     others = [u for u in range(original.shape[-1]) if u not in units]
     torch.testing.assert_close(edited[:, others], original[:, others])
@@ -266,15 +262,15 @@ def test_ablation_reaches_the_mlp_output_and_hooks_go_after_errors(tiny_gemma):
         captured["out"] = tensor.detach().clone()
 
     hooks = intervention_hooks({0: list(range(width))}, "zero")
-    with tiny_gemma.hooks([*hooks, ("blocks.0.mlp.hook_out", capture)]) as bridge, torch.inference_mode():
-        bridge(tiny_gemma.tokenize("abc"))
+    with tiny_gemma.hooks([*hooks, (hooknames.mlp_out(0), capture)]) as model, torch.inference_mode():
+        model(tiny_gemma.tokenize("abc"))
     assert torch.count_nonzero(captured["out"]) == 0
 
     def boom(tensor, *, hook):
         raise RuntimeError("boom")
 
-    with pytest.raises(RuntimeError), tiny_gemma.hooks([*hooks, ("blocks.1.mlp.hook_out", boom)]) as bridge:
-        bridge(tiny_gemma.tokenize("abc"))
+    with pytest.raises(RuntimeError), tiny_gemma.hooks([*hooks, (hooknames.mlp_out(1), boom)]) as model:
+        model(tiny_gemma.tokenize("abc"))
     assert tiny_gemma.active_hook_count() == 0
     with pytest.raises(ValueError, match="intervention"):
         intervention_hooks({0: [1]}, "scale")
@@ -324,18 +320,18 @@ def test_two_model_comparison_same_model_is_identical(tiny_gemma):
 
 
 def test_perturbed_copy_restores_weights_bit_exactly(tiny_gemma):
-    before = {n: p.detach().clone() for n, p in tiny_gemma.bridge.original_model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in tiny_gemma.named_weights()}
     logits = tiny_gemma.run("abc").logits
     with perturbed_weights(tiny_gemma, 0.5, seed=1):
         assert not torch.equal(tiny_gemma.run("abc").logits, logits)
-        params = dict(tiny_gemma.bridge.original_model.named_parameters())
+        params = dict(tiny_gemma.named_weights())
         embed = next(name for name in params if "embed_tokens" in name)
         assert torch.equal(params[embed], before[embed])  # vocab matrices untouched
         changed = [name for name in params if not torch.equal(params[name], before[name])]
         assert any("mlp" in name for name in changed) and any("q_proj" in name for name in changed)
     with pytest.raises(RuntimeError), perturbed_weights(tiny_gemma, 0.5, seed=1):
         raise RuntimeError("interrupted")
-    for name, param in tiny_gemma.bridge.original_model.named_parameters():
+    for name, param in tiny_gemma.named_weights():
         assert torch.equal(param, before[name]), name
     with pytest.raises(ValueError, match="noise scale"), perturbed_weights(tiny_gemma, -1.0):
         pass

@@ -1,0 +1,34 @@
+"""Cheap settings for the reliability, browser and every-probe tests, keyed by probe name.
+
+Test-only knobs live here, not in the probes: probes whose defaults take long on the embedded
+(or tiny) model get smaller sizes; every other probe runs at its defaults. ``tests/e2e_app.py``
+starts the browser tests' app with these as each probe's ``default_config()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from lenslab.probes import Config, get_probe
+from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig
+from lenslab.probes.jacobian.result import JacobianConfig
+from lenslab.probes.mlp_units import MLPUnitsConfig
+from lenslab.probes.neurosymbolic.vsa_readout import VSAReadoutConfig
+from lenslab.probes.sae.features import SAEFeatureConfig
+from lenslab.probes.shared_neurons.result import SharedNeuronsConfig
+
+FAST: dict[str, Callable[[], Config]] = {
+    "future_lens_eval": lambda: FutureLensEvalConfig(
+        n_examples=16, prefix_tokens=8, layers=(0,), fixed_prompt=False, learned_prompt=False
+    ),
+    "jacobian": lambda: JacobianConfig(max_tokens=48, layer_sweep=False, n_components=2),
+    "mlp_units": lambda: MLPUnitsConfig(layer=0),
+    "sae_feature": lambda: SAEFeatureConfig(n_seq=8, context_size=16),
+    "shared_neurons": lambda: SharedNeuronsConfig(n_prompts=4, causal=False),
+    "vsa_readout": lambda: VSAReadoutConfig(layer=0),
+}
+
+
+def fast_config(name: str) -> Config:
+    """The fast config of probe ``name``: its entry in :data:`FAST`, else its default config."""
+    return FAST[name]() if name in FAST else get_probe(name).default_config()
