@@ -1,5 +1,8 @@
 """Future Lens benchmark on the embedded model: collection, linear fit, prompt training, grid latency.
 
+The grid latency of the causal methods is measured under both protocols (free-running, the
+default, is N + 1 KV-cached steps; teacher-forced is one forward).
+
 Ratios are against baselines measured in the same run:
 - collection with the KV cache + hooks (ours) vs. naive greedy generation that re-runs the whole
   prefix through the bridge with full logits at every step;
@@ -74,15 +77,17 @@ def main() -> None:
     grid = {}
     spread = (0, 3, 6, 9, 12, 17)
     FutureLens().run(session, PROMPT, FutureLensConfig(layers=(0,)), artefacts=artefacts)  # warm-up
-    for method, layers in [
-        ("direct", None),
-        ("linear", None),
-        ("fixed", spread),
-        ("learned", (prompt.layer,)),
+    for method, layers, protocol in [
+        ("direct", None, "free-running"),
+        ("linear", None, "free-running"),
+        ("fixed", spread, "free-running"),
+        ("fixed", spread, "teacher-forced"),
+        ("learned", (prompt.layer,), "free-running"),
     ]:
-        config = FutureLensConfig(method=method, horizon=3, layers=layers)
-        _, grid[method] = timed(lambda c=config: FutureLens().run(session, PROMPT, c, artefacts=artefacts))
-        grid[method] = (len(layers or range(session.n_layers)), grid[method])
+        config = FutureLensConfig(method=method, horizon=3, layers=layers, protocol=protocol)
+        name = f"{method} ({protocol})" if method in ("fixed", "learned") else method
+        _, seconds = timed(lambda c=config: FutureLens().run(session, PROMPT, c, artefacts=artefacts))
+        grid[name] = (len(layers or range(session.n_layers)), seconds)
     n_tokens = len(session.str_tokens(PROMPT))
 
     lines = [

@@ -159,8 +159,10 @@ def main() -> None:
     os.environ.setdefault("TQDM_DISABLE", "1")
     session = ModelSession.load()
     loaded = prepare_default_artefacts(session)
-    settings = DashboardSettings(n_seq=args.n_seq, context_size=args.context)
-    windows = token_windows(session, settings.corpus, context_size=args.context, n_seq=args.n_seq)
+    settings = DashboardSettings(documents="all", n_seq=args.n_seq, context_size=args.context)
+    windows = token_windows(
+        session, settings.corpus, context_size=args.context, n_seq=args.n_seq, subset=settings.documents
+    )
     n_tokens = windows.n_tokens
 
     started = time.perf_counter()

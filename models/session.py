@@ -475,6 +475,27 @@ class ModelSession:
                 copies[target] = dataclasses.replace(self, bridge=bridge, lock=threading.RLock())
             return copies[target]
 
+    # ------------------------------------------------------------------------ decoding directions
+    def decode_direction(self, direction: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
+        """Logit effect per unit of residual-stream ``direction``: the final norm's weight, then W_U.
+
+        The one way lenslab reads a direction (an SAE decoder row, a singular vector) as tokens:
+        scaled elementwise by the final norm's weight (``1 + w`` for Gemma's RMSNorm), then
+        multiplied by the unembedding, as the Jacobian probe does. The norm's per-token
+        ``1/rms`` scale (positive), its bias and any logit soft-cap are left out: they do not
+        depend on the direction, so the ranking of tokens is the model's.
+        """
+        final = self.hf_final_norm()
+        weight = getattr(final, "weight", None)
+        w_u = self.output_embedding().weight  # [vocab, d_model]
+        dtype = torch.promote_types(torch.promote_types(direction.dtype, w_u.dtype), torch.float32)
+        with torch.inference_mode():
+            scaled = direction.to(w_u.device, dtype)
+            if weight is not None:
+                gemma_style = type(final).__name__.startswith("Gemma")  # x · (1 + w)
+                scaled = scaled * (weight.to(dtype) + 1.0 if gemma_style else weight.to(dtype))
+            return scaled @ w_u.to(dtype).T
+
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early; :class:`HookedModel` swallows it.

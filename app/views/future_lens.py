@@ -15,13 +15,18 @@ from lenslab.probes.future_lens.probe import (
     prepare_default_artefacts,
     train_learned_prompt,
 )
-from lenslab.probes.future_lens.prompts import PromptTraining
+from lenslab.probes.future_lens.prompts import DEFAULT_PROTOCOL, PROTOCOLS, PromptTraining
 
 TITLE = "Future Lens"
 ICON = "🔮"
 ORDER = 20
 URL = "future-lens"
 KEY = "future_lens"
+PROTOCOL_HELP = {
+    "free-running": "the intervened run continues on its own greedy tokens (the paper's protocol)",
+    "teacher-forced": "the actual tokens (top row) are fed after the context: N ≥ 1 then measures "
+    "the state and the fed tokens together",
+}
 METHOD_HELP = {
     "direct": "logit lens of the state, read as the guess for every future token (no training)",
     "linear": "linear map to the last layer's state at t+N (saved maps)",
@@ -34,9 +39,11 @@ def render() -> None:
     """Prompt → grid; train / evaluate panel; save everything as a report."""
     st.title(TITLE)
     st.caption(
-        "Does one hidden state h_t^ℓ already know the tokens at t+2, t+3, …? Each cell decodes a single "
-        "state into the tokens it predicts for t+1 … t+1+N (Pal et al., 2023). The top row is what the "
-        "model actually produces."
+        "Does one hidden state h_t^ℓ already know the tokens at t+2, t+3, …? Each cell shows the tokens "
+        "t+1 … t+1+N predicted from the one state h_t^ℓ (Pal et al., 2023): direct decodes it, linear "
+        "maps it to the last layer's state at t+N, and fixed / learned transplant it into a prompt and "
+        "let the model run on — free-running (its own greedy tokens, the default) or teacher-forced "
+        "(fed the actual tokens). The top row is what the model actually produces."
     )
     session = state.session()
     if session is None:
@@ -65,7 +72,7 @@ def _saved_artefacts(session) -> Artefacts:
 
 def _grid_panel(session, artefacts: Artefacts) -> None:
     prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
-    cols = st.columns([2, 1, 3, 1])
+    cols = st.columns([2, 1, 3, 1, 2])
     default_method = "linear" if artefacts.linear is not None else "direct"
     method = cols[0].selectbox(
         "Method",
@@ -86,9 +93,17 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
         list(range(session.n_layers)),
         default=default_layers,
         key=f"{KEY}:layers:{method}",
-        help="the causal methods run one short forward per cell: pick fewer layers on a CPU",
+        help="the causal methods run a short continuation per cell: pick fewer layers on a CPU",
     )
     k = cols[3].number_input("top-k", 1, 20, 5, key=f"{KEY}:k")
+    protocol = cols[4].selectbox(
+        "Protocol (N ≥ 1)",
+        PROTOCOLS,
+        index=PROTOCOLS.index(DEFAULT_PROTOCOL),
+        key=f"{KEY}:protocol",
+        help="fixed / learned only: " + "; ".join(f"{p}: {h}" for p, h in PROTOCOL_HELP.items()),
+        disabled=method not in ("fixed", "learned"),
+    )
     missing = artefacts.missing(method, layers)
     if missing:
         st.warning(f"The {method} method needs a trained artefact: {missing}.")
@@ -99,7 +114,9 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
             "Fitting linear maps", lambda p: prepare_default_artefacts(session, p)
         ):
             st.rerun()
-    config = FutureLensConfig(method=method, horizon=int(horizon), layers=tuple(layers) or None, k=int(k))
+    config = FutureLensConfig(
+        method=method, horizon=int(horizon), layers=tuple(layers) or None, k=int(k), protocol=protocol
+    )
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=bool(missing) or not layers):
         result = state.run_with_status(
             "Future Lens", lambda progress: FutureLens().run(session, prompt, config, progress, artefacts)
@@ -108,6 +125,8 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
             state.store(KEY, result)
     result = state.stored(KEY)
     if result is not None:
+        if result.causal:
+            st.caption(f"N ≥ 1 is {result.protocol}: {PROTOCOL_HELP.get(result.protocol, '')}.")
         if result.artefact:
             st.caption(f"Artefact: {result.artefact}")
         show_result(result, KEY)
@@ -167,7 +186,10 @@ def _evaluation_panel(session) -> None:
     st.markdown("#### Evaluation")
     st.caption(
         "Top-1 and precision@k against the model's own greedy continuation on held-out documents, "
-        "with a bigram baseline. Collected hidden states and linear maps are cached."
+        "with a bigram baseline and 95% intervals from resampling whole test documents. The protocol "
+        "says how fixed / learned reach N ≥ 1 (free-running: the intervened run's own tokens, the "
+        "paper's; teacher-forced: the original tokens are fed). Collected hidden states and linear "
+        "maps are cached."
     )
     config = config_form(FutureLensEvalConfig, f"{KEY}:eval", session)
     if st.button("Evaluate", key=f"{KEY}:evaluate", disabled=config is None):
@@ -177,6 +199,10 @@ def _evaluation_panel(session) -> None:
             state.store(f"{KEY}_eval", result)
     result = state.stored(f"{KEY}_eval")
     if result is not None:
+        st.caption(
+            f"{result.split_text()}; "
+            + (f"{result.causal_note}." if result.causal_note else "no causal method.")
+        )
         st.dataframe(result.table_rows(), hide_index=True)
         for note in result.notes:
             st.caption(note)

@@ -28,8 +28,8 @@ def render() -> None:
     bound = 1e-12 if result.dtype == "float64" else 1e-5
     message = (
         f"Reconstruction error ‖Σᵢ Jᵢ xᵢ + b − y‖/‖y‖ = {error:.2e} ({result.dtype}); detached vs normal "
-        f"logits differ by {result.detach_error:.1e} (relative); target {result.target} at position "
-        f"{result.position}, method {result.method}."
+        f"logits differ by {result.detach_error:.1e} (relative); target {result.target_description} "
+        f"({result.target}) at position {result.position}, method {result.method}."
     )
     (st.success if error < bound else st.warning)(message)
     timings = " · ".join(f"{name} {seconds:.1f} s" for name, seconds in result.timings.items())
@@ -39,4 +39,4 @@ def render() -> None:
         else f"SVD: matrix-free, {result.svd_products} J·v / Jᵀ·u products, singular values within "
         f"≈{result.svd_error_estimate:.0e} (relative, estimated from the residuals)"
     )
-    st.caption(f"Time: {timings}. {svd}.")
+    st.caption(f"Time: {timings}. {svd}. Stable rank ‖J‖_F²/σ_max²: {result.stable_rank_text()}.")

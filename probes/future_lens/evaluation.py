@@ -1,10 +1,17 @@
 """Future Lens evaluation: top-1 and precision@k per method × layer × N on the held-out documents.
 
 Labels are the model's own greedy tokens t+1..t+4 (Pal et al. measure against what the model
-itself would produce, not the corpus). A bigram baseline — the most frequent (token at t →
-token at t+N+1) pairs of the training split, falling back to the most frequent tokens — is
-computed on the same examples. The result is a table plus accuracy-vs-layer curves, one facet
-per N, and saves into reports like any other result.
+itself would produce, not the corpus). A bigram baseline — the most frequent (token → token
+N+1 later) pairs over every token of the training documents' text, falling back to the most
+frequent tokens — is scored on the same examples. For N ≥ 1 the fixed and learned prompts
+continue on their own greedy tokens by default (``protocol="free-running"``, the paper's);
+``"teacher-forced"`` feeds them the original tokens instead, and every figure, table and summary
+names the protocol.
+
+Windows cut from one document are not independent, so every precision carries a 95% interval
+from resampling whole test documents (``stats.bootstrap_by_group``), stored as data next to the
+estimate. The result is a table plus accuracy-vs-layer curves with error bars, one facet per N,
+and saves into reports like any other result.
 """
 
 from __future__ import annotations
@@ -15,14 +22,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from plotly.subplots import make_subplots
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register
-from lenslab.probes.future_lens.data import HORIZONS, DataSettings, FutureLensData, build_dataset
+from lenslab.probes.future_lens.data import (
+    HORIZONS,
+    DataSettings,
+    FutureLensData,
+    build_dataset,
+    load_documents,
+)
 from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, ensure_linear
 from lenslab.probes.future_lens.methods import Artefacts, method_topk
+from lenslab.probes.future_lens.prompts import DEFAULT_PROTOCOL, PROTOCOLS
+from lenslab.probes.stats import bootstrap_by_group, format_interval
 from lenslab.progress import NO_PROGRESS, Progress
 
 COLOURS = {"direct": "#7f7f7f", "linear": "#1f77b4", "fixed": "#ff7f0e", "learned": "#2ca02c"}
@@ -36,6 +51,39 @@ def precision_at_k(
         raise ValueError(f"k={k} must be between 1 and {top_ids.shape[-1]}")
     hits = (top_ids[..., :k] == labels[..., None]).any(-1)
     return hits.mean(0)
+
+
+def hits_at_ks(
+    top_ids: Int[np.ndarray, "n horizon k_max"], labels: Int[np.ndarray, "n horizon"], ks: list[int]
+) -> Bool[np.ndarray, "n horizon k"]:
+    """Whether each example's label is among the first ``k`` predictions, for every k in ``ks``."""
+    if min(ks) < 1 or max(ks) > top_ids.shape[-1]:
+        raise ValueError(f"every k must be between 1 and {top_ids.shape[-1]}, got {ks}")
+    return np.stack([(top_ids[..., :k] == labels[..., None]).any(-1) for k in ks], -1)
+
+
+def document_intervals(
+    hits: Bool[np.ndarray, "n ..."], doc_ids: Int[np.ndarray, " n"], seed: int = 0
+) -> tuple[Float[np.ndarray, " ..."], Float[np.ndarray, "... 2"]]:
+    """Hit rate per cell and its 95% interval from resampling whole documents.
+
+    ``hits[i]`` belongs to document ``doc_ids[i]``; the interval is ``stats.bootstrap_by_group``
+    over documents (the same resampled documents for every cell, so cells stay comparable). Cells
+    with the same hits share one bootstrap (it is deterministic given the seed).
+    """
+    flat = np.asarray(hits, dtype=np.float64).reshape(len(hits), -1)
+    estimate = flat.mean(0)
+    ci = np.full((flat.shape[1], 2), np.nan)
+    done: dict[bytes, tuple[float, float]] = {}
+    for c in range(flat.shape[1]):
+        column = flat[:, c]
+        key = column.tobytes()
+        if key not in done:
+            interval = bootstrap_by_group(column, doc_ids, unit="documents", seed=seed)
+            done[key] = (interval.low, interval.high)
+        ci[c] = done[key]
+    cells = hits.shape[1:]
+    return estimate.reshape(cells), ci.reshape(*cells, 2)
 
 
 def bigram_top_ids(
@@ -92,6 +140,14 @@ class FutureLensEvalConfig(Config):
     learned_prompt: bool = field(
         default=True, metadata={"help": "evaluate saved learned prompts (layers without one: blank)"}
     )
+    protocol: str = field(
+        default=DEFAULT_PROTOCOL,
+        metadata={
+            "help": "fixed/learned at N ≥ 1: continue on the intervened run's own greedy tokens "
+            "(free-running, the paper's) or feed the original tokens (teacher-forced)",
+            "choices": PROTOCOLS,
+        },
+    )
     k: int = field(default=10, metadata={"help": "largest k of precision@k", "min": 1, "max": 10})
     ridge: float = field(
         default=DEFAULT_RIDGE,
@@ -125,7 +181,12 @@ class FutureLensEvalConfig(Config):
 
 @dataclass(frozen=True)
 class FutureLensEvalResult(Result):
-    """Precision@k of each method per layer and N, with the bigram baseline."""
+    """Precision@k of each method per layer and N, with the bigram baseline and 95% intervals.
+
+    Intervals come from resampling whole test documents (``n_documents`` of them, holding
+    ``n_test`` examples). Fields added after the first release have defaults so that older
+    reports still load: those reports were teacher-forced and carry no intervals (NaN).
+    """
 
     probe = "future_lens_eval"
     config: FutureLensEvalConfig
@@ -134,46 +195,83 @@ class FutureLensEvalResult(Result):
     ks: Int[np.ndarray, " k"]
     precision: Float[np.ndarray, "method layer horizon k"]  # NaN where a method was not run
     bigram: Float[np.ndarray, "horizon k"]
-    n_train: int
-    n_test: int
+    n_train: int  # training examples
+    n_test: int  # test examples
     notes: list[str]
+    protocol: str = "teacher-forced"  # how fixed/learned reached N ≥ 1 (older reports: teacher-forced)
+    precision_ci: Float[np.ndarray, "method layer horizon k 2"] | None = None  # 95%, over documents
+    bigram_ci: Float[np.ndarray, "horizon k 2"] | None = None
+    n_documents: int = 0  # test documents behind the intervals (0: not recorded)
+    n_train_documents: int = 0
+    bigram_pairs: int = 0  # (token, token at t+N+1) training pairs the bigram counts (0: not recorded)
+
+    def __post_init__(self) -> None:
+        """Old reports: NaN intervals, and a config that states the protocol actually computed."""
+        if self.precision_ci is None:
+            object.__setattr__(self, "precision_ci", np.full((*self.precision.shape, 2), np.nan))
+        if self.bigram_ci is None:
+            object.__setattr__(self, "bigram_ci", np.full((*self.bigram.shape, 2), np.nan))
+        if self.config.protocol != self.protocol:
+            object.__setattr__(self, "config", self.config.replace(protocol=self.protocol))
+
+    @property
+    def causal_note(self) -> str:
+        """How fixed and learned reached N ≥ 1, for titles (empty when neither was evaluated)."""
+        causal = [m for m in self.methods if m in ("fixed", "learned")]
+        return f"{'/'.join(causal)} N ≥ 1 {self.protocol}" if causal else ""
+
+    def split_text(self) -> str:
+        """``80 test examples from 12 documents`` (what the intervals rest on)."""
+        if self.n_documents == 1:
+            return f"{self.n_test} test examples from 1 document (no interval: nothing to resample)"
+        docs = f" from {self.n_documents} documents" if self.n_documents else ""
+        return f"{self.n_test} test examples{docs}"
 
     def top1(self, method: str) -> Float[np.ndarray, "layer horizon"]:
         """Top-1 accuracy of ``method`` per layer and N."""
         return self.precision[self.methods.index(method), :, :, 0]
 
+    def top1_ci(self, method: str) -> Float[np.ndarray, "layer horizon 2"]:
+        """95% interval (over documents) of :meth:`top1`."""
+        return self.precision_ci[self.methods.index(method), :, :, 0]  # type: ignore[index]
+
     def table_rows(self) -> list[dict[str, object]]:
-        """One row per (method, layer): top-1 and precision@k for each N (percent)."""
+        """One row per (method, layer): top-1 and precision@k for each N, as ``x% [lo, hi]``."""
         rows = []
         k_max = int(self.ks[-1])
+        ci = self.precision_ci
         for m, method in enumerate(self.methods):
             for i, layer in enumerate(self.layers.tolist()):
                 row: dict[str, object] = {"method": method, "layer": layer}
                 for n in range(self.precision.shape[2]):
-                    row[f"N={n} top-1"] = _pct(self.precision[m, i, n, 0])
-                    row[f"N={n} p@{k_max}"] = _pct(self.precision[m, i, n, -1])
+                    row[f"N={n} top-1"] = _cell(self.precision[m, i, n, 0], ci[m, i, n, 0])  # type: ignore[index]
+                    row[f"N={n} p@{k_max}"] = _cell(self.precision[m, i, n, -1], ci[m, i, n, -1])  # type: ignore[index]
                 rows.append(row)
         row = {"method": "bigram", "layer": "—"}
         for n in range(self.bigram.shape[0]):
-            row[f"N={n} top-1"] = _pct(self.bigram[n, 0])
-            row[f"N={n} p@{k_max}"] = _pct(self.bigram[n, -1])
+            row[f"N={n} top-1"] = _cell(self.bigram[n, 0], self.bigram_ci[n, 0])  # type: ignore[index]
+            row[f"N={n} p@{k_max}"] = _cell(self.bigram[n, -1], self.bigram_ci[n, -1])  # type: ignore[index]
         rows.append(row)
         return rows
 
     def summary(self) -> dict[str, object]:
-        """Best top-1 for N=1 per method (the paper's headline horizon) and the bigram baseline."""
+        """Best top-1 for N=1 per method (the paper's headline horizon), the bigram, the protocol."""
         n = min(1, self.precision.shape[2] - 1)
         out: dict[str, object] = {}
+        if self.causal_note:
+            out["protocol"] = self.causal_note
         for m, method in enumerate(self.methods):
             values = self.precision[m, :, n, 0]
             if np.isfinite(values).any():
                 best = int(np.nanargmax(values))
-                out[f"{method} best N={n} top-1"] = f"{100 * values[best]:.1f}% (L{int(self.layers[best])})"
-        out[f"bigram N={n} top-1"] = f"{100 * self.bigram[n, 0]:.1f}%"
+                interval = _cell(values[best], self.precision_ci[m, best, n, 0])  # type: ignore[index]
+                out[f"{method} best N={n} top-1"] = f"{interval} (L{int(self.layers[best])})"
+        out[f"bigram N={n} top-1"] = _cell(self.bigram[n, 0], self.bigram_ci[n, 0])  # type: ignore[index]
+        out["test split"] = self.split_text()
         return out
 
     def figures(self) -> dict[str, go.Figure]:
-        """Accuracy vs layer (facet per N, one line per method) and the full table."""
+        """Accuracy vs layer with 95% error bars (facet per N, one line per method), and the table."""
         horizons = self.precision.shape[2]
         fig = make_subplots(
             rows=1,
@@ -182,46 +280,78 @@ class FutureLensEvalResult(Result):
             subplot_titles=[f"N={n} (t+{n + 1})" for n in range(horizons)],
         )
         layers = self.layers.tolist()
+        ci = 100 * self.precision_ci  # type: ignore[operator]
         for m, method in enumerate(self.methods):
             for n in range(horizons):
-                values = self.precision[m, :, n, 0]
+                values = 100 * self.precision[m, :, n, 0]
+                low, high = ci[m, :, n, 0, 0], ci[m, :, n, 0, 1]
                 fig.add_trace(
                     go.Scatter(
                         x=layers,
-                        y=100 * values,
+                        y=values,
                         mode="lines+markers",
                         name=method,
                         legendgroup=method,
                         showlegend=n == 0,
                         line={"color": COLOURS.get(method)},
-                        customdata=100 * self.precision[m, :, n, -1],
-                        hovertemplate=f"{method}<br>layer %{{x}}<br>top-1 %{{y:.1f}}%<br>"
-                        f"p@{int(self.ks[-1])} %{{customdata:.1f}}%<extra></extra>",
+                        error_y={
+                            "type": "data",
+                            "array": np.nan_to_num(high - values),
+                            "arrayminus": np.nan_to_num(values - low),
+                            "visible": bool(np.isfinite(low).any()),
+                            "thickness": 1,
+                        },
+                        customdata=np.stack([low, high, 100 * self.precision[m, :, n, -1]], -1),
+                        hovertemplate=f"{method}<br>layer %{{x}}<br>top-1 %{{y:.1f}}% "
+                        "[%{customdata[0]:.1f}, %{customdata[1]:.1f}]<br>"
+                        f"p@{int(self.ks[-1])} %{{customdata[2]:.1f}}%<extra></extra>",
                     ),
                     row=1,
                     col=n + 1,
                 )
+        bigram_ci: np.ndarray = self.bigram_ci  # type: ignore[assignment]
         for n in range(horizons):
+            value = 100 * self.bigram[n, 0]
+            low, high = 100 * bigram_ci[n, 0]
+            x0, x1 = min(layers), max(layers)
+            if np.isfinite(low):
+                fig.add_trace(
+                    go.Scatter(
+                        x=[x0, x1, x1, x0, x0],
+                        y=[low, low, high, high, low],
+                        fill="toself",
+                        mode="lines",
+                        line={"width": 0},
+                        fillcolor="rgba(0,0,0,0.08)",
+                        legendgroup="bigram",
+                        showlegend=False,
+                        hoverinfo="skip",
+                    ),
+                    row=1,
+                    col=n + 1,
+                )
             fig.add_trace(
                 go.Scatter(
-                    x=[min(layers), max(layers)],
-                    y=[100 * self.bigram[n, 0]] * 2,
+                    x=[x0, x1],
+                    y=[value] * 2,
                     mode="lines",
                     name="bigram",
                     legendgroup="bigram",
                     showlegend=n == 0,
                     line={"color": "black", "dash": "dash"},
-                    hovertemplate=f"bigram top-1 {100 * self.bigram[n, 0]:.1f}%<extra></extra>",
+                    hovertemplate=f"bigram top-1 {_cell(self.bigram[n, 0], bigram_ci[n, 0])}<extra></extra>",
                 ),
                 row=1,
                 col=n + 1,
             )
         fig.update_xaxes(title_text="layer")
         fig.update_yaxes(title_text="top-1 accuracy (%)", row=1, col=1)
+        protocol = f"; {self.causal_note}" if self.causal_note else ""
         fig.update_layout(
-            title=f"Future Lens: top-1 vs layer ({self.n_test} held-out examples; labels: greedy tokens)",
+            title=f"Future Lens: top-1 vs layer ({self.split_text()}, 95% bootstrap over documents; "
+            f"labels: greedy tokens{protocol})",
             template="plotly_white",
-            height=420,
+            height=440,
         )
         rows = self.table_rows()
         columns = list(rows[0].keys())
@@ -232,13 +362,36 @@ class FutureLensEvalResult(Result):
             )
         )
         table.update_layout(
-            title="Precision (%) per method, layer and N", height=max(300, 22 * len(rows) + 120)
+            title=f"Precision (%) [95% interval over {self.n_documents or '?'} test documents] per method, "
+            f"layer and N{protocol}",
+            height=max(300, 22 * len(rows) + 120),
         )
         return {"accuracy": fig, "table": table}
 
 
 def _pct(value: float) -> str:
     return "—" if not np.isfinite(value) else f"{100 * value:.1f}"
+
+
+def _cell(value: float, interval: Float[np.ndarray, " 2"]) -> str:
+    """``41.2% [35.0, 47.0]``; the bare percentage when no interval exists (old reports, one document)."""
+    low, high = (float(x) for x in interval)
+    if not np.isfinite(value) or not (np.isfinite(low) and np.isfinite(high)):
+        return _pct(value) + ("%" if np.isfinite(value) else "")
+    return format_interval(float(value), low, high, percent=True)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What :func:`evaluate` measured on the test split: estimates, intervals and notes."""
+
+    precision: Float[np.ndarray, "method layer horizon k"]  # NaN where a method was not run
+    precision_ci: Float[np.ndarray, "method layer horizon k 2"]
+    bigram: Float[np.ndarray, "horizon k"]
+    bigram_ci: Float[np.ndarray, "horizon k 2"]
+    notes: list[str]
+    n_documents: int
+    bigram_pairs: int
 
 
 def evaluate(
@@ -249,15 +402,23 @@ def evaluate(
     artefacts: Artefacts,
     k: int = 10,
     progress: Progress = NO_PROGRESS,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Precision ``[method, layer, N, ks]`` and the bigram ``[N, ks]`` on the test split.
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    seed: int = 0,
+) -> Evaluation:
+    """Precision ``[method, layer, N, ks]`` and the bigram ``[N, ks]`` on the test split, with CIs.
 
-    Methods lacking an artefact for a layer get NaN there and a line in the returned notes.
+    Methods lacking an artefact for a layer get NaN there and a line in the notes. ``protocol``
+    chooses how fixed and learned reach N ≥ 1; the intervals resample test documents.
     """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
     ks = _ks(k)
-    test, train = data.split(test=True), data.split(test=False)
+    test = data.split(test=True)
     labels = data.labels[test]
+    docs = data.doc_ids[test]
     precision = np.full((len(methods), len(layers), HORIZONS, len(ks)), np.nan)
+    precision_ci = np.full((*precision.shape, 2), np.nan)
     notes: list[str] = []
     teacher = torch.as_tensor(data.labels[test, : HORIZONS - 1], device=session.device)
     jobs = [(m, i) for m in range(len(methods)) for i in range(len(layers))]
@@ -269,13 +430,53 @@ def evaluate(
                 notes.append(f"{method} L{layer}: {missing}")
                 continue
             states = torch.as_tensor(data.resid[test, layer], device=session.device)
-            top_ids, _ = method_topk(session, method, layer, states, teacher, artefacts, max(ks))
-            for j, kk in enumerate(ks):
-                precision[m, i, :, j] = precision_at_k(top_ids.numpy(), labels, kk)
+            top_ids, _ = method_topk(
+                session,
+                method,
+                layer,
+                states,
+                HORIZONS,
+                artefacts,
+                max(ks),
+                protocol=protocol,
+                teacher=teacher if protocol == "teacher-forced" else None,
+            )
+            hits = hits_at_ks(top_ids.numpy(), labels, ks)
+            precision[m, i], precision_ci[m, i] = document_intervals(hits, docs, seed)
             progress((done + 1) / len(jobs), f"evaluated {method} at layer {layer}")
-    bigram_ids = bigram_top_ids(data.current_ids[train], data.labels[train], data.current_ids[test], max(ks))
-    bigram = np.stack([precision_at_k(bigram_ids, labels, kk) for kk in ks], -1)
-    return precision, bigram, notes
+    current, following = bigram_training_pairs(session, data)
+    bigram_ids = bigram_top_ids(current, following, data.current_ids[test], max(ks))
+    bigram, bigram_ci = document_intervals(hits_at_ks(bigram_ids, labels, ks), docs, seed)
+    return Evaluation(
+        precision=precision,
+        precision_ci=precision_ci,
+        bigram=bigram,
+        bigram_ci=bigram_ci,
+        notes=notes,
+        n_documents=len(np.unique(docs)),
+        bigram_pairs=len(current),
+    )
+
+
+def bigram_training_pairs(
+    session: ModelSession, data: FutureLensData
+) -> tuple[Int[np.ndarray, " n"], Int[np.ndarray, "n horizon"]]:
+    """Every training token and the tokens N+1 later in its document's text, for N = 0..3.
+
+    The baseline counts all positions of the training documents (not only the sampled windows'
+    last tokens), like the paper's corpus bigram; it never sees a test document.
+    """
+    docs = load_documents(data.settings.source)
+    current, following = [], []
+    for doc in np.unique(data.doc_ids[data.split(test=False)]).tolist():
+        ids = np.asarray(session.tokenizer(docs[doc], add_special_tokens=False)["input_ids"], dtype=np.int64)
+        n = len(ids) - HORIZONS
+        if n > 0:
+            current.append(ids[:n])
+            following.append(np.stack([ids[1 + h : 1 + h + n] for h in range(HORIZONS)], 1))
+    if not current:
+        return data.current_ids[data.split(test=False)], data.labels[data.split(test=False)]
+    return np.concatenate(current), np.concatenate(following)
 
 
 def _ks(k: int) -> list[int]:
@@ -303,7 +504,10 @@ def run_evaluation(
         methods.append("fixed")
     if config.learned_prompt:
         methods.append("learned")
-    precision, bigram, notes = evaluate(session, data, layers, methods, artefacts, config.k, part(0.55, 1.0))
+    scores = evaluate(
+        session, data, layers, methods, artefacts, config.k, part(0.55, 1.0), protocol=config.protocol
+    )
+    train = data.split(test=False)
     return FutureLensEvalResult(
         model_id=session.model_id,
         prompt=f"evaluation on {config.source}",
@@ -311,11 +515,17 @@ def run_evaluation(
         methods=methods,
         layers=np.asarray(layers, dtype=np.int64),
         ks=np.asarray(_ks(config.k), dtype=np.int64),
-        precision=precision,
-        bigram=bigram,
-        n_train=len(data.split(test=False)),
+        precision=scores.precision,
+        bigram=scores.bigram,
+        n_train=len(train),
         n_test=len(data.split(test=True)),
-        notes=notes,
+        notes=scores.notes,
+        protocol=config.protocol,
+        precision_ci=scores.precision_ci,
+        bigram_ci=scores.bigram_ci,
+        n_documents=scores.n_documents,
+        n_train_documents=len(np.unique(data.doc_ids[train])),
+        bigram_pairs=scores.bigram_pairs,
     )
 
 

@@ -4,9 +4,13 @@
 2. linear model: a d_model×d_model map h_t^ℓ → last block's output at t+N, fitted in closed form
    (ridge on centred data, float64), decoded through final norm + unembed (``linear``);
 3. fixed prompt: run a generic context, overwrite the layer-ℓ state at its last position with
-   h_t^ℓ, feed the model's own next tokens (teacher forcing) and read N = 0..3;
+   h_t^ℓ and read N = 0..3 as the intervened model continues with its own greedy tokens
+   (``protocol="free-running"``, the paper's) or is fed the original run's tokens
+   (``protocol="teacher-forced"``);
 4. learned prompt: as 3 with a trainable soft prompt (10 vectors) trained with KL(original ‖
    intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023) (3 and 4: ``prompts``).
+
+The protocol only matters for 3 and 4 at N ≥ 1: direct and linear read no continuation.
 
 Trained artefacts are safetensors files with JSON metadata (model id, d_model, settings, data
 key) under ``artefacts_dir()/future_lens/<model>``; loading one for another model is refused
@@ -27,10 +31,13 @@ from lenslab.probes.future_lens.linear import (
     load_linear,
 )
 from lenslab.probes.future_lens.prompts import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
     SoftPrompt,
     causal_logits,
     embedding_multiplier,
     fixed_context_ids,
+    free_running_logits,
     load_soft_prompt,
     trained_prompt_layers,
 )
@@ -75,11 +82,17 @@ def method_logits(
     method: str,
     layer: int,
     states: Float[Tensor, "batch d_model"],
-    teacher: Int[Tensor, "batch fed"],
+    horizon: int,
     artefacts: Artefacts,
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    teacher: Int[Tensor, "batch fed"] | None = None,
 ) -> Float[Tensor, "batch horizon vocab"]:
-    """Logits for t+1 .. t+1+fed predicted from single states h_t^ℓ by ``method``."""
-    horizon = teacher.shape[1] + 1
+    """Logits for t+1 .. t+horizon predicted from single states h_t^ℓ by ``method``.
+
+    ``protocol`` says how fixed and learned reach N ≥ 1 (``prompts.PROTOCOLS``); teacher forcing
+    needs ``teacher``, the original run's tokens t+1 .. t+horizon-1.
+    """
     if method == "direct":
         return session.decode_resid(states)[:, None].expand(-1, horizon, -1)
     if method == "linear":
@@ -87,16 +100,22 @@ def method_logits(
             raise ValueError(artefacts.missing("linear", [layer]))
         return session.decode_resid(artefacts.linear.predict(states, layer)[:, :horizon])  # type: ignore[union-attr]
     if method == "fixed":
-        return causal_logits(session, states, layer, teacher, context_ids=fixed_context_ids(session))
-    if method == "learned":
+        context = {"context_ids": fixed_context_ids(session)}
+    elif method == "learned":
         if artefacts.missing("learned", [layer]):
             raise ValueError(artefacts.missing("learned", [layer]))
         prompt = artefacts.prompts[layer]
         multiplier = float(prompt.meta.get("multiplier", embedding_multiplier(session)))
-        return causal_logits(
-            session, states, layer, teacher, soft_prompt=prompt.vectors, multiplier=multiplier
-        )
-    raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+        context = {"soft_prompt": prompt.vectors, "multiplier": multiplier}
+    else:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if protocol == "free-running":
+        return free_running_logits(session, states, layer, horizon, **context)
+    if protocol == "teacher-forced":
+        if teacher is None or teacher.shape[1] < horizon - 1:
+            raise ValueError(f"teacher forcing needs the original tokens t+1 .. t+{horizon - 1}")
+        return causal_logits(session, states, layer, teacher[:, : horizon - 1], **context)
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
 
 
 def method_topk(
@@ -104,21 +123,26 @@ def method_topk(
     method: str,
     layer: int,
     states: Float[Tensor, "batch d_model"],
-    teacher: Int[Tensor, "batch fed"],
+    horizon: int,
     artefacts: Artefacts,
     k: int,
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    teacher: Int[Tensor, "batch fed"] | None = None,
     chunk: int = 32,
 ) -> tuple[Tensor, Tensor]:
-    """Top-k ids and probabilities ``[batch, horizon, k]`` (CPU), computed in chunks."""
+    """Top-k ids and probabilities ``[batch, horizon, k]`` (CPU), computed in chunks of states."""
     ids, probs = [], []
-    horizon = teacher.shape[1] + 1
     with torch.inference_mode():
         for begin in range(0, states.shape[0], chunk):
-            part, fed = states[begin : begin + chunk], teacher[begin : begin + chunk]
+            part = states[begin : begin + chunk]
+            fed = teacher[begin : begin + chunk] if teacher is not None else None
             if method == "direct":  # one distribution per state: the same guess for every N
                 logits = session.decode_resid(part)[:, None]
             else:
-                logits = method_logits(session, method, layer, part, fed, artefacts)
+                logits = method_logits(
+                    session, method, layer, part, horizon, artefacts, protocol=protocol, teacher=fed
+                )
             logits = logits.float()
             # top-k of the logits and exp(logit − logsumexp): no 262k-wide softmax is materialised
             values, top = logits.topk(k, dim=-1)

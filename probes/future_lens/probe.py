@@ -1,12 +1,14 @@
 """Future Lens (Pal et al., CoNLL 2023): what a single hidden state knows about tokens t+2, t+3, ….
 
-For a prompt, every cell (layer ℓ, position t) of the grid decodes the ONE state h_t^ℓ into the
+For a prompt, every cell (layer ℓ, position t) of the grid reads the ONE state h_t^ℓ into the
 tokens it predicts for t+1 .. t+1+N with one of four methods (see ``methods``):
 direct projection, the linear model, the fixed-prompt or the learned-prompt intervention. The
 model's actual continuation is shown alongside: at position t it is the model's greedy token at
 t+1+n given the prompt up to t+n (the prompt's own tokens are fed where it has them, the model's
-greedy tokens beyond its end). The causal methods feed those actual tokens after the context
-(teacher forcing, as in the evaluation), so one forward per cell gives every N.
+greedy tokens beyond its end). For N ≥ 1 the causal methods (fixed, learned) continue from the
+transplanted state with their own greedy tokens (``protocol="free-running"``, the default and
+the paper's), or are fed the actual tokens above (``"teacher-forced"``: one forward per cell,
+but then N ≥ 1 measures the state and the fed tokens together).
 
 Direct projection and the fixed prompt need no training; the linear maps and learned prompts come
 from saved artefacts (``prepare_default_artefacts`` fits the linear maps once per model).
@@ -29,7 +31,14 @@ from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.future_lens.data import HORIZONS, DataSettings, build_dataset
 from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, ensure_linear
 from lenslab.probes.future_lens.methods import METHODS, Artefacts, method_topk
-from lenslab.probes.future_lens.prompts import PromptTraining, SoftPrompt, soft_prompt_path, train_soft_prompt
+from lenslab.probes.future_lens.prompts import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    PromptTraining,
+    SoftPrompt,
+    soft_prompt_path,
+    train_soft_prompt,
+)
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
 from lenslab.progress import NO_PROGRESS, Progress
@@ -54,9 +63,17 @@ class FutureLensConfig(Config):
     k: int = field(
         default=5, metadata={"help": "top tokens kept per cell and N (hover)", "min": 1, "max": 20}
     )
+    protocol: str = field(
+        default=DEFAULT_PROTOCOL,
+        metadata={
+            "help": "fixed/learned at N ≥ 1: continue on the intervened run's own greedy tokens "
+            "(free-running, the paper's) or feed the actual tokens (teacher-forced)",
+            "choices": PROTOCOLS,
+        },
+    )
 
     def validate(self, session: ModelSession) -> None:
-        """Check the method, N, k and the layers against the model."""
+        """Check the method, N, k, the protocol and the layers against the model."""
         super().validate(session)
         session.check_layers(self.layers)
 
@@ -77,6 +94,24 @@ class FutureLensResult(Result):
     actual_ids: Int[np.ndarray, "pos horizon"]
     actual_tokens: list[list[str]]
     artefact: str  # which trained artefact was used (empty for untrained methods)
+    # How fixed/learned reached N ≥ 1. Reports saved before this field existed were teacher-forced.
+    protocol: str = "teacher-forced"
+
+    def __post_init__(self) -> None:
+        """Keep the config's protocol equal to the one computed (old reports load today's default)."""
+        if self.config.protocol != self.protocol:
+            object.__setattr__(self, "config", self.config.replace(protocol=self.protocol))
+
+    @property
+    def causal(self) -> bool:
+        """Whether the protocol shaped these numbers: a causal method read at N ≥ 1."""
+        return self.method in ("fixed", "learned") and self.top_ids.shape[2] > 1
+
+    def read_as(self) -> str:
+        """What a cell is, in words, for titles and captions."""
+        if self.causal:
+            return f"each state transplanted, N ≥ 1 {self.protocol}"
+        return "decoded from each single state"
 
     @property
     def matches(self) -> np.ndarray:
@@ -87,6 +122,8 @@ class FutureLensResult(Result):
         """How often the single-state predictions agree with the actual continuation."""
         agree = self.matches.mean(axis=(0, 1))
         out: dict[str, object] = {"method": self.method}
+        if self.causal:
+            out["protocol (N ≥ 1)"] = self.protocol
         for n, value in enumerate(agree):
             out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%"
         return out
@@ -149,7 +186,7 @@ class FutureLensResult(Result):
         )
         add_clickable_cells(fig, x, y, hover)
         fig.update_layout(
-            title=f"Future Lens ({self.method}): tokens t+1 … t+{horizon} decoded from each single state",
+            title=f"Future Lens ({self.method}): tokens t+1 … t+{horizon}, {self.read_as()}",
             xaxis={"title": "position · input token", "tickangle": -45},
             yaxis={"title": "layer", "categoryorder": "array", "categoryarray": [*y, "actual"]},
             template="plotly_white",
@@ -168,7 +205,8 @@ class FutureLensResult(Result):
                 )
             )
         fig.update_layout(
-            title=f"Agreement with the actual continuation on this prompt ({self.method})",
+            title=f"Agreement with the actual continuation on this prompt ({self.method}"
+            + (f", N ≥ 1 {self.protocol})" if self.causal else ")"),
             xaxis_title="layer",
             yaxis_title="% positions top-1 = actual",
             template="plotly_white",
@@ -241,10 +279,20 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
         tokens = session.tokenize(prompt)
         with session.lock:
             states, actual = actual_continuation(session, tokens, horizon, layers)
-            teacher = actual[:, : horizon - 1]
+            teacher = actual[:, : horizon - 1] if config.protocol == "teacher-forced" else None
             top_ids, top_probs = [], []
             for i, layer in enumerate(layers):
-                ids, probs = method_topk(session, config.method, layer, states[layer], teacher, artefacts, k)
+                ids, probs = method_topk(
+                    session,
+                    config.method,
+                    layer,
+                    states[layer],
+                    horizon,
+                    artefacts,
+                    k,
+                    protocol=config.protocol,
+                    teacher=teacher,
+                )
                 top_ids.append(ids)
                 top_probs.append(probs)
                 progress((i + 1) / len(layers), f"{config.method}: decoded layer {layer}")
@@ -270,6 +318,7 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
             actual_ids=actual_np,
             actual_tokens=[session.decode_each(row) for row in actual_np.tolist()],
             artefact=artefact,
+            protocol=config.protocol,
         )
 
 
@@ -319,7 +368,8 @@ def _future_describe(result: FutureLensResult, ref: StateRef) -> list[str]:
     probs = result.top_probs[0, ref.position]
     predicted = ", ".join(f"t+{n + 1}: {cell[n][0]!r} ({probs[n, 0]:.2f})" for n in range(len(cell)))
     actual = " ".join(repr(t) for t in result.actual_tokens[ref.position])
-    return [f"{result.method} method — {predicted}", f"model's actual continuation: {actual}"]
+    how = f" ({result.protocol})" if result.causal else ""
+    return [f"{result.method} method{how} — {predicted}", f"model's actual continuation: {actual}"]
 
 
 register_state_view(

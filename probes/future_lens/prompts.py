@@ -1,10 +1,15 @@
 """Future Lens methods 3 and 4: transplant h_t^ℓ into a context and let the model run on.
 
 The fixed prompt overwrites the layer-ℓ state at the last position of a generic context with
-h_t^ℓ, feeds the model's own next tokens (teacher forcing) and reads N = 0..3. The learned prompt
-does the same after BOS + a trainable soft prompt (10 vectors) trained with KL(original ‖
-intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023); each trained prompt is saved as an artefact
-per model and layer.
+h_t^ℓ; the learned prompt does the same after BOS + a trainable soft prompt (10 vectors) trained
+with KL(original ‖ intervened) at t+N, AdamW lr 5e-4 (Pal et al., 2023), saved as an artefact
+per model and layer. How the intervened run reaches N ≥ 1 is the *protocol* (``PROTOCOLS``):
+
+- ``"free-running"`` (the paper's, the default): the intervened model continues with its own
+  greedy tokens (:func:`free_running_logits`, one KV-cached generation per batch);
+- ``"teacher-forced"``: the original run's true continuation t+1..t+N is fed after the context
+  (:func:`causal_logits`, one forward), so N ≥ 1 measures the state *and* the fed tokens.
+  Soft-prompt training uses it (the KL target is the original run at t+N).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, bos_id, ca
 from lenslab.progress import NO_PROGRESS, Progress
 
 FIXED_CONTEXT = 'Hello! Could you please tell me more about "'
+PROTOCOLS = ("free-running", "teacher-forced")  # how the intervened run reaches N ≥ 1
+DEFAULT_PROTOCOL = "free-running"  # the paper's
 
 
 # ----------------------------------------------------------------------------- the transplant
@@ -57,24 +64,15 @@ def fixed_context_ids(session: ModelSession, context: str = FIXED_CONTEXT) -> In
     return session.tokenize(context)[0]
 
 
-def causal_logits(
+def _intervention(
     session: ModelSession,
     states: Float[Tensor, "batch d_model"],
     layer: int,
-    teacher: Int[Tensor, "batch fed"],
-    *,
-    context_ids: Int[Tensor, " ctx"] | None = None,
-    soft_prompt: Tensor | None = None,
-    multiplier: float = 1.0,
-) -> Float[Tensor, "batch horizon vocab"]:
-    """Logits for N = 0..fed after transplanting ``states`` into the context's last position.
-
-    The context is ``context_ids`` (fixed prompt) or BOS + ``soft_prompt`` (learned prompt,
-    raw embeddings scaled by ``multiplier``); ``teacher`` holds the tokens fed after it (the
-    model's own continuation t+1..t+fed). Differentiable w.r.t. ``soft_prompt`` (callers choose
-    ``no_grad``/``inference_mode``). Runs the HF forward under ``session.hooks`` so only the
-    last fed+1 positions are unembedded.
-    """
+    context_ids: Int[Tensor, " ctx"] | None,
+    soft_prompt: Tensor | None,
+    multiplier: float,
+) -> tuple[Int[Tensor, "batch ctx"], list[tuple[str, Callable[..., Tensor]]]]:
+    """The context tokens (one row per state) and the hooks that transplant and insert the prompt."""
     batch = states.shape[0]
     device = session.device
     if soft_prompt is not None:
@@ -84,7 +82,6 @@ def causal_logits(
         raise ValueError("give a context (fixed prompt) or a soft prompt")
     context_ids = context_ids.to(device)
     position = context_ids.shape[0] - 1
-    tokens = torch.cat([context_ids.expand(batch, -1), teacher.to(device)], 1)
     hooks = [(session.resid_name(layer), transplant_hook(states, position))]
     if soft_prompt is not None:
 
@@ -95,9 +92,74 @@ def causal_logits(
             )
 
         hooks.append((hooknames.EMBED, insert_soft))
+    return context_ids.expand(batch, -1), hooks
+
+
+def causal_logits(
+    session: ModelSession,
+    states: Float[Tensor, "batch d_model"],
+    layer: int,
+    teacher: Int[Tensor, "batch fed"],
+    *,
+    context_ids: Int[Tensor, " ctx"] | None = None,
+    soft_prompt: Tensor | None = None,
+    multiplier: float = 1.0,
+) -> Float[Tensor, "batch horizon vocab"]:
+    """Teacher-forced logits for N = 0..fed after transplanting ``states`` into the context's end.
+
+    The context is ``context_ids`` (fixed prompt) or BOS + ``soft_prompt`` (learned prompt,
+    raw embeddings scaled by ``multiplier``); ``teacher`` holds the tokens fed after it (the
+    original run's continuation t+1..t+fed), so N ≥ 1 sees the true tokens, not the intervened
+    run's own (the ``"teacher-forced"`` protocol, and how the soft prompt is trained).
+    Differentiable w.r.t. ``soft_prompt`` (callers choose ``no_grad``/``inference_mode``). Runs
+    the HF forward under ``session.hooks`` so only the last fed+1 positions are unembedded.
+    """
+    context, hooks = _intervention(session, states, layer, context_ids, soft_prompt, multiplier)
+    tokens = torch.cat([context, teacher.to(session.device)], 1)
     with session.hooks(hooks) as model:
         out = model.hf(input_ids=tokens, use_cache=False, logits_to_keep=teacher.shape[1] + 1)
     return out.logits
+
+
+def free_running_logits(
+    session: ModelSession,
+    states: Float[Tensor, "batch d_model"],
+    layer: int,
+    horizon: int,
+    *,
+    context_ids: Int[Tensor, " ctx"] | None = None,
+    soft_prompt: Tensor | None = None,
+    multiplier: float = 1.0,
+) -> Float[Tensor, "batch horizon vocab"]:
+    """Free-running logits for N = 0..horizon-1: the intervened run continues on its own tokens.
+
+    The context (as in :func:`causal_logits`) is run once with the transplant, then the model
+    appends its own greedy token and steps on with the KV cache (``session.generate_greedy``),
+    as in Pal et al. (2023): nothing of the original continuation is fed. The transplant and
+    the soft prompt act on the prefill only; the cache carries them into every later step.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be ≥ 1, got {horizon}")
+    context, hooks = _intervention(session, states, layer, context_ids, soft_prompt, multiplier)
+    phase = {"prefill": True}
+
+    def prefill_only(fn: Callable[..., Tensor]) -> Callable[..., Tensor | None]:
+        def hook(tensor: Tensor, *, hook: Any) -> Tensor | None:
+            return fn(tensor, hook=hook) if phase["prefill"] else None
+
+        return hook
+
+    def prefill_done() -> None:
+        phase["prefill"] = False
+
+    _, kept = session.generate_greedy(
+        context.contiguous(),
+        horizon,
+        hooks=[(name, prefill_only(fn)) for name, fn in hooks],
+        on_prefill=prefill_done,
+        logits_to_keep=1,
+    )
+    return torch.cat(kept, 1)
 
 
 # ------------------------------------------------------------------------------- learned prompt
@@ -178,6 +240,10 @@ def train_soft_prompt(
     progress: Progress = NO_PROGRESS,
 ) -> SoftPrompt:
     """Train a soft prompt for ``layer`` on the training split (KL objective, AdamW).
+
+    Training is teacher-forced (:func:`causal_logits`): the original run's tokens t+1..t+3 are
+    fed after the prompt and the KL to the original distribution is taken at every N in one
+    differentiable forward. Evaluation and the grid then read the prompt free-running by default.
 
     The prompt lives in the raw embedding table's space and is multiplied by the model's embedding
     scale (√d_model = 25.3 for Gemma), so the paper's N(0, 0.02) init and lr 5e-4 keep their

@@ -8,7 +8,10 @@
   from a random start, driven by J·V (for a linear map the JVP *is* the map: a batched forward)
   and Jᵀ·U (the transpose), never materialising J; it stops when the residuals say the top
   singular values are within the tolerance.
-* :func:`layer_sweep` — stable rank, σ_max and the top left direction of every layer's J at once.
+* :func:`hutchinson_samples` — the i.i.d. samples ‖J ω‖² (Gaussian ω) whose mean estimates ‖J‖_F².
+* :func:`gram_stable_rank` — the exact ‖J‖_F² and σ_max² of a built J from its small Gram matrix.
+* :func:`layer_sweep` — Hutchinson samples of ‖J_ℓ‖_F², a σ_max lower bound and the top left
+  direction of every layer's J at once.
 """
 
 from __future__ import annotations
@@ -232,6 +235,44 @@ def _ritz_error(values: Tensor, residuals: Tensor, rank: int) -> float:
     return float(torch.minimum(linear, quadratic).max())
 
 
+def hutchinson_samples(
+    model: LinearizedModel,
+    inputs: Float[Tensor, "1 seq d_model"],
+    names: Sequence[str],
+    position: int,
+    probes: int,
+    seed: int = 1,
+) -> dict[str, Float[Tensor, " probes"]]:
+    """‖J ω_k‖² for ``probes`` Gaussian ω_k, for several targets from one batched forward.
+
+    Each sample is an unbiased, independent estimate of ‖J‖_F² (E ωᵀJᵀJω = tr JᵀJ), so their
+    mean is Hutchinson's estimate and their spread gives its standard error.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    omega = torch.randn(probes, *inputs.shape[1:], generator=generator, dtype=torch.float64).to(inputs)
+    with torch.no_grad():
+        out = model(omega, list(names))
+        zero = model(torch.zeros_like(inputs), list(names)) if model.has_bias else None
+    samples = {}
+    for name in names:
+        values = out[name][:, position]
+        if zero is not None:
+            values = values - zero[name][:, position]
+        samples[name] = values.square().sum(-1)
+    return samples
+
+
+def gram_stable_rank(full: Float[Tensor, "d_out seq d_in"]) -> tuple[float, float]:
+    """Exact ``(‖J‖_F², σ_max²)`` of a built J, from its d_out × d_out Gram matrix in float64.
+
+    tr(JJᵀ) and λ_max(JJᵀ) need one small symmetric eigenproblem instead of an SVD of the wide J
+    (which dominated on a loaded CPU); float64 keeps the ratio at float precision.
+    """
+    flat = full.reshape(full.shape[0], -1).double()
+    gram = flat @ flat.T
+    return float(torch.trace(gram)), float(torch.linalg.eigvalsh(gram)[-1])
+
+
 def _top_right_vector(matrix: Float[Tensor, "m n"], steps: int = 12) -> Float[Tensor, " n"]:
     """Top right singular vector by power iteration on matmuls (a start for the sweep's power rounds).
 
@@ -244,6 +285,21 @@ def _top_right_vector(matrix: Float[Tensor, "m n"], steps: int = 12) -> Float[Te
     return vector
 
 
+@dataclass
+class LayerSweep:
+    """Per-layer estimates from :func:`layer_sweep`, with how they were obtained."""
+
+    frobenius_samples: Float[Tensor, "layer probes"]  # ‖J_ℓ ω_k‖²: i.i.d., mean = Hutchinson ‖J_ℓ‖_F²
+    sigma_max: Float[Tensor, " layer"]  # a lower bound: ‖J_ℓ v‖ for a unit v after ``power_steps``
+    left: Float[Tensor, "layer d"]  # the top left singular direction's estimate
+    power_steps: int
+
+    @property
+    def frobenius(self) -> Float[Tensor, " layer"]:
+        """Hutchinson's estimate of ‖J_ℓ‖_F² (the samples' mean)."""
+        return self.frobenius_samples.mean(-1)
+
+
 def layer_sweep(
     model: LinearizedModel,
     inputs: Float[Tensor, "1 seq d_model"],
@@ -252,14 +308,15 @@ def layer_sweep(
     rounds: int = 2,
     seed: int = 1,
     progress: Progress = NO_PROGRESS,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """‖J_ℓ‖_F², σ_max(J_ℓ) and its left singular vector for every layer's residual output.
+) -> LayerSweep:
+    """Hutchinson samples of ‖J_ℓ‖_F², σ_max(J_ℓ) from below and its left vector, for every layer.
 
     J_ℓ = ∂(residual after block ℓ at ``position``)/∂x. One batched forward of ``probes`` Gaussian
     inputs sketches every layer at once: Hutchinson gives ‖J_ℓ‖_F² = E‖J_ℓ ω‖² (relative error
     ~ √(2/probes)), and the sketch's top left singular vector starts ``rounds`` of power
     iteration run for all layers together (one adjoint pass with each layer's cotangent injected
-    at its own block, one forward). Returns (frobenius² [L], sigma_max [L], left vectors [L, d]).
+    at its own block, one forward). σ_max is ‖J_ℓ v‖ for a unit vector v, so it never exceeds the
+    true σ_max: a lower bound, not converged to any tolerance.
     """
     n_layers, seq, d_model = model.n_layers, inputs.shape[1], inputs.shape[2]
     names = [hooknames.resid(layer) for layer in range(n_layers)]
@@ -273,7 +330,7 @@ def layer_sweep(
         y = sketch[name][:, position]
         if zero is not None:
             y = y - zero[name][:, position]
-        frob.append(y.square().sum(-1).mean())
+        frob.append(y.square().sum(-1))
         left.append(_top_right_vector(y))
     frob_t, left_t = torch.stack(frob), torch.stack(left)
     progress(1 / (rounds + 1), "layer sweep: sketch")
@@ -290,4 +347,4 @@ def layer_sweep(
         sigma = forward.norm(dim=-1)
         left_t = forward / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)[:, None]
         progress((it + 2) / (rounds + 1), "layer sweep: power iteration")
-    return frob_t, sigma, left_t
+    return LayerSweep(frob_t, sigma, left_t, rounds)

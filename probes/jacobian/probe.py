@@ -18,13 +18,17 @@ Cheaper variants than the paper, chosen for an interactive app and documented he
   ``SVD_TOLERANCE`` (per-token SVDs are then skipped); method ``full`` (or
   ``auto`` up to ``full_max_tokens`` tokens) builds J by batched adjoint products and gives every
   J_i's spectrum and the reconstruction from J itself;
-* the layer sweep estimates ‖J_ℓ‖_F² by Hutchinson (64 Gaussian probes, one batched forward for
+* the stable rank ‖J‖_F²/σ_max² is exact (from J's Gram matrix) when J is built or cheap to build
+  (config ``stable_rank``); otherwise ‖J‖_F² is a Hutchinson estimate whose 95% interval comes
+  from its i.i.d. probe samples (:func:`_stable_rank_estimate` says how it reaches the ratio);
+* the layer sweep estimates ‖J_ℓ‖_F² the same way (64 Gaussian probes, one batched forward for
   all layers) and σ_max / the top direction by two batched power-iteration rounds started from
-  that sketch, so its stable ranks are estimates (±~10-20%), labelled as such.
+  that sketch; that σ_max is a lower bound, and every figure says so.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -33,19 +37,32 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from lenslab.models import hooknames
+from lenslab.models import guards, hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Probe, register, to_numpy
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
-from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd, layer_sweep
-from lenslab.probes.jacobian.detached import model_family, record_coefficients, target_hook
+from lenslab.probes.jacobian.algorithms import (
+    contributions,
+    gram_stable_rank,
+    hutchinson_samples,
+    jacobian,
+    krylov_svd,
+    layer_sweep,
+)
+from lenslab.probes.jacobian.detached import record_coefficients, target_hook
 from lenslab.probes.jacobian.operator import LinearizedModel
 from lenslab.probes.jacobian.result import (
+    EXACT,
     HUTCHINSON_PROBES,
     SVD_TOLERANCE,
+    SWEEP_POWER_STEPS,
     JacobianConfig,
     JacobianResult,
+    hutchinson_method,
+    power_method,
+    sweep_rank_method,
 )
+from lenslab.probes.stats import Interval, mean_ci
 from lenslab.progress import NO_PROGRESS, Progress
 
 
@@ -143,7 +160,11 @@ def _analyse(
         top_sq = per_token[:, 0].double().square()
         safe = torch.where(top_sq > 0, top_sq, torch.ones_like(top_sq))
         token_sr = to_numpy(torch.where(top_sq > 0, per_token.double().square().sum(-1) / safe, 0.0))
+        frob = float(s.double().square().sum())
         stable = float(s.square().sum() / s[0].square())
+        rank_estimate = None
+        if config.stable_rank == "estimate":
+            rank_estimate = _stable_rank_estimate(model, inputs, target, position, float(s[0]), 0.0)
         with torch.no_grad():  # the issue's check, from J itself: ‖Σ_i J_i x_i + b − y‖/‖y‖
             linear = torch.einsum("osi,si->o", full, inputs[0])
         reconstruction = max(reconstruction, float((linear + b - y).norm() / y.norm()))
@@ -161,8 +182,16 @@ def _analyse(
         svd_products, svd_error = top.products, top.error_estimate
         token_sv = np.zeros((0, 0))
         token_sr = np.zeros(0)
-        frob = _hutchinson(model, inputs, [target], position)[target]
-        stable = float(frob / s[0].square())
+        rank_estimate = None
+        if _exact_stable_rank_wanted(session, config, seq):
+            built = jacobian(model, inputs, target, position)
+            frob, sigma_sq = gram_stable_rank(built)
+            stable = frob / sigma_sq
+            del built
+        else:
+            rank_estimate = _stable_rank_estimate(model, inputs, target, position, float(s[0]), svd_error)
+    if rank_estimate is not None:
+        stable, frob = rank_estimate[0].estimate, rank_estimate[1].estimate
     timings["svd"] = time.perf_counter() - clock
     left_tokens, left_scores = _decode_left(session, u[:, :n_comp], y, target, config.top_tokens)
     right_tokens, right_positions = _nearest_inputs(
@@ -172,15 +201,26 @@ def _analyse(
     # Layer sweep.
     clock = time.perf_counter()
     layers = np.arange(session.n_layers) if config.layer_sweep else np.zeros(0, dtype=np.int64)
-    sigma_max, sweep_rank, sweep_tokens, heat = [], [], [], []
+    sigma_max, sweep_rank, sweep_ci, sweep_tokens, heat = [], [], [], [], []
     if config.layer_sweep:
-        frobs, sigmas, lefts = layer_sweep(model, inputs, position, progress=_scaled(progress, 0.6, 0.98))
+        sweep = layer_sweep(
+            model,
+            inputs,
+            position,
+            probes=HUTCHINSON_PROBES,
+            rounds=SWEEP_POWER_STEPS,
+            progress=_scaled(progress, 0.6, 0.98),
+        )
+        samples = to_numpy(sweep.frobenius_samples.double())
         for layer, name in enumerate(sweep_names):
             y_layer = coefficients.outputs[name][0, position]
-            sigma_max.append(float(sigmas[layer]))
-            sweep_rank.append(float(frobs[layer] / sigmas[layer].square()))
+            sigma = float(sweep.sigma_max[layer])
+            sigma_max.append(sigma)
+            interval = mean_ci(samples[layer])
+            sweep_rank.append(interval.estimate / sigma**2)  # σ_max is a lower bound: not widened
+            sweep_ci.append((interval.low / sigma**2, interval.high / sigma**2))
             sweep_tokens.append(
-                _decode_left(session, lefts[layer][:, None], y_layer, name, config.top_tokens)[0][0]
+                _decode_left(session, sweep.left[layer][:, None], y_layer, name, config.top_tokens)[0][0]
             )
             heat.append(to_numpy((contrib[name][:, position].norm(dim=-1) / y_layer.norm()).double()))
     timings["layer_sweep"] = time.perf_counter() - clock
@@ -219,6 +259,17 @@ def _analyse(
         timings=timings,
         svd_products=svd_products,
         svd_error_estimate=svd_error,
+        stable_rank_method=EXACT if rank_estimate is None else hutchinson_method(HUTCHINSON_PROBES),
+        stable_rank_low=math.nan if rank_estimate is None else rank_estimate[0].low,
+        stable_rank_high=math.nan if rank_estimate is None else rank_estimate[0].high,
+        frobenius_sq=frob,
+        frobenius_sq_se=math.nan if rank_estimate is None else rank_estimate[2],
+        frobenius_sq_low=math.nan if rank_estimate is None else rank_estimate[1].low,
+        frobenius_sq_high=math.nan if rank_estimate is None else rank_estimate[1].high,
+        hutchinson_probes=0 if rank_estimate is None else HUTCHINSON_PROBES,
+        sweep_stable_rank_ci=np.asarray(sweep_ci, dtype=np.float64).reshape(len(sweep_rank), 2),
+        sweep_stable_rank_method=sweep_rank_method(HUTCHINSON_PROBES) if config.layer_sweep else "",
+        sweep_sigma_method=power_method(SWEEP_POWER_STEPS) if config.layer_sweep else "",
     )
 
 
@@ -237,37 +288,69 @@ def _detach_error(session: ModelSession, coefficients: Any, model: LinearizedMod
         return float((logits - ref).abs().max() / ref.abs().max())
 
 
-def _hutchinson(model: LinearizedModel, inputs: Tensor, names: list[str], position: int) -> dict[str, Tensor]:
-    """‖J‖_F² ≈ mean ‖J ω‖² over Gaussian ω, for several targets from one batched forward."""
-    generator = torch.Generator(device="cpu").manual_seed(1)
-    probes = torch.randn(HUTCHINSON_PROBES, *inputs.shape[1:], generator=generator, dtype=torch.float64)
-    probes = probes.to(inputs)
-    with torch.no_grad():
-        out = model(probes, names)
-        zero = model(torch.zeros_like(inputs), names) if model.has_bias else None
-    result = {}
-    for name in names:
-        values = out[name][:, position]
-        if zero is not None:
-            values = values - zero[name][:, position]
-        result[name] = values.square().sum(-1).mean()
-    return result
+def _exact_stable_rank_wanted(session: ModelSession, config: JacobianConfig, seq: int) -> bool:
+    """Whether the matrix-free path should build J for the exact stable rank (refused over budget).
+
+    Only ``exact`` builds it here (with the guard's message when J does not fit): building J costs
+    one product per output row, many times the top-k SVD, so ``auto`` keeps the page at the cost
+    of the SVD and reports the Hutchinson estimate with its interval. ``method="full"`` has J
+    anyway and reports the exact value under ``auto``.
+    """
+    if config.stable_rank != "exact":
+        return False
+    need = 2 * guards.jacobian_bytes(seq, session.d_model, dtype=session.dtype)  # J and its Gram input
+    guards.check_memory(
+        need,
+        "the exact stable rank (the full Jacobian)",
+        device=session.device,
+        hint="use stable_rank=estimate or a shorter prompt",
+    )
+    return True
+
+
+def _stable_rank_estimate(
+    model: LinearizedModel,
+    inputs: Tensor,
+    target: str,
+    position: int,
+    sigma_max: float,
+    sigma_error: float,
+    probes: int = HUTCHINSON_PROBES,
+    seed: int = 1,
+) -> tuple[Interval, Interval, float]:
+    """Hutchinson ‖J‖_F² with its 95% interval, carried to the stable rank; also its standard error.
+
+    Each probe gives one i.i.d. sample ωᵀJᵀJω of ‖J‖_F², so ``mean_ci`` over them is a Student-t
+    interval for ‖J‖_F². The stable rank divides by σ̂², where σ̂ is the Lanczos Ritz value: never
+    above the true σ_max and within ``sigma_error`` (relative) of it. So the rank's interval is
+    [F_low/(σ̂(1+e))², F_high/σ̂²]: the Hutchinson interval, widened on the low side by σ's error.
+    Returns (stable rank, ‖J‖_F², standard error of ‖J‖_F²).
+    """
+    samples = to_numpy(hutchinson_samples(model, inputs, [target], position, probes, seed)[target].double())
+    frob = mean_ci(samples)
+    se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
+    square = sigma_max**2
+    rank = Interval(
+        frob.estimate / square,
+        frob.low / (square * (1 + sigma_error) ** 2),
+        frob.high / square,
+        frob.n,
+        f"Hutchinson over {frob.n} probes (t), divided by σ_max²",
+    )
+    return rank, frob, se
 
 
 def _decode_left(
     session: ModelSession, vectors: Float[Tensor, "d k"], y: Tensor, target: str, top: int
 ) -> tuple[list[list[str]], np.ndarray]:
     """Top output tokens of each left singular vector, its sign aligned with the output y."""
-    w_u = session.output_embedding().weight
     vectors = vectors * torch.where((vectors.T @ y) < 0, -1.0, 1.0).to(vectors)
-    if target != hooknames.FINAL_NORM:
-        # A residual-stream direction is read through the final norm's weight (its scale is a
-        # positive per-position constant that does not change the ranking).
-        final = session.hf_final_norm()
-        weight = final.weight + 1.0 if model_family(session) == "gemma3" else final.weight
-        vectors = vectors * weight[:, None]
     with torch.no_grad():
-        scores = (w_u @ vectors.to(w_u.dtype)).T  # [k, vocab]
+        if target == hooknames.FINAL_NORM:  # already a final-norm output: the unembedding alone
+            w_u = session.output_embedding().weight
+            scores = vectors.T.to(w_u.dtype) @ w_u.T  # [k, vocab]
+        else:  # a residual-stream direction, read through the final norm's weight
+            scores = session.decode_direction(vectors.T)
         values, ids = scores.topk(top, dim=-1)
     return [session.decode_each(row) for row in ids.tolist()], to_numpy(values.double())
 
@@ -304,9 +387,10 @@ def _jacobian_describe(result: JacobianResult, ref: StateRef) -> list[str]:
     drivers = ", ".join(f"{result.tokens[i]!r} ({result.contribution_norm[i]:.3g})" for i in order)
     top = ", ".join(repr(t) for t in result.left_tokens[0][:5]) if result.left_tokens else "—"
     return [
-        f"reconstruction error ‖Σ J_i x_i − y‖/‖y‖ = {result.reconstruction_error:.2e}",
+        f"target: {result.target_description}; reconstruction error ‖Σ J_i x_i − y‖/‖y‖ = "
+        f"{result.reconstruction_error:.2e}",
         f"largest token contributions ‖J_i x_i‖: {drivers}",
-        f"top singular direction decodes to {top}; stable rank {result.stable_rank:.1f}",
+        f"top singular direction decodes to {top}; stable rank {result.stable_rank_text()}",
     ]
 
 

@@ -6,6 +6,7 @@ load and plot a saved result without the algorithms, and each module stays one r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,14 +14,19 @@ import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float, Int
 
+from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Result
 from lenslab.probes.jacobian.detached import COMPONENTS, model_family
 from lenslab.probes.plotting import label, unique_labels
+from lenslab.probes.stats import format_interval
 
 DTYPE_CHOICES = ("float32", "float64")
 METHOD_CHOICES = ("auto", "full", "randomized")
+STABLE_RANK_CHOICES = ("auto", "exact", "estimate")
 HUTCHINSON_PROBES = 64
+SWEEP_POWER_STEPS = 2
+EXACT = "exact"
 SVD_TOLERANCE = 1e-3
 """Relative accuracy of the matrix-free singular values (the issue's bar; about 200 products on Gemma)."""
 
@@ -68,6 +74,15 @@ class JacobianConfig(Config):
     full_max_tokens: int = field(
         default=12,
         metadata={"help": "auto uses the full Jacobian up to this many tokens", "min": 1, "max": 512},
+    )
+    stable_rank: str = field(
+        default="auto",
+        metadata={
+            "help": "exact: ‖J‖_F²/σ_max² from the built J (builds it if needed, within the memory budget); "
+            f"estimate: ‖J‖_F² by Hutchinson ({HUTCHINSON_PROBES} probes, with a 95% interval); auto: exact "
+            "when J is built anyway (method full), else the estimate",
+            "choices": STABLE_RANK_CHOICES,
+        },
     )
 
     def validate(self, session: ModelSession) -> None:
@@ -120,6 +135,42 @@ class JacobianResult(Result):
     timings: dict[str, float]
     svd_products: int = 0  # J·v and Jᵀ·u products the SVD spent (d_out adjoint rows when J is built)
     svd_error_estimate: float = 0.0  # matrix-free SVD's estimated max relative σ error (0: exact SVD)
+    # How the stable rank was obtained ("" in reports saved before these fields: inferred on load).
+    stable_rank_method: str = ""  # "exact" or "Hutchinson, 64 probes"
+    stable_rank_low: float = math.nan  # 95% interval (NaN when exact or unknown)
+    stable_rank_high: float = math.nan
+    frobenius_sq: float = math.nan  # ‖J‖_F²: exact, or the mean of the Hutchinson samples
+    frobenius_sq_se: float = math.nan  # standard error of that mean (NaN when exact)
+    frobenius_sq_low: float = math.nan  # its 95% Student-t interval over the probe samples
+    frobenius_sq_high: float = math.nan
+    hutchinson_probes: int = 0  # probes behind the estimate (0: exact)
+    sweep_stable_rank_ci: Float[np.ndarray, "layer 2"] | None = None  # 95% (Hutchinson part only)
+    sweep_stable_rank_method: str = ""  # e.g. "‖J_ℓ‖_F² by Hutchinson, 64 probes, over σ_max²"
+    sweep_sigma_method: str = ""  # e.g. "≥: a lower bound from 2 power-iteration steps"
+
+    def __post_init__(self) -> None:
+        """Fill in the method strings of reports saved before they were recorded (same algorithms)."""
+        if not self.stable_rank_method:
+            method = EXACT if self.method == "full" else hutchinson_method(HUTCHINSON_PROBES)
+            object.__setattr__(self, "stable_rank_method", method)
+        if len(self.sweep_layers) and not self.sweep_sigma_method:
+            object.__setattr__(self, "sweep_sigma_method", power_method(SWEEP_POWER_STEPS))
+        if len(self.sweep_layers) and not self.sweep_stable_rank_method:
+            object.__setattr__(self, "sweep_stable_rank_method", sweep_rank_method(HUTCHINSON_PROBES))
+
+    @property
+    def target_description(self) -> str:
+        """What y is, in words (a layer target is not a logit: no final norm, no unembedding)."""
+        return describe_target(self.target)
+
+    def stable_rank_text(self) -> str:
+        """``≈ 10.6 [9.1, 12.2] (Hutchinson, 64 probes)``, or ``14.2 (exact)``."""
+        if self.stable_rank_method == EXACT:
+            return f"{self.stable_rank:.3g} ({EXACT})"
+        if math.isnan(self.stable_rank_low):
+            return f"≈ {self.stable_rank:.3g} ({self.stable_rank_method}; no interval saved)"
+        interval = format_interval(self.stable_rank, self.stable_rank_low, self.stable_rank_high)
+        return f"≈ {interval} ({self.stable_rank_method})"
 
     def summary(self) -> dict[str, Any]:
         """The reconstruction error first: it is the check that the linear system is exact."""
@@ -128,7 +179,7 @@ class JacobianResult(Result):
             "reconstruction error": self.reconstruction_error,
             "predicted": self.predicted_token,
             "top input token": f"{top}:{self.tokens[top]}",
-            "stable rank": self.stable_rank,
+            "stable rank": self.stable_rank_text(),
         }
 
     def figures(self) -> dict[str, go.Figure]:
@@ -148,16 +199,22 @@ class JacobianResult(Result):
                 y=self.contribution_logit,
                 customdata=np.stack([self.contribution_norm], axis=-1),
                 marker_color=["#d62728" if v < 0 else "#1f77b4" for v in self.contribution_logit],
-                hovertemplate="%{x}<br>logit contribution %{y:.4g}<br>‖J_i x_i‖ %{customdata[0]:.4g}"
+                hovertemplate="%{x}<br>W_U[pred] · J_i x_i %{y:.4g}<br>‖J_i x_i‖ %{customdata[0]:.4g}"
                 "<extra></extra>",
             )
         )
         bias = f" + bias {self.bias_logit:.3g}" if self.bias_norm > 0 else ""
+        token = repr(label(self.predicted_token))
+        if self.target == hooknames.FINAL_NORM:
+            what, axis = f"the logit of {token}", "logit contribution W_U[pred] · J_i x_i"
+        else:  # W_U[pred]·y of a layer target is a projection, not a logit (no final norm)
+            what = f"W_U[{token}] · y, y = {self.target_description}"
+            axis = "W_U[pred] · J_i x_i (a projection; no final norm)"
         fig.update_layout(
-            title=f"Exact contribution of each input token to the logit of {label(self.predicted_token)!r} "
+            title=f"Exact contribution of each input token to {what} "
             f"(sum{bias} = {self.target_logit:.4g}; reconstruction error {self.reconstruction_error:.2e})",
             xaxis={"title": "input token", "tickangle": -45},
-            yaxis_title="W_U[pred] · J_i x_i",
+            yaxis_title=axis,
             template="plotly_white",
         )
         return fig
@@ -184,8 +241,8 @@ class JacobianResult(Result):
                 )
             )
         fig.update_layout(
-            title=f"Singular values of the Jacobian of {self.target} @ position {self.position} "
-            f"(stable rank {self.stable_rank:.2f}, {self.method})",
+            title=f"Singular values of the Jacobian of the {self.target_description} @ position "
+            f"{self.position} (SVD {self.method}; stable rank {self.stable_rank_text()})",
             xaxis_title="index",
             yaxis={"title": "singular value", "type": "log"},
             template="plotly_white",
@@ -217,24 +274,40 @@ class JacobianResult(Result):
 
     def _sweep_figure(self) -> go.Figure:
         hover = [" · ".join(label(t) for t in toks) for toks in self.sweep_tokens]
+        ci = self.sweep_stable_rank_ci
+        has_ci = ci is not None and ci.shape == (len(self.sweep_layers), 2)
+        low = ci[:, 0] if has_ci else np.full(len(self.sweep_layers), np.nan)
+        high = ci[:, 1] if has_ci else np.full(len(self.sweep_layers), np.nan)
+        error_y = (
+            {
+                "type": "data",
+                "symmetric": False,
+                "array": high - self.sweep_stable_rank,
+                "arrayminus": self.sweep_stable_rank - low,
+            }
+            if has_ci
+            else None
+        )
         fig = go.Figure(
             go.Scatter(
                 x=[int(layer) for layer in self.sweep_layers],
                 y=self.sweep_stable_rank,
+                error_y=error_y,
                 mode="lines+markers+text",
                 text=[label(toks[0]) if toks else "" for toks in self.sweep_tokens],
                 textposition="top center",
-                customdata=np.stack([self.sweep_sigma_max], axis=-1),
+                customdata=np.stack([self.sweep_sigma_max, low, high], axis=-1),
                 hovertext=hover,
-                hovertemplate="layer %{x}<br>stable rank ≈ %{y:.3g}<br>σ_max %{customdata[0]:.4g}"
-                "<br>%{hovertext}<extra></extra>",
+                hovertemplate="layer %{x}<br>stable rank ≈ %{y:.3g} [%{customdata[1]:.3g}, "
+                "%{customdata[2]:.3g}]<br>σ_max ≥ %{customdata[0]:.4g}<br>%{hovertext}<extra></extra>",
             )
         )
         fig.update_layout(
-            title="Layer sweep: stable rank of ∂(residual after layer ℓ)/∂x (Hutchinson estimate) "
-            "and the top left singular direction's token",
+            title="Layer sweep: stable rank ‖J‖_F²/σ_max² of ∂(residual stream after block ℓ, no final "
+            f"norm)/∂x with 95% intervals ({self.sweep_stable_rank_method}; σ_max {self.sweep_sigma_method}, "
+            "so the ranks may come out high), labelled with the top left singular direction's token",
             xaxis_title="layer",
-            yaxis_title="stable rank ‖J‖_F²/σ_max²",
+            yaxis_title="stable rank ≈ ‖J‖_F² / (σ_max lower bound)²",
             template="plotly_white",
         )
         return fig
@@ -251,11 +324,44 @@ class JacobianResult(Result):
             )
         )
         fig.update_layout(
-            title=f"Contribution of each input token to the residual stream at position {self.position}, "
-            "by layer",
+            title=f"Contribution of each input token to the residual stream after each block (no final "
+            f"norm) at position {self.position}",
             xaxis={"title": "input token", "tickangle": -45},
             yaxis_title="layer",
             template="plotly_white",
             height=max(320, 22 * len(self.sweep_layers) + 160),
         )
         return fig
+
+
+def hutchinson_method(probes: int) -> str:
+    """Method string of a Hutchinson estimate of ‖J‖_F²."""
+    return f"Hutchinson, {probes} probes"
+
+
+def power_method(steps: int) -> str:
+    """Method string of the sweep's σ_max: ‖J v‖ after ``steps`` power-iteration steps bounds it below."""
+    return f"≥: a lower bound from {steps} power-iteration steps"
+
+
+def sweep_rank_method(probes: int) -> str:
+    """Method string of the sweep's stable ranks: a Hutchinson ‖J_ℓ‖_F² over a σ_max lower bound²."""
+    return f"‖J_ℓ‖_F² by {hutchinson_method(probes)}, over σ_max²"
+
+
+def describe_target(target: str) -> str:
+    """A target hook in words: the final-norm state, or a block's part (which no final norm has read)."""
+    if target == hooknames.FINAL_NORM:
+        return "final-norm hidden state"
+    layer = hooknames.layer_of(target)
+    if layer is None:
+        return target
+    if hooknames.is_resid(target):
+        part = "residual stream after block"
+    elif target in (hooknames.attn_out(layer), hooknames.attn_post_norm(layer)):
+        part = "attention output of block"
+    elif target in (hooknames.mlp_out(layer), hooknames.mlp_post_norm(layer)):
+        part = "MLP output of block"
+    else:
+        return target
+    return f"{part} {layer} (no final norm)"

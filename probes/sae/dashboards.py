@@ -11,7 +11,9 @@ activations and four running statistics are updated on the device for all featur
 - a histogram of non-zero activations on fixed log-spaced bins (edges set from the first batch);
 - firing counts and activation sums (frequency, mean).
 
-BOS positions are skipped: their residual is an outlier that says nothing about the text. The
+By default the windows come from the corpus' held-out documents (``corpus.split_documents``),
+which lenslab-trained SAEs never saw, so a feature's examples are not its training text. BOS
+positions are skipped: their residual is an outlier that says nothing about the text. The
 result is plain numpy, cached on disk per (model, SAE, corpus windows, settings) with
 ``np.savez`` + JSON (no pickle).
 """
@@ -32,7 +34,7 @@ from torch import Tensor
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
-from lenslab.probes.sae.corpus import PYTHON_DOCS, TokenWindows, as_tensor, token_windows
+from lenslab.probes.sae.corpus import PYTHON_DOCS, SUBSETS, Subset, TokenWindows, as_tensor, token_windows
 from lenslab.probes.sae.loading import LoadedSAE, sae_root
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -54,6 +56,7 @@ class DashboardSettings:
     """What the streaming pass reads and keeps."""
 
     corpus: str = PYTHON_DOCS
+    documents: Subset = "held-out"  # which documents of the corpus: held-out, train or all
     n_seq: int = 256
     context_size: int = 64
     top_k: int = 20
@@ -69,6 +72,8 @@ class DashboardSettings:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.context_size < 2:
             raise ValueError("context_size must be at least 2 (BOS plus one token)")
+        if self.documents not in SUBSETS:
+            raise ValueError(f"documents must be one of {', '.join(SUBSETS)}, got {self.documents!r}")
 
 
 @dataclass
@@ -145,7 +150,11 @@ def get_dashboards(
     settings.validate()
     progress(0.0, "tokenising the corpus")
     windows = token_windows(
-        session, settings.corpus, context_size=settings.context_size, n_seq=settings.n_seq
+        session,
+        settings.corpus,
+        context_size=settings.context_size,
+        n_seq=settings.n_seq,
+        subset=settings.documents,
     )
     key = cache_key(session, loaded, windows, settings)
     path = cache_path(session, key)
@@ -233,6 +242,7 @@ def build_dashboards(
         "sae_identity": loaded.identity,
         "hook_name": loaded.hook_name,
         "corpus": windows.corpus,
+        "documents": settings.documents,
         "corpus_digest": windows.digest,
         "settings": asdict(settings),
         "n_tokens": n_tokens,
@@ -266,19 +276,19 @@ def _log_edges(firing_values: Tensor, n_bins: int, device: torch.device) -> Tens
 def logit_effects(
     session: ModelSession, loaded: LoadedSAE, features: list[int] | None = None, k: int = 10, chunk: int = 128
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Top and bottom ``k`` tokens of W_dec[f] · W_U for each feature: (top ids, values, bottom ids, values).
+    """Top and bottom ``k`` tokens of each feature's decoder direction: (top ids, values, bottom ids, values).
 
-    Like Neuronpedia/SAEDashboard, the decoder direction is multiplied by the unembedding
-    directly (the final norm's per-token scale is left out), so this reads which tokens a
-    feature's direction promotes or suppresses. Computed in chunks of features.
+    Each row W_dec[f] is decoded by ``session.decode_direction``: through the final norm's weight,
+    then the unembedding, the same way the Jacobian probe reads a direction (Neuronpedia and
+    SAEDashboard skip the norm's weight; for Gemma it rescales every dimension by 1 + w and can
+    reorder the tokens). Computed in chunks of features.
     """
-    w_u = session.unembed_matrix.float()
     ids = list(range(loaded.d_sae)) if features is None else [loaded.check_feature(f) for f in features]
     out: list[list[Tensor]] = [[], [], [], []]
     with torch.inference_mode():
         for start in range(0, len(ids), chunk):
             part = torch.tensor(ids[start : start + chunk], device=loaded.sae.W_dec.device)
-            effects = loaded.sae.W_dec[part].float().to(w_u.device) @ w_u
+            effects = session.decode_direction(loaded.sae.W_dec[part])
             top_v, top_i = effects.topk(k, dim=-1)
             bot_v, bot_i = effects.topk(k, dim=-1, largest=False)
             for slot, value in enumerate((top_i, top_v, bot_i, bot_v)):

@@ -10,7 +10,8 @@ Two probes share this module:
   is left out of every metric and never spliced: its activation is an outlier SAEs don't model.
 - ``sae_feature`` (feature page, Neuronpedia / SAEDashboard style): top-activating corpus
   contexts with the activating token highlighted, examples from activation quantiles, the
-  activation histogram, firing frequency and top/bottom logit effects (W_dec[f] · W_U). It reads
+  activation histogram, firing frequency and top/bottom logit effects (W_dec[f] read through the
+  final norm's weight and W_U: ``session.decode_direction``). It reads
   dashboards built for all features in one streaming pass (``probes/sae/dashboards.py``) and
   cached per (model, SAE, corpus).
 
@@ -34,10 +35,11 @@ from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import label, unique_labels
-from lenslab.probes.sae.corpus import PYTHON_DOCS
+from lenslab.probes.sae.corpus import PYTHON_DOCS, SUBSETS
 from lenslab.probes.sae.dashboards import DashboardSettings, get_dashboards, logit_effects, quantile_groups
+from lenslab.probes.sae.evaluation import splice_hook, zero_hook
 from lenslab.probes.sae.loading import DEFAULT_SAE, LoadedSAE, load_sae
-from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained, splice_hook, zero_hook
+from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained
 from lenslab.progress import NO_PROGRESS, Progress
 
 DEFAULT_TRAINING = SAETrainingConfig(name=DEFAULT_SAE)
@@ -267,6 +269,10 @@ class SAEFeatureConfig(Config):
     )
     feature: int = field(default=0, metadata={"help": "feature index", "min": 0})
     corpus: str = field(default=PYTHON_DOCS, metadata={"help": "'python-docs' or a .txt/.jsonl file"})
+    documents: str = field(
+        default="held-out",
+        metadata={"help": "corpus documents scanned (held-out: never trained on)", "choices": SUBSETS},
+    )
     n_seq: int = field(default=256, metadata={"help": "corpus windows scanned", "min": 1, "max": 100_000})
     context_size: int = field(default=64, metadata={"help": "tokens per window", "min": 4, "max": 1024})
     n_top: int = field(default=10, metadata={"help": "top contexts shown", "min": 1, "max": 20})
@@ -348,8 +354,8 @@ class SAEFeatureResult(Result):
             name="suppressed",
         )
         logits.update_layout(
-            title="Logit effects of the feature's decoder direction (W_dec · W_U)",
-            xaxis_title="logit contribution per unit activation",
+            title="Logit effects of the feature's decoder direction (final norm's weight, then W_U)",
+            xaxis_title="logit contribution per unit activation (before the norm's 1/rms scale)",
             template="plotly_white",
             height=max(320, 22 * (len(self.logit_top) + len(self.logit_bottom)) + 120),
         )
@@ -372,7 +378,10 @@ class SAEFeatureResult(Result):
                 },
             )
         )
-        table.update_layout(title=f"Feature {self.feature}: contexts", height=max(320, 40 * len(rows) + 120))
+        table.update_layout(
+            title=f"Feature {self.feature}: contexts ({self.config.documents} documents)",
+            height=max(320, 40 * len(rows) + 120),
+        )
         return {"histogram": hist, "logits": logits, "contexts": table}
 
 
@@ -420,7 +429,10 @@ class SAEFeature(Probe[SAEFeatureConfig, SAEFeatureResult]):
         loaded = loaded or load_sae(session, config.sae)
         feature = loaded.check_feature(config.feature)
         settings = DashboardSettings(
-            corpus=config.corpus, n_seq=config.n_seq, context_size=config.context_size
+            corpus=config.corpus,
+            documents=config.documents,  # type: ignore[arg-type]  # checked by the choices
+            n_seq=config.n_seq,
+            context_size=config.context_size,
         )
         dash = get_dashboards(session, loaded, settings, progress)
         fires = int(dash.fire_count[feature])

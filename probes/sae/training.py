@@ -19,7 +19,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -28,7 +27,16 @@ from torch import Tensor
 from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config
-from lenslab.probes.sae.corpus import PYTHON_DOCS, TokenWindows, as_tensor, token_windows
+from lenslab.probes.sae.corpus import (
+    HELD_OUT_RULE,
+    PYTHON_DOCS,
+    TokenWindows,
+    as_tensor,
+    corpus_texts,
+    held_out_windows,
+    token_windows,
+)
+from lenslab.probes.sae.evaluation import HeldOutEvaluation, evaluate_sae
 from lenslab.probes.sae.loading import INFO_FILE, LoadedSAE, load_sae, trained_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -61,7 +69,12 @@ class SAETrainingConfig(Config):
     seed: int = field(default=0, metadata={"help": "random seed (init, shuffling)", "min": 0})
     corpus: str = field(default=PYTHON_DOCS, metadata={"help": "'python-docs' or a .txt/.jsonl file path"})
     eval_windows: int = field(
-        default=4, metadata={"help": "held-out windows for the metrics", "min": 1, "max": 256}
+        default=64,
+        metadata={
+            "help": "windows of held-out documents (never trained on) for the metrics",
+            "min": 1,
+            "max": 1024,
+        },
     )
 
     def hook_name(self) -> str:
@@ -145,11 +158,19 @@ def train_sae(
     cpu_started = time.process_time()
     n_seq = math.ceil(config.n_tokens / (config.context_size - 1))
     progress(0.0, "tokenising the corpus")
-    windows = token_windows(
-        session, config.corpus, context_size=config.context_size, n_seq=n_seq + config.eval_windows
+    train_windows = token_windows(
+        session, config.corpus, context_size=config.context_size, n_seq=n_seq, subset="train"
     )
-    train_windows = TokenWindows(windows.corpus, windows.tokens[:n_seq], windows.digest)
-    eval_windows = TokenWindows(windows.corpus, windows.tokens[n_seq:], windows.digest)
+    eval_windows = held_out_windows(
+        session, config.corpus, context_size=config.context_size, n_seq=config.eval_windows
+    )
+    documents = {
+        "split": f"held out: {HELD_OUT_RULE}",
+        "n_corpus_documents": len(corpus_texts(config.corpus)),
+        "train": train_windows.used_documents(),
+    }
+    if set(documents["train"]) & set(eval_windows.used_documents()):  # the split rule guarantees this
+        raise RuntimeError("held-out documents overlap the training documents")
     with session.lock:
         activations = collect_activations(
             session, hook_name, train_windows, progress=progress, span=(0.0, 0.3)
@@ -210,7 +231,8 @@ def train_sae(
             "hook_name": hook_name,
             "architecture": "topk",
             "training_config": config.to_dict(),
-            "corpus_digest": windows.digest,
+            "corpus_digest": train_windows.digest,
+            "documents": documents,
             "n_train_activations": len(activations),
             "seconds": {"collect": round(collect_seconds, 2), "train": round(train_seconds, 2)},
             "dead_features": dead,
@@ -224,15 +246,22 @@ def train_sae(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     loaded = load_sae(session, "default" if config.name == "default" else f"trained:{config.name}")
-    progress(0.92, "evaluating on held-out text")
+    progress(0.92, "evaluating on held-out documents")
     with session.lock:
-        metrics = evaluate_sae(session, loaded, eval_windows)
-    info["metrics"] = metrics
+        evaluation = evaluate_sae(
+            session,
+            loaded,
+            eval_windows,
+            mean_activation=activations.mean(0),
+            progress=lambda f, m="": progress(0.92 + 0.07 * f, m),
+        )
+    info["metrics"] = evaluation.metrics()
+    info["held_out"] = evaluation.to_info()
     info["seconds"]["total"] = round(time.perf_counter() - started, 2)
     info["seconds"]["cpu_process"] = round(time.process_time() - cpu_started, 2)
     (target / INFO_FILE).write_text(json.dumps(info, indent=2))
     loaded.info = info
-    progress(1.0, f"trained: L0 {metrics['l0']:.1f}, explained variance {metrics['explained_variance']:.3f}")
+    progress(1.0, f"trained: held-out explained variance {evaluation.text('explained_variance')}")
     return loaded
 
 
@@ -240,86 +269,6 @@ def _sae_lens_version() -> str:
     import sae_lens
 
     return getattr(sae_lens, "__version__", "unknown")
-
-
-def splice_hook(loaded: LoadedSAE, *, skip_bos: bool = True) -> Any:
-    """A hook replacing the activation by its SAE reconstruction (BOS position left clean)."""
-
-    def splice(activation: Tensor, hook: Any) -> Tensor:
-        recon = loaded.decode(loaded.encode(activation)).to(activation.dtype)
-        if skip_bos:
-            recon = torch.cat([activation[:, :1], recon[:, 1:]], dim=1)
-        return recon
-
-    return splice
-
-
-def zero_hook(*, skip_bos: bool = True) -> Any:
-    """A hook zeroing the activation (the baseline of CE-loss recovered); BOS left clean."""
-
-    def zero(activation: Tensor, hook: Any) -> Tensor:
-        out = torch.zeros_like(activation)
-        if skip_bos:
-            out[:, :1] = activation[:, :1]
-        return out
-
-    return zero
-
-
-def evaluate_sae(
-    session: ModelSession,
-    loaded: LoadedSAE,
-    windows: TokenWindows,
-    *,
-    batch_size: int = 4,
-    position_stride: int = 4,
-) -> dict[str, float]:
-    """L0, MSE, explained variance and CE loss clean / spliced / zero-ablated on ``windows``.
-
-    BOS positions are excluded (their residual is an outlier that SAEs are not trained on). The
-    losses are computed at every ``position_stride``-th position only: the 262k-wide unembedding
-    dominates the cost on a CPU and a subsample of positions estimates the mean just as well.
-    """
-    tokens = as_tensor(windows, session)
-    sums = {"l0": 0.0, "sq_err": 0.0, "n": 0.0, "ce_clean": 0.0, "ce_sae": 0.0, "ce_zero": 0.0, "n_ce": 0.0}
-    acts_all = []
-    positions = torch.arange(1, tokens.shape[1] - 1, position_stride, device=session.device)
-    for start in range(0, len(tokens), batch_size):
-        batch = tokens[start : start + batch_size]
-        act = session.capture(batch, [loaded.hook_name])[loaded.hook_name][:, 1:].float()
-        with torch.inference_mode():
-            feats = loaded.encode(act)
-            recon = loaded.decode(feats)
-        sums["l0"] += float((feats > 0).sum())
-        sums["sq_err"] += float(((recon - act) ** 2).sum())
-        sums["n"] += act.shape[0] * act.shape[1]
-        acts_all.append(act.reshape(-1, act.shape[-1]))
-        targets = batch[:, positions + 1]
-        for key, extra in (
-            ("ce_clean", ()),
-            ("ce_sae", ((loaded.hook_name, splice_hook(loaded)),)),
-            ("ce_zero", ((loaded.hook_name, zero_hook()),)),
-        ):
-            hidden = session.capture(batch, [hooknames.FINAL_NORM], hooks=extra)[hooknames.FINAL_NORM]
-            with torch.inference_mode():
-                logits = session.final_logits(hidden[:, positions])
-            logprobs = logits.float().log_softmax(-1)
-            sums[key] += float(-logprobs.gather(-1, targets[..., None]).sum())
-        sums["n_ce"] += targets.numel()
-    acts = torch.cat(acts_all)
-    total_var = float(((acts - acts.mean(0)) ** 2).sum())
-    ce_clean, ce_sae, ce_zero = (sums[key] / sums["n_ce"] for key in ("ce_clean", "ce_sae", "ce_zero"))
-    return {
-        "l0": sums["l0"] / sums["n"],
-        "mse": sums["sq_err"] / (sums["n"] * acts.shape[-1]),
-        "explained_variance": 1.0 - sums["sq_err"] / total_var,
-        "ce_clean": ce_clean,
-        "ce_sae": ce_sae,
-        "ce_zero_ablation": ce_zero,
-        "ce_recovered": (ce_zero - ce_sae) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan"),
-        "n_tokens": sums["n"],
-        "n_ce_positions": sums["n_ce"],
-    }
 
 
 def ensure_trained(
@@ -331,7 +280,8 @@ def ensure_trained(
     info_file = target / INFO_FILE
     if info_file.is_file() and (target / "cfg.json").is_file():
         info = json.loads(info_file.read_text())
-        if info.get("training_config") == config.to_dict() and "metrics" in info:
+        measured = HeldOutEvaluation.from_info(info) is not None
+        if info.get("training_config") == config.to_dict() and measured:
             progress(1.0, "SAE already trained")
             return load_sae(session, spec)
     return train_sae(session, config, progress, overwrite=True)

@@ -40,6 +40,15 @@ def test_page_grid_fit_train_evaluate_and_save(tiny_page, lenslab_home):
     assert at.selectbox(key="future_lens:method").value == "linear"
     at.button(key="future_lens:run").click().run()
     assert not at.exception and not at.error
+    # the fixed prompt: free-running by default, teacher forcing only when chosen, and said so
+    at.selectbox(key="future_lens:method").set_value("fixed").run()
+    assert at.selectbox(key="future_lens:protocol").value == "free-running"
+    at.button(key="future_lens:run").click().run()
+    assert not at.exception and not at.error
+    assert any("N ≥ 1 is free-running" in c.value for c in at.caption)
+    at.selectbox(key="future_lens:protocol").set_value("teacher-forced").run()
+    at.button(key="future_lens:run").click().run()
+    assert any("N ≥ 1 is teacher-forced" in c.value for c in at.caption)
     # learned prompt for layer 1, from the page
     at.number_input(key="future_lens:tl").set_value(1)
     at.number_input(key="future_lens:tmax").set_value(64)
@@ -52,6 +61,10 @@ def test_page_grid_fit_train_evaluate_and_save(tiny_page, lenslab_home):
     at.button(key="future_lens:evaluate").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert len(at.dataframe) == 1
+    assert at.selectbox(key="future_lens:eval:protocol").value == "free-running"
+    assert any("fixed/learned N ≥ 1 free-running" in c.value for c in at.caption)
+    # this corpus makes one test document: the page says why no interval is shown
+    assert any("1 document (no interval" in c.value for c in at.caption)
     assert len(_charts(at)) == 4  # grid + agreement + accuracy + table
     # save both results as one report
     at.button(key="FormSubmitter:save:future_lens-💾 Save report").click().run()

@@ -31,7 +31,7 @@ def test_empty_home_explains_and_trains_from_the_app(app):
         "context_size": 32,
         "steps": 30,
         "batch_size": 32,
-        "eval_windows": 1,
+        "eval_windows": 2,
     }
     for name, value in settings.items():
         widget = (
@@ -45,6 +45,8 @@ def test_empty_home_explains_and_trains_from_the_app(app):
     at.button(key=f"{KEY}:trainbtn").click().run()
     _ok(at)
     assert any("Trained 'tiny'" in s.value for s in at.success)
+    shown = next(s.value for s in at.success if "Trained 'tiny'" in s.value)
+    assert "L0 " in shown and "(62 tokens, 2 documents)" in shown and "CE recovered (vs mean" in shown
     at = at.run()
     assert "trained:tiny" in at.selectbox(key=f"{KEY}:choice").options
     at.selectbox(key=f"{KEY}:choice").set_value("trained:tiny").run()

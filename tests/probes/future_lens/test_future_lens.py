@@ -19,6 +19,9 @@ from lenslab.probes.future_lens.evaluation import (
     FutureLensEvalConfig,
     FutureLensEvalResult,
     bigram_top_ids,
+    bigram_training_pairs,
+    document_intervals,
+    hits_at_ks,
     precision_at_k,
     run_evaluation,
 )
@@ -29,6 +32,7 @@ from lenslab.probes.future_lens.linear import (
     linear_path,
     load_linear,
 )
+from lenslab.probes.future_lens.methods import Artefacts, method_logits
 from lenslab.probes.future_lens.probe import (
     FutureLens,
     FutureLensConfig,
@@ -42,10 +46,12 @@ from lenslab.probes.future_lens.prompts import (
     causal_logits,
     embedding_multiplier,
     fixed_context_ids,
+    free_running_logits,
     kl_original_intervened,
     train_soft_prompt,
     transplant_hook,
 )
+from lenslab.probes.stats import wilson
 
 TEXT = "\n\n".join(
     f"Paragraph {i}: the quick brown fox number {i} jumps over the lazy dog and keeps running far away."
@@ -55,8 +61,9 @@ TEXT = "\n\n".join(
 
 @pytest.fixture
 def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text(TEXT, encoding="utf-8")
+    """40 one-paragraph documents (a .jsonl file), so the test split holds several documents."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps(p) for p in TEXT.split("\n\n")), encoding="utf-8")
     return path
 
 
@@ -130,6 +137,119 @@ def test_identity_transplant_leaves_the_model_unchanged(tiny_gemma):
     assert session.active_hook_count() == 0
 
 
+# ----------------------------------------------------------------------------------- protocols
+def _plain_free_run(session, states, layer, context, horizon, prompt=None):
+    """Independent free-running loop: transplant, full forward (no cache), argmax, append, repeat.
+
+    With a soft prompt the context is built as input embeddings (BOS, prompt · multiplier, then
+    the generated tokens' embeddings) instead of through the method's embedding hook.
+    """
+    position = len(context) - 1
+    tokens = context.expand(states.shape[0], -1).clone()
+    steps = []
+    embed = session.input_embedding()
+    for _ in range(horizon):
+        hooks = [(session.resid_name(layer), transplant_hook(states, position))]
+        with session.hooks(hooks) as model, torch.inference_mode():
+            if prompt is None:
+                logits = model(tokens)[:, -1]
+            else:
+                vectors, multiplier = prompt
+                embeds = embed(tokens)
+                embeds[:, 1 : 1 + len(vectors)] = vectors * multiplier
+                logits = model.hf(inputs_embeds=embeds).logits[:, -1]
+        steps.append(logits)
+        tokens = torch.cat([tokens, logits.float().argmax(-1, keepdim=True)], 1)
+    return torch.stack(steps, 1), tokens[:, len(context) :]
+
+
+def test_free_running_equals_a_plain_loop(tiny_gemma):
+    session = tiny_gemma
+    gen = torch.Generator().manual_seed(1)
+    states = torch.randn(3, session.d_model, generator=gen) * 4
+    context = fixed_context_ids(session, "Tell me about")
+    with torch.inference_mode():
+        fast = free_running_logits(session, states, 0, 4, context_ids=context)
+    slow, chosen = _plain_free_run(session, states, 0, context, 4)
+    assert fast.shape == (3, 4, session.d_vocab)
+    assert torch.equal(fast.float().argmax(-1), chosen)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    # the learned prompt: BOS + soft vectors, continued on its own tokens
+    vectors = torch.randn(3, session.d_model, generator=gen) * 0.05
+    multiplier = embedding_multiplier(session)
+    bos_context = torch.full((4,), int(context[0]))
+    with torch.inference_mode():
+        fast = free_running_logits(session, states, 1, 3, soft_prompt=vectors, multiplier=multiplier)
+    slow, chosen = _plain_free_run(session, states, 1, bos_context, 3, prompt=(vectors, multiplier))
+    assert torch.equal(fast.float().argmax(-1), chosen)
+    torch.testing.assert_close(fast, slow, atol=1e-4, rtol=1e-4)
+    assert session.active_hook_count() == 0
+
+
+def test_teacher_forced_is_the_old_single_forward_and_free_running_differs(tiny_gemma):
+    """Teacher forcing = one forward of context + fed tokens; free-running = the run's own tokens.
+
+    Where the fed tokens happen to equal the intervened run's own greedy tokens, the two
+    protocols must agree; elsewhere N ≥ 1 differs, and N = 0 never depends on the protocol.
+    """
+    session = tiny_gemma
+    gen = torch.Generator().manual_seed(2)
+    states = torch.randn(4, session.d_model, generator=gen) * 4
+    context = fixed_context_ids(session)
+    artefacts = Artefacts()
+    with torch.inference_mode():
+        free = method_logits(session, "fixed", 1, states, 4, artefacts)
+    own = free.float().argmax(-1)[:, :3]
+    other = (own + 1 + torch.randint(0, 5, own.shape, generator=gen)) % session.d_vocab
+    teacher = torch.cat([own[:2], other[2:]])  # rows 0-1 fed their own tokens, rows 2-3 others
+    with torch.inference_mode():
+        forced = method_logits(
+            session, "fixed", 1, states, 4, artefacts, protocol="teacher-forced", teacher=teacher
+        )
+    # the old behaviour: one plain forward over context + teacher with the transplant
+    hooks = [(session.resid_name(1), transplant_hook(states, len(context) - 1))]
+    with session.hooks(hooks) as model, torch.inference_mode():
+        old = model(torch.cat([context.expand(4, -1), teacher], 1))[:, len(context) - 1 :]
+    torch.testing.assert_close(forced, old, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(forced[:, 0], free[:, 0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(forced[:2], free[:2], atol=1e-4, rtol=1e-4)
+    assert (forced[2:, 1:] - free[2:, 1:]).abs().amax() > 1e-2
+    with pytest.raises(ValueError, match="teacher forcing needs"):
+        method_logits(session, "fixed", 1, states, 4, artefacts, protocol="teacher-forced")
+    with pytest.raises(ValueError, match="protocol"):
+        method_logits(session, "fixed", 1, states, 4, artefacts, protocol="sideways")
+    assert session.active_hook_count() == 0
+
+
+# -------------------------------------------------------------------------------- intervals
+def test_intervals_resample_documents_not_windows():
+    # two documents, one always right and one always wrong: 100 windows say little
+    hits = np.repeat([True, False], 50)[:, None]
+    docs = np.repeat([7, 9], 50)
+    estimate, ci = document_intervals(hits, docs)
+    assert estimate[0] == 0.5
+    assert ci[0, 0] <= 0.05 and ci[0, 1] >= 0.95  # resampling two documents spans almost everything
+    windows = wilson(50, 100)  # as if the windows were independent
+    assert windows.high - windows.low < 0.25
+    # many documents, mostly right: the interval holds the estimate and excludes chance (0.5)
+    rng = np.random.default_rng(0)
+    docs = np.repeat(np.arange(40), 5)
+    per_doc = rng.random(40) < 0.9
+    hits = np.stack([per_doc[docs], np.ones(200, bool)], -1)
+    estimate, ci = document_intervals(hits, docs)
+    assert ci[0, 0] <= estimate[0] <= ci[0, 1] and ci[0, 0] > 0.5
+    assert ci[1].tolist() == [1.0, 1.0]  # every document right: no spread
+    # the same hits as 200 single-window documents give a narrower interval
+    _, narrow = document_intervals(hits, np.arange(200))
+    assert narrow[0, 1] - narrow[0, 0] < ci[0, 1] - ci[0, 0]
+    # the hits' order within the data does not matter, only which document each belongs to
+    order = rng.permutation(200)
+    _, shuffled = document_intervals(hits[order], docs[order])
+    assert np.abs(shuffled - ci).max() < 0.03
+    top = np.array([[[5, 1]], [[2, 5]]])
+    assert hits_at_ks(top, np.array([[5], [5]]), [1, 2]).tolist() == [[[True, True]], [[False, True]]]
+
+
 # -------------------------------------------------------------------------------------- metrics
 def test_precision_at_k_math():
     top = np.array([[[5, 1, 2], [7, 8, 9]], [[3, 5, 1], [1, 2, 3]]])  # [n=2, horizon=2, k=3]
@@ -151,9 +271,25 @@ def test_bigram_baseline_counts_and_fallback():
     assert precision_at_k(top, np.array([[8], [9], [1]]), 1).tolist() == [1 / 3]
 
 
+def test_bigram_counts_every_training_token_and_no_test_document(tiny_gemma, tiny_data):
+    session, data = tiny_gemma, tiny_data
+    current, following = bigram_training_pairs(session, data)
+    docs = load_documents(data.settings.source)
+    train_docs = sorted(set(data.doc_ids[~data.is_test].tolist()))
+    texts = [session.tokenizer(docs[d], add_special_tokens=False)["input_ids"] for d in train_docs]
+    # exactly the training documents' positions: no test document contributes a pair
+    assert len(current) == sum(len(ids) - HORIZONS for ids in texts) > len(data.split(test=False))
+    first = texts[0]
+    assert current[:3].tolist() == first[:3]
+    assert following[0].tolist() == first[1 : 1 + HORIZONS]  # t+1 .. t+4 in the document's text
+
+
 # ----------------------------------------------------------------------------------------- data
 def test_sources(tmp_path):
     assert len(load_documents("pydoc")) > 50
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT, encoding="utf-8")
+    assert len(load_documents(str(text))) == 2  # paragraphs grouped into ~2000-character documents
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text('{"text": "one doc"}\n"second doc"\n\n', encoding="utf-8")
     assert load_documents(str(jsonl)) == ["one doc", "second doc"]
@@ -342,6 +478,32 @@ def test_grid_config_validation(tiny_gemma, changes, match):
         FutureLens().run(tiny_gemma, "abc", FutureLensConfig(**changes))
 
 
+def test_grid_protocols(tiny_gemma, lenslab_home):
+    session = tiny_gemma
+    free = FutureLens().run(session, "the fox jumps", FutureLensConfig(method="fixed", horizon=3))
+    forced = FutureLens().run(
+        session, "the fox jumps", FutureLensConfig(method="fixed", horizon=3, protocol="teacher-forced")
+    )
+    assert free.protocol == "free-running" and forced.protocol == "teacher-forced"
+    np.testing.assert_array_equal(free.top_ids[:, :, 0], forced.top_ids[:, :, 0])  # N = 0: no continuation
+    assert "free-running" in free.figures()["grid"].layout.title.text
+    assert "teacher-forced" in forced.figures()["agreement"].layout.title.text
+    assert free.summary()["protocol (N ≥ 1)"] == "free-running"
+    # the first cell, re-run as an independent loop, gives the same tokens
+    layer, position = int(free.layers[0]), 2
+    tokens = session.tokenize("the fox jumps")
+    state = session.run(tokens, [session.resid_name(layer)]).activations[session.resid_name(layer)][
+        :, position
+    ]
+    _, chosen = _plain_free_run(session, state, layer, fixed_context_ids(session), 4)
+    assert free.top_ids[0, position, :, 0].tolist() == chosen[0].tolist()
+    direct = FutureLens().run(session, "the fox", FutureLensConfig(method="direct", horizon=2))
+    assert "protocol (N ≥ 1)" not in direct.summary()
+    assert "single state" in direct.figures()["grid"].layout.title.text
+    back = FutureLensResult.from_dict(forced.to_dict())
+    assert back.protocol == "teacher-forced" and back.config == forced.config
+
+
 def test_grid_on_other_families(tiny_any):
     result = FutureLens().run(tiny_any, "abc de", FutureLensConfig(method="fixed", horizon=1))
     assert result.top_ids.shape[:3] == (tiny_any.n_layers, len(result.tokens), 2)
@@ -355,20 +517,72 @@ def test_evaluation_on_tiny(tiny_gemma, corpus, lenslab_home):
     session = tiny_gemma
     config = FutureLensEvalConfig(source=str(corpus), n_examples=80, prefix_tokens=10, ridge=0.0, k=5)
     result = run_evaluation(session, config)
+    assert result.protocol == "free-running" == result.config.protocol
     assert result.methods == ["direct", "linear", "fixed", "learned"]
     assert result.precision.shape == (4, 2, HORIZONS, 2)  # ks = 1, 5
+    assert result.precision_ci.shape == (4, 2, HORIZONS, 2, 2)
     assert result.ks.tolist() == [1, 5]
     last = result.layers.tolist().index(1)
     assert result.top1("direct")[last, 0] == 1.0  # the logit lens of the last layer is the model
     assert result.top1("linear")[last, 0] == pytest.approx(1.0)  # identity map fitted exactly
     assert np.isnan(result.top1("learned")).all() and any("learned" in n for n in result.notes)
+    assert np.isnan(result.top1_ci("learned")).all()
     assert np.all(result.precision[:3, ..., 1] >= result.precision[:3, ..., 0])  # p@5 ≥ top-1
+    ran = result.precision[:3]
+    low, high = result.precision_ci[:3, ..., 0], result.precision_ci[:3, ..., 1]
+    assert np.all((low <= ran + 1e-12) & (ran <= high + 1e-12))
+    assert np.all((result.bigram_ci[..., 0] <= result.bigram) & (result.bigram <= result.bigram_ci[..., 1]))
     assert result.n_train + result.n_test == 80
-    assert len(result.table_rows()) == 4 * 2 + 1
-    assert set(result.figures()) == {"accuracy", "table"}
-    assert "bigram N=1 top-1" in result.summary()
+    assert result.bigram_pairs > result.n_train  # every training token, not only the windows
+    data = build_dataset(session, config.data_settings())
+    test_docs = set(data.doc_ids[data.is_test].tolist())
+    assert result.n_documents == len(test_docs) >= 2
+    assert result.n_train_documents == len(set(data.doc_ids[~data.is_test].tolist()))
+    rows = result.table_rows()
+    assert len(rows) == 4 * 2 + 1
+    assert "[" in rows[0]["N=1 top-1"] and rows[-1]["method"] == "bigram" and "[" in rows[-1]["N=0 top-1"]
+    figures = result.figures()
+    assert set(figures) == {"accuracy", "table"}
+    assert "free-running" in figures["accuracy"].layout.title.text
+    assert "free-running" in figures["table"].layout.title.text
+    assert any(trace.error_y.visible for trace in figures["accuracy"].data)
+    summary = result.summary()
+    assert "bigram N=1 top-1" in summary and summary["protocol"] == "fixed/learned N ≥ 1 free-running"
+    assert "[" in summary["direct best N=1 top-1"] and "documents" in summary["test split"]
     folder = Report([result]).save(lenslab_home / "r")
     loaded = Report.load(folder).results[0]
     assert isinstance(loaded, FutureLensEvalResult)
     np.testing.assert_array_equal(loaded.precision, result.precision)
+    np.testing.assert_array_equal(loaded.precision_ci, result.precision_ci)
+    assert loaded.protocol == "free-running" and loaded.config == result.config
     assert json.loads((folder / "report.json").read_text())["results"][0]["probe"] == "future_lens_eval"
+    # teacher forcing: an explicit option, labelled; direct and linear identical, N = 0 unchanged
+    forced = run_evaluation(session, config.replace(protocol="teacher-forced"))
+    assert forced.protocol == "teacher-forced"
+    assert "teacher-forced" in forced.figures()["accuracy"].layout.title.text
+    np.testing.assert_array_equal(forced.precision[:2], result.precision[:2])
+    np.testing.assert_array_equal(forced.precision_ci[:2], result.precision_ci[:2])
+    np.testing.assert_array_equal(forced.precision[2, :, 0], result.precision[2, :, 0])
+    np.testing.assert_array_equal(forced.bigram, result.bigram)
+
+
+def test_old_evaluation_reports_still_load(tiny_gemma, corpus, lenslab_home):
+    """A result saved before protocols and intervals existed: teacher-forced, no intervals."""
+    config = FutureLensEvalConfig(
+        source=str(corpus),
+        n_examples=40,
+        prefix_tokens=8,
+        layers=(1,),
+        fixed_prompt=False,
+        learned_prompt=False,
+    )
+    payload = run_evaluation(tiny_gemma, config).to_dict()
+    for key in ("protocol", "precision_ci", "bigram_ci", "n_documents", "n_train_documents", "bigram_pairs"):
+        payload["data"].pop(key)
+        payload["arrays"].pop(f"r.{key}", None)
+    payload["data"]["config"].pop("protocol")
+    old = FutureLensEvalResult.from_dict(payload)
+    assert old.protocol == "teacher-forced" == old.config.protocol
+    assert old.precision_ci.shape == (*old.precision.shape, 2) and np.isnan(old.precision_ci).all()
+    assert "[" not in old.table_rows()[0]["N=0 top-1"]
+    assert old.summary() and set(old.figures()) == {"accuracy", "table"}

@@ -145,7 +145,9 @@ def test_layer_sweep_estimates(linear64):
     """
     session, coefficients, model = linear64
     inputs = coefficients.inputs
-    frob, sigma, left = layer_sweep(model, inputs, -1, probes=256, rounds=6)
+    sweep = layer_sweep(model, inputs, -1, probes=256, rounds=6)
+    frob, sigma, left = sweep.frobenius, sweep.sigma_max, sweep.left
+    assert sweep.frobenius_samples.shape == (session.n_layers, 256) and sweep.power_steps == 6
     for layer in range(session.n_layers):
         full = jacobian(model, inputs, hooknames.resid(layer), -1).reshape(session.d_model, -1)
         exact = torch.linalg.svdvals(full)

@@ -1,12 +1,15 @@
-"""The shipped SAE on the embedded Gemma 3 270M: it loads, fits, and has the stated quality."""
+"""The shipped SAE on the embedded Gemma 3 270M: it loads, fits, and has the stated held-out quality."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from lenslab.models import hooknames
 from lenslab.probes import get_probe
+from lenslab.probes.sae.corpus import corpus_texts, held_out_windows, split_documents
+from lenslab.probes.sae.evaluation import METRICS, HeldOutEvaluation
 from lenslab.probes.sae.features import (
     SAEFeatureConfig,
     SAEFeaturesConfig,
@@ -16,8 +19,11 @@ from lenslab.probes.sae.features import (
 from lenslab.probes.sae.steering import SAESteeringConfig
 
 pytestmark = pytest.mark.slow
-EV_MIN = 0.85  # measured 0.926 on held-out python-docs windows
-CE_RECOVERED_MIN = 0.9  # measured 0.987
+# Floors for the lower 95% bounds on held-out documents (measured: 0.905 [0.90, 0.91], CE recovered
+# 0.967 [0.960, 0.974] vs zero-ablation and 0.880 [0.857, 0.903] vs mean-ablation; 64 documents).
+EV_MIN = 0.85
+CE_RECOVERED_MIN = 0.93
+CE_RECOVERED_MEAN_MIN = 0.8
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +31,62 @@ def shipped(embedded_session):
     return prepare_default_artefacts(embedded_session)  # cached after `lenslab prepare`
 
 
-def test_shipped_sae_loads_with_stated_quality(embedded_session, shipped):
+@pytest.fixture(scope="module")
+def evaluation(shipped):
+    evaluation = HeldOutEvaluation.from_info(shipped.info)
+    assert evaluation is not None, "the shipped SAE has no held-out evaluation: run `lenslab prepare`"
+    return evaluation
+
+
+def test_shipped_sae_is_the_stated_one(embedded_session, shipped):
     assert shipped.hook_name == hooknames.resid(6) and shipped.d_in == embedded_session.d_model
     assert shipped.d_sae == 2048 and shipped.sae.cfg.k == 32
-    metrics = shipped.info["metrics"]
-    assert 20 <= metrics["l0"] <= 32  # TopK k=32: at most 32 active
-    assert metrics["explained_variance"] >= EV_MIN
-    assert metrics["ce_recovered"] >= CE_RECOVERED_MIN
-    assert metrics["ce_clean"] <= metrics["ce_sae"] < metrics["ce_zero_ablation"]
+
+
+def test_held_out_documents_are_disjoint_from_training(shipped, evaluation):
+    config = shipped.info["training_config"]
+    train_docs, held_docs = split_documents(len(corpus_texts(config["corpus"])))
+    trained_on = set(shipped.info["documents"]["train"])
+    assert trained_on and trained_on <= set(train_docs)
+    assert set(evaluation.documents) <= set(held_docs) and not trained_on & set(evaluation.documents)
+    assert evaluation.n_tokens >= 2000 and evaluation.n_documents >= 30  # a useful interval
+
+
+def test_stored_quality_equals_sae_lens_on_held_out_windows(embedded_session, shipped, evaluation):
+    """Recompute L0 and explained variance with sae-lens' own encode/decode on the same windows."""
+    config = shipped.info["training_config"]
+    windows = held_out_windows(
+        embedded_session,
+        config["corpus"],
+        context_size=config["context_size"],
+        n_seq=config["eval_windows"],
+    )
+    assert windows.used_documents() == evaluation.documents
+    tokens = torch.from_numpy(windows.tokens).to(embedded_session.device)
+    act = embedded_session.capture(tokens, [shipped.hook_name])[shipped.hook_name][:, 1:].float()
+    act = act.reshape(-1, act.shape[-1])
+    with torch.inference_mode():
+        feats = shipped.sae.encode(act)
+        recon = shipped.sae.decode(feats)
+    l0 = float((feats > 0).sum(-1).float().mean())
+    ev = 1 - float(((recon - act) ** 2).sum() / ((act - act.mean(0)) ** 2).sum())
+    assert len(act) == evaluation.n_tokens
+    assert evaluation.estimates["l0"] == pytest.approx(l0, rel=1e-4)
+    assert evaluation.estimates["explained_variance"] == pytest.approx(ev, abs=2e-3)
+
+
+def test_held_out_quality_with_intervals(evaluation):
+    for name in METRICS:
+        interval = evaluation.interval(name)
+        assert np.isfinite([interval.low, interval.high]).all(), name
+        assert interval.low <= interval.estimate <= interval.high, name
+        assert interval.n == evaluation.n_documents
+    est = evaluation.estimates
+    assert est["ce_clean"] < est["ce_sae"] < min(est["ce_zero_ablation"], est["ce_mean_ablation"])
+    assert evaluation.interval("explained_variance").low >= EV_MIN
+    assert evaluation.interval("ce_recovered").low >= CE_RECOVERED_MIN
+    assert evaluation.interval("ce_recovered_mean").low >= CE_RECOVERED_MEAN_MIN
+    assert evaluation.interval("ce_recovered").high <= 1.0 + 1e-9  # the SAE does not beat the model
 
 
 def test_per_prompt_view_on_embedded(embedded_session, shipped):

@@ -11,12 +11,33 @@ import torch
 from lenslab.models import hooknames
 from lenslab.probes import get_probe
 from lenslab.probes.base import Result
-from lenslab.probes.sae.corpus import read_text_file, token_windows
-from lenslab.probes.sae.dashboards import DashboardSettings, build_dashboards, get_dashboards, quantile_groups
+from lenslab.probes.sae.corpus import (
+    corpus_texts,
+    held_out_windows,
+    read_text_file,
+    split_documents,
+    token_windows,
+)
+from lenslab.probes.sae.dashboards import (
+    DashboardSettings,
+    build_dashboards,
+    get_dashboards,
+    logit_effects,
+    quantile_groups,
+)
+from lenslab.probes.sae.evaluation import (
+    NOT_MEASURED,
+    HeldOutEvaluation,
+    ce_recovered,
+    evaluate_sae,
+    explained_variance,
+    quality_lines,
+    splice_hook,
+)
 from lenslab.probes.sae.features import SAEFeatureConfig, SAEFeaturesConfig
-from lenslab.probes.sae.loading import check_fits, load_sae, trained_dir
+from lenslab.probes.sae.loading import LoadedSAE, check_fits, load_sae, trained_dir
 from lenslab.probes.sae.steering import SAESteeringConfig, steering_hook
-from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained, splice_hook, train_sae
+from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained, train_sae
 from lenslab.progress import Cancelled
 
 HOOK = hooknames.resid(1)
@@ -278,20 +299,14 @@ def test_steering_probe_alpha_zero_changes_nothing(tiny_gemma, sae_dir):
     assert tiny_gemma.active_hook_count() == 0
 
 
+def _tiny_training(corpus_file, **settings) -> SAETrainingConfig:
+    """A training config for the tiny model: layer 1, 32-token windows, the test corpus."""
+    return SAETrainingConfig(**{"layer": 1, "context_size": 32, "corpus": str(corpus_file), **settings})
+
+
 def test_train_sae_on_tiny_model(tiny_gemma, corpus_file, lenslab_home):
-    config = SAETrainingConfig(
-        name="tiny",
-        layer=1,
-        d_sae=64,
-        k=4,
-        n_tokens=600,
-        context_size=32,
-        steps=60,
-        batch_size=64,
-        lr=1e-2,
-        corpus=str(corpus_file),
-        eval_windows=2,
-    )
+    sizes = {"d_sae": 64, "k": 4, "n_tokens": 600, "steps": 60, "batch_size": 64, "lr": 1e-2}
+    config = _tiny_training(corpus_file, name="tiny", eval_windows=2, **sizes)
     messages = []
     loaded = train_sae(tiny_gemma, config, lambda f, m="": messages.append((f, m)))
     folder = trained_dir(tiny_gemma, "tiny")
@@ -301,6 +316,14 @@ def test_train_sae_on_tiny_model(tiny_gemma, corpus_file, lenslab_home):
     metrics = info["metrics"]
     assert 0 < metrics["l0"] <= 4 and np.isfinite(metrics["explained_variance"])
     assert metrics["explained_variance"] > 0.2
+    # trained on training documents only, measured on held-out ones
+    train_docs, held_docs = split_documents(len(corpus_texts(str(corpus_file))))
+    assert set(info["documents"]["train"]) <= set(train_docs)
+    assert info["held_out"]["documents"] and set(info["held_out"]["documents"]) <= set(held_docs)
+    evaluation = HeldOutEvaluation.from_info(info)
+    assert evaluation is not None and evaluation.n_tokens == 2 * 31
+    assert evaluation.estimates["ce_clean"] == metrics["ce_clean"]
+    assert "(62 tokens, " in evaluation.text("l0")
     assert messages[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in messages)
     assert loaded.hook_name == HOOK and loaded.sae.cfg.architecture() == "topk"
     mtime = (folder / "sae_weights.safetensors").stat().st_mtime
@@ -311,18 +334,8 @@ def test_train_sae_on_tiny_model(tiny_gemma, corpus_file, lenslab_home):
 
 
 def test_train_sae_cancel_leaves_nothing(tiny_gemma, corpus_file, lenslab_home):
-    config = SAETrainingConfig(
-        name="cancelled",
-        layer=1,
-        d_sae=32,
-        k=2,
-        n_tokens=300,
-        context_size=32,
-        steps=200,
-        batch_size=32,
-        corpus=str(corpus_file),
-        eval_windows=1,
-    )
+    sizes = {"d_sae": 32, "k": 2, "n_tokens": 300, "steps": 200, "batch_size": 32}
+    config = _tiny_training(corpus_file, name="cancelled", eval_windows=1, **sizes)
 
     def cancel(fraction, message=""):
         if "training step" in message:
@@ -357,3 +370,141 @@ def test_corpus_errors(tiny_gemma, tmp_path):
     assert (
         windows.tokens.shape == (3, 8) and (windows.tokens[:, 0] == tiny_gemma.tokenizer.bos_token_id).all()
     )
+
+
+# ------------------------------------------------------------------- held-out evaluation
+class FunctionSAE(torch.nn.Module):
+    """A stand-in SAE: its features are the activations, its decoder is ``reconstruct``."""
+
+    def __init__(self, d_in, reconstruct):
+        super().__init__()
+        self.dtype = torch.float32
+        self.reconstruct = reconstruct
+        self.W_dec = torch.nn.Parameter(torch.eye(d_in))
+
+    def encode(self, activations):
+        return activations
+
+    def decode(self, features):
+        return self.reconstruct(features)
+
+
+def _held_out(tiny_gemma, corpus_file, n_seq=6):
+    return held_out_windows(tiny_gemma, str(corpus_file), context_size=16, n_seq=n_seq)
+
+
+def test_split_and_held_out_windows_are_disjoint_from_training(tiny_gemma, corpus_file):
+    n_docs = len(corpus_texts(str(corpus_file)))
+    train_docs, held_docs = split_documents(n_docs)
+    assert held_docs == [i for i in range(n_docs) if i % 4 == 3] and not set(train_docs) & set(held_docs)
+    assert sorted(train_docs + held_docs) == list(range(n_docs))
+    train = token_windows(tiny_gemma, str(corpus_file), context_size=16, n_seq=20, subset="train")
+    held = _held_out(tiny_gemma, corpus_file, n_seq=len(held_docs) + 1)
+    assert set(train.used_documents()) <= set(train_docs)
+    assert set(held.used_documents()) == set(held_docs)
+    # round robin: the first windows come from distinct documents; each window stays in one
+    assert len(set(held.documents[: len(held_docs), 0])) == len(held_docs)
+    assert (held.documents == held.documents[:, :1]).all()
+    # the window's text is the document's own tokens
+    first_doc = int(held.documents[0, 0])
+    ids = tiny_gemma.tokenizer(corpus_texts(str(corpus_file))[first_doc], add_special_tokens=False)[
+        "input_ids"
+    ]
+    assert held.tokens[0, 1:].tolist() == ids[:15]
+    with pytest.raises(ValueError, match="at least 2"):
+        split_documents(1)
+
+
+def test_metric_formulas_known_answers():
+    x = np.array([1.0, 2.0, 3.0])
+    assert explained_variance(np.zeros(3), x) == 1.0
+    assert explained_variance(x, x) == 0.0
+    assert explained_variance(np.array([1.0]), np.array([4.0])) == 0.75
+    assert ce_recovered(2.0, 2.0, 6.0) == 1.0 and ce_recovered(2.0, 6.0, 6.0) == 0.0
+    assert ce_recovered(2.0, 3.0, 6.0) == 0.75 and np.isnan(ce_recovered(2.0, 3.0, 2.0))
+
+
+def test_perfect_reconstruction_recovers_everything(tiny_gemma, corpus_file):
+    """An identity "SAE" gives EV = 1 and CE recovered = 1 exactly, against both ablations."""
+    identity = LoadedSAE(sae=FunctionSAE(32, lambda f: f), hook_name=HOOK, spec="identity")
+    result = evaluate_sae(tiny_gemma, identity, _held_out(tiny_gemma, corpus_file), batch_size=4)
+    est = result.estimates
+    assert est["explained_variance"] == 1.0 and est["mse"] == 0.0
+    assert est["ce_sae"] == est["ce_clean"] < est["ce_zero_ablation"]
+    assert est["ce_recovered"] == 1.0 and est["ce_recovered_mean"] == 1.0
+    assert result.intervals["ce_recovered"] == (1.0, 1.0)
+    assert result.n_tokens == 6 * 15 and result.n_documents == 4
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_zero_and_mean_reconstructions_recover_nothing(tiny_gemma, corpus_file):
+    """Reconstructing 0 is zero-ablation (CE recovered 0); reconstructing the mean is mean-ablation."""
+    windows = _held_out(tiny_gemma, corpus_file)
+    zero = LoadedSAE(sae=FunctionSAE(32, torch.zeros_like), hook_name=HOOK, spec="zero")
+    est = evaluate_sae(tiny_gemma, zero, windows).estimates
+    assert est["ce_sae"] == est["ce_zero_ablation"] and est["ce_recovered"] == 0.0
+    mean = torch.linspace(-1, 1, 32)
+    constant = LoadedSAE(sae=FunctionSAE(32, lambda f: mean.expand_as(f)), hook_name=HOOK, spec="mean")
+    est = evaluate_sae(tiny_gemma, constant, windows, mean_activation=mean).estimates
+    assert est["ce_sae"] == est["ce_mean_ablation"] and est["ce_recovered_mean"] == 0.0
+
+
+def test_evaluation_equals_an_independent_computation(tiny_gemma, sae_dir, corpus_file):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    windows = _held_out(tiny_gemma, corpus_file)
+    result = evaluate_sae(tiny_gemma, loaded, windows, position_stride=1)
+    tokens = torch.from_numpy(windows.tokens)
+    act = capture(tiny_gemma, tokens, HOOK)[:, 1:].reshape(-1, 32)
+    with torch.inference_mode():
+        feats = loaded.sae.encode(act)
+        recon = loaded.sae.decode(feats)
+        logits = tiny_gemma.logits(tokens, [])
+    ev = 1 - float(((recon - act) ** 2).sum() / ((act - act.mean(0)) ** 2).sum())
+    assert result.estimates["explained_variance"] == pytest.approx(ev, rel=1e-5)
+    assert result.estimates["l0"] == pytest.approx(float((feats > 0).sum(-1).float().mean()))
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, 1:-1].reshape(-1, logits.shape[-1]), tokens[:, 2:].reshape(-1)
+    )
+    assert result.estimates["ce_clean"] == pytest.approx(float(nll), rel=1e-5)
+    for name in ("l0", "explained_variance", "ce_recovered"):
+        interval = result.interval(name)
+        assert interval.low <= interval.estimate <= interval.high and interval.n == 4
+
+
+def test_old_sae_files_load_as_not_measured(tiny_gemma, sae_dir):
+    (sae_dir / "lenslab.json").write_text(json.dumps({"metrics": {"l0": 4.0, "explained_variance": 0.9}}))
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    assert HeldOutEvaluation.from_info(loaded.info) is None
+    assert quality_lines(loaded.info) == [f"held-out quality: {NOT_MEASURED}"]
+
+
+# --------------------------------------------------------------------- decoding directions
+def test_decode_direction_reads_through_the_final_norm_weight(tiny_any):
+    session = tiny_any
+    norm = session.hf_final_norm()
+    with torch.no_grad():
+        norm.weight.normal_(0, 1)  # a non-trivial weight, so leaving it out would show
+    torch.manual_seed(0)
+    direction = torch.randn(3, session.d_model)
+    got = session.decode_direction(direction)
+    w_out = session.output_embedding().weight.detach()
+    gain = norm.weight.detach() + (1.0 if session.architecture.startswith("Gemma") else 0.0)
+    torch.testing.assert_close(got, (direction * gain) @ w_out.T)  # by hand
+    if hasattr(norm, "bias") and norm.bias is not None:
+        return  # LayerNorm (GPT-2): centring and bias; the hand computation above is the check
+    # RMSNorm: the model's own norm and unembedding, up to the positive 1/rms scale
+    eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", 0.0))
+    rms = (direction.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    with torch.inference_mode():
+        through_model = session.final_logits(session.final_norm(direction))
+    torch.testing.assert_close(got / rms, through_model, rtol=1e-4, atol=1e-4)
+
+
+def test_logit_effects_use_decode_direction(tiny_gemma, sae_dir):
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    top_i, top_v, _, bot_v = logit_effects(tiny_gemma, loaded, [5, 7], k=3)
+    expected = tiny_gemma.decode_direction(loaded.sae.W_dec[[5, 7]].detach())
+    values, ids = expected.topk(3, dim=-1)
+    np.testing.assert_array_equal(top_i, ids.numpy())
+    np.testing.assert_allclose(top_v, values.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(bot_v, expected.topk(3, dim=-1, largest=False).values.numpy(), rtol=1e-6)
