@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import torch
 
 from lenslab.probes.neurosymbolic.artefact import TrainConfig
+from lenslab.probes.neurosymbolic.fit import collect
 from lenslab.probes.neurosymbolic.probe import NeurosymbolicConfig, NeurosymbolicProbe, load_artefact
-from lenslab.probes.neurosymbolic.readout import answer_tokens
-from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS
+from lenslab.probes.neurosymbolic.readout import answer_tokens, read_out
+from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS, generate_tasks
 
 pytestmark = pytest.mark.slow
 
@@ -25,33 +28,77 @@ def fitted(embedded_session, tmp_path_factory):
         yield prepare_default_artefacts(embedded_session, train_config=CI)
 
 
+def _last_prompt_states(session, prompts: list[str], layer: int) -> torch.Tensor:
+    ids = [session.tokenize(p)[0].tolist() for p in prompts]
+    states = collect(session, ids, [[len(s) - 1] for s in ids], [layer], batch_size=CI.batch_size)
+    return torch.stack([s[0] for s in states.states[layer]])
+
+
 def test_gemma_writes_one_token_per_digit(embedded_session):
     ids = answer_tokens(embedded_session, 9801)
     assert embedded_session.decode_each(ids) == ["9", "8", "0", "1", "\n"]
 
 
-def test_encoder_reads_the_operation_well_above_chance(embedded_session, fitted):
-    fitted = load_artefact(embedded_session, CI, fitted)
-    curve = fitted.metrics["layer_curve"]
-    chance = 1 / len(ALL_OPERATIONS)
-    best = fitted.chosen_layer
-    # held-out operand pairs; chance is 0.1 for ten operations
-    assert curve["operation_accuracy"][best] >= 0.6 > 3 * chance
+def test_encoder_reads_the_operation_of_held_out_problems(embedded_session, fitted):
+    artefact = load_artefact(embedded_session, CI, fitted)
+    curve = artefact.metrics["layer_curve"]
+    best = artefact.chosen_layer
+    # Read the held-out problems again, outside the fit, and compare with the true operations.
+    tasks = generate_tasks(
+        CI.operations,
+        CI.bound,
+        CI.n_train_per_operation,
+        CI.n_test_per_operation,
+        shots=CI.shots,
+        seed=CI.seed,
+    )
+    states = _last_prompt_states(embedded_session, tasks.test_prompts, best)
+    readout = read_out(artefact.codebook, artefact.encoders[best], states, NeurosymbolicConfig().threshold)
+    truth = [p.operation for p in tasks.test]
+    accuracy = np.mean([read == true for read, true in zip(readout.operations, truth, strict=True)])
+    one_problem = 1 / len(tasks.test) + 1e-9  # batched states differ by ~1e-2 (bench): one near-tie may flip
+    # The fit's recorded test accuracy and fired share are those of these states.
+    assert accuracy == pytest.approx(curve["operation_accuracy"][best], abs=one_problem)
+    assert np.mean(readout.fired) == pytest.approx(curve["fired"][best], abs=one_problem)
+    # Held-out operand pairs, ten operations (chance 0.1): 0.6 is 18 of 30 problems, the bar this
+    # CI fit has cleared since the test was written.
+    assert accuracy >= 0.6
     assert max(curve["operation_accuracy"]) >= 0.8
-    # cosine to the target problem vector is positive and below 1 everywhere
-    assert all(0.0 < c < 1.0 for c in curve["cosine"])
-    rows = {row["task"]: row for row in fitted.metrics["evaluation"]["rows"]}
-    assert rows["all"]["n"] == 3 * len(ALL_OPERATIONS)
-    for row in rows.values():
-        assert row["baseline_ce"] > 0 and row["merged_ce"] > 0 and 0 <= row["baseline_accuracy"] <= 1
+    # The gate lets held-out problems through: their states lie in the encoder's training range
+    # and some clear the default threshold.
+    assert all(readout.in_distribution) and any(readout.fired)
+    rows = {row["task"]: row for row in artefact.metrics["evaluation"]["rows"]}
+    assert rows["all"]["n"] == len(tasks.test) == 3 * len(ALL_OPERATIONS)
+
+
+def test_oracle_merge_pulls_the_model_toward_the_true_answer(embedded_session, fitted):
+    """Merging the decoder's image of the *true* answer lowers the cross-entropy of that answer."""
+    artefact = load_artefact(embedded_session, CI, fitted)
+    rows = {row["task"]: row for row in artefact.metrics["evaluation"]["rows"]}
+    # The merge steers the 270M model only a little (docs/neurosymbolic.md), so exact match may not
+    # move; a decoder writing the wrong digit or at the wrong step would raise the CE instead.
+    assert rows["all"]["oracle_ce"] < rows["all"]["baseline_ce"]
+
+
+def test_gate_does_not_act_on_prose(embedded_session, fitted):
+    artefact = load_artefact(embedded_session, CI, fitted)
+    layer, threshold = artefact.chosen_layer, NeurosymbolicConfig().threshold
+    prose = ["The capital of France is", "def fibonacci(n):"]
+    states = _last_prompt_states(embedded_session, prose, layer)
+    readout = read_out(artefact.codebook, artefact.encoders[layer], states, threshold)
+    assert readout.fired == [False, False] and readout.in_distribution == [False, False]
 
 
 def test_typed_problem_on_the_embedded_model(embedded_session, fitted):
-    result = NeurosymbolicProbe(train_config=CI, folder=fitted).run(
-        embedded_session, "What is 48 * 7?", NeurosymbolicConfig(threshold=-10.0)
-    )
-    assert result.exact_answer == 336
-    assert result.fired  # threshold -10: always acts
-    assert result.baseline_answer.strip() and result.merged_answer.strip()
-    assert result.baseline_answer_ce > 0
+    probe = NeurosymbolicProbe(train_config=CI, folder=fitted)
+    # Threshold -10 forces the system to act, so that the identity below is not vacuous.
+    acting = NeurosymbolicConfig(threshold=-10.0)
+    result = probe.run(embedded_session, "What is 48 * 7?", acting)
+    assert result.exact_answer == 336 and result.fired
+    assert result.merged_answer_ce != result.baseline_answer_ce  # w = 0.5: the merge changed the forward
+    # With weight 0 the merge h ← 1·h + 0·decoded is the identity: nothing may change.
+    untouched = probe.run(embedded_session, "What is 48 * 7?", acting.replace(merge_weight=0.0))
+    assert untouched.fired
+    assert untouched.merged_answer == untouched.baseline_answer == result.baseline_answer
+    assert untouched.merged_answer_ce == untouched.baseline_answer_ce == result.baseline_answer_ce
     assert embedded_session.active_hook_count() == 0
