@@ -21,7 +21,7 @@ from lenslab.models.paths import family_dir
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config
 from lenslab.probes.neurosymbolic.fit import LinearMap
-from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS, OPERATIONS
+from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS, OPERATIONS, TaskSet, generate_tasks
 from lenslab.probes.neurosymbolic.vsa import Codebook
 
 FORMAT = 3  # 3: encoders carry the radius of their training states (out-of-distribution gate)
@@ -56,6 +56,17 @@ class TrainConfig(Config):
             session.check_layer(self.merge_layer)
         if not 0.0 <= self.merge_weight <= 1.0:
             raise ValueError(f"merge_weight must be in [0, 1], got {self.merge_weight}")
+
+    def tasks(self) -> TaskSet:
+        """The train and test problems this config fits and evaluates on (deterministic in ``seed``)."""
+        return generate_tasks(
+            self.operations,
+            self.bound,
+            self.n_train_per_operation,
+            self.n_test_per_operation,
+            shots=self.shots,
+            seed=self.seed,
+        )
 
     def key(self) -> str:
         """Short stable id of the fields that change the fitted maps."""

@@ -46,7 +46,7 @@ from lenslab.probes.neurosymbolic.readout import (
     read_out,
     readout_metrics,
 )
-from lenslab.probes.neurosymbolic.tasks import generate_tasks, n_digits_for
+from lenslab.probes.neurosymbolic.tasks import n_digits_for
 from lenslab.probes.neurosymbolic.vsa import Codebook
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -57,14 +57,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
     """Generate tasks, collect hidden states, fit encoders and decoder, evaluate on the test split."""
     config.validate(session)
     started = time.perf_counter()
-    tasks = generate_tasks(
-        config.operations,
-        config.bound,
-        config.n_train_per_operation,
-        config.n_test_per_operation,
-        shots=config.shots,
-        seed=config.seed,
-    )
+    tasks = config.tasks()
     codebook = Codebook.build(
         config.vsa_dim,
         config.seed,

@@ -10,7 +10,7 @@ from lenslab.probes.neurosymbolic.artefact import TrainConfig
 from lenslab.probes.neurosymbolic.fit import collect
 from lenslab.probes.neurosymbolic.probe import NeurosymbolicConfig, NeurosymbolicProbe, load_artefact
 from lenslab.probes.neurosymbolic.readout import answer_tokens, read_out
-from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS, generate_tasks
+from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,7 @@ def test_encoder_reads_the_operation_of_held_out_problems(embedded_session, fitt
     curve = artefact.metrics["layer_curve"]
     best = artefact.chosen_layer
     # Read the held-out problems again, outside the fit, and compare with the true operations.
-    tasks = generate_tasks(
-        CI.operations,
-        CI.bound,
-        CI.n_train_per_operation,
-        CI.n_test_per_operation,
-        shots=CI.shots,
-        seed=CI.seed,
-    )
+    tasks = CI.tasks()
     states = _last_prompt_states(embedded_session, tasks.test_prompts, best)
     readout = read_out(artefact.codebook, artefact.encoders[best], states, NeurosymbolicConfig().threshold)
     truth = [p.operation for p in tasks.test]
