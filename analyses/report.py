@@ -240,12 +240,46 @@ def resolve_in(folder: str | Path, name: str) -> Path:
     return path
 
 
-def delete_report(folder: str | Path, name: str) -> None:
-    """Remove report ``name`` from ``folder``."""
+TRASH = ".trash"  # deleted reports wait here (hidden from the listing) until restored or purged
+
+
+def trash_dir(folder: str | Path) -> Path:
+    """Where :func:`delete_report` moves reports of ``folder``: its ``.trash`` subfolder."""
+    return Path(folder).resolve() / TRASH
+
+
+def delete_report(folder: str | Path, name: str) -> Path:
+    """Move report ``name`` of ``folder`` into its trash (restorable); returns where it went.
+
+    A report of the same name already in the trash is replaced: the trash keeps the latest copy.
+    """
     path = resolve_in(folder, name)
     if not (path / "report.json").is_file():
         raise FileNotFoundError(f"no report named {name!r}")
-    shutil.rmtree(path)
+    trash = trash_dir(folder)
+    trash.mkdir(parents=True, exist_ok=True)
+    target = resolve_in(trash, name)
+    if target.exists():
+        shutil.rmtree(target)
+    path.rename(target)
+    return target
+
+
+def list_deleted(folder: str | Path) -> list[ReportEntry]:
+    """Reports in the trash of ``folder``, newest first."""
+    return list_reports(trash_dir(folder))
+
+
+def restore_report(folder: str | Path, name: str) -> Path:
+    """Move report ``name`` back from the trash into ``folder``; refuses to overwrite a live report."""
+    source = resolve_in(trash_dir(folder), name)
+    if not (source / "report.json").is_file():
+        raise FileNotFoundError(f"no deleted report named {name!r}")
+    target = resolve_in(folder, name)
+    if target.exists():
+        raise FileExistsError(f"a report named {name!r} already exists; delete or rename it first")
+    source.rename(target)
+    return target
 
 
 def zip_report(path: str | Path) -> bytes:

@@ -6,11 +6,140 @@ from typing import Any
 
 import streamlit as st
 
-from lenslab.app import state
+from lenslab.app import state, userfiles
+from lenslab.app.plain import md, show_invalid
 from lenslab.probes import Config, Result, get_probe, registered_probes
-from lenslab.probes.fields import ConfigField, config_fields
+from lenslab.probes.fields import ConfigField, config_fields, range_problem, range_text
 
 DEFAULT_PROMPT = "The Eiffel Tower is located in the city of"
+ALLOWED = "Allowed:"  # a number field's help ends with "Allowed: <range>."
+
+
+def number_field(
+    label: str,
+    value: float,
+    *,
+    key: str,
+    min_value: float | None = None,
+    max_value: float | None = None,
+    integer: bool = True,
+    help: str | None = None,
+    where: Any = None,
+) -> Any:
+    """A number input checked on the server: the value, or None with the message shown.
+
+    The browser gets no min/max (it would refuse an out-of-range entry silently and keep the old
+    value); the range is checked here and named in the message and in the help text.
+    """
+    where = where if where is not None else st
+    allowed = f"{ALLOWED} {range_text(min_value, max_value)}."
+    kwargs: dict[str, Any] = {"step": 1} if integer else {"format": "%g"}
+    raw = where.number_input(
+        label,
+        value=int(value) if integer else float(value),
+        key=key,
+        help=f"{help} {allowed}" if help else allowed,
+        **kwargs,
+    )
+    problem = range_problem(label, raw, min_value, max_value)
+    if problem is None and integer and raw is not None and float(raw) != int(raw):
+        problem = f"{label} must be a whole number, got {raw:g}"
+    if problem is not None:
+        show_invalid([problem])
+        return None
+    return int(raw) if integer else float(raw)
+
+
+def source_input(
+    label: str, value: str, *, key: str, names: tuple[str, ...] = (), help: str | None = None
+) -> str:
+    """A text source: a built-in name, an uploaded .txt / .jsonl file, or a path in a data folder.
+
+    Returns the spec the probe reads (the name, or the accepted file's path). Refused entries raise
+    ``ValueError`` with the message to show: uploads too large, empty or binary; paths outside the
+    data folders (without saying whether they exist); any path on a server reachable from other
+    machines.
+    """
+    uploaded = st.file_uploader(
+        f"{label}: upload a .txt / .jsonl file (optional)",
+        type=list(userfiles.TEXT_SUFFIXES),
+        key=f"{key}:upload",
+        help=f"Up to {userfiles.upload_limit_mb()} MB of UTF-8 text; replaces the text field.",
+        max_upload_size=userfiles.upload_limit_mb(),
+    )
+    typed = st.text_input(label, value=value, key=key, help=help).strip()
+    if uploaded is not None:
+        return str(userfiles.accept_text_upload(uploaded.name, uploaded.getvalue(), label).path)
+    return checked_source(typed, label, names)
+
+
+PROMPT_PARAM = "prompt"  # the query-string name of a page's prompt (the inspector uses it too)
+
+
+def url_prompt(key: str, default: str, *, label: str = "Prompt", height: int = 80) -> str:
+    """The page's prompt box, mirrored in the URL (``?prompt=...``): a link reopens the page with it.
+
+    On the first render of a browser session the box starts at the link's prompt (else
+    ``default``); every edit is written back to the query string, so copying the address bar
+    shares what is on screen.
+    """
+    from_url = st.query_params.get(PROMPT_PARAM)
+    if key not in st.session_state:
+        st.session_state[key] = from_url if from_url else default
+    text = st.text_area(label, key=key, height=height)
+    if from_url != text:
+        st.query_params[PROMPT_PARAM] = text
+    return text
+
+
+def file_input(label: str, key: str, *, help: str | None = None) -> str:
+    """A .txt / .jsonl file: an upload, or (servers on this machine only) a path in a data folder.
+
+    Returns the accepted file's path, or "" when there is none yet or it was refused (the message
+    is shown in the one style).
+    """
+    limit = userfiles.upload_limit_mb()
+    uploaded = st.file_uploader(
+        label,
+        type=list(userfiles.TEXT_SUFFIXES),
+        key=f"{key}:upload",
+        help=f"{help or ''} Up to {limit} MB of UTF-8 text.".strip(),
+        max_upload_size=limit,
+    )
+    typed = ""
+    if userfiles.path_fields_enabled():
+        typed = st.text_input(
+            "…or the path of a file inside a data folder",
+            key=key,
+            help="Allowed folders: LENSLAB_DATA_DIRS, the reports folder and lenslab's caches.",
+        ).strip()
+    try:
+        if uploaded is not None:
+            return str(userfiles.accept_text_upload(uploaded.name, uploaded.getvalue(), label).path)
+        return str(userfiles.check_user_path(typed, label)) if typed else ""
+    except ValueError as exc:
+        show_invalid([str(exc)])
+        return ""
+
+
+def folder_input(label: str, key: str, *, help: str | None = None) -> str:
+    """A folder inside a data folder (servers on this machine only); "" when none or refused."""
+    if not userfiles.path_fields_enabled():
+        st.info(f"{label}: typed paths are off on a server reachable from other machines.")
+        return ""
+    typed = st.text_input(label, key=key, help=help).strip()
+    try:
+        return str(userfiles.check_user_path(typed, label)) if typed else ""
+    except ValueError as exc:
+        show_invalid([str(exc)])
+        return ""
+
+
+def checked_source(typed: str, label: str, names: tuple[str, ...] = ()) -> str:
+    """``typed`` if it is a name; a path only inside a data folder (``ValueError`` otherwise)."""
+    if typed in names or not userfiles.looks_like_file(typed):
+        return typed
+    return str(userfiles.check_user_path(typed, label))
 
 
 def config_form(
@@ -33,14 +162,14 @@ def config_form(
         except ValueError as exc:
             unreadable.append(str(exc))
     if unreadable:
-        st.error(f"Invalid settings: {'; '.join(unreadable)}")
+        show_invalid(unreadable)
         return None
     try:
         config = config_cls(**values)
         if session is not None:
             config.validate(session)
     except (ValueError, TypeError) as exc:
-        st.error(f"Invalid settings: {exc}")
+        show_invalid([str(exc)])
         return None
     return config
 
@@ -60,30 +189,18 @@ def _field_widget(f: ConfigField, start: Any, key: str, session: Any | None) -> 
         return st.selectbox(spec.label, options, index=options.index(start), key=key, help=spec.help)
     if spec.kind == "checkbox":
         return st.checkbox(spec.label, value=start, key=key, help=spec.help)
-    if spec.kind == "int":
-        return int(
-            st.number_input(
-                spec.label,
-                value=int(start),
-                step=1,
-                key=key,
-                help=spec.help,
-                min_value=spec.min,
-                max_value=spec.max,
-            )
+    if spec.kind in ("int", "float"):
+        raw = st.number_input(
+            spec.label,
+            value=int(start) if spec.kind == "int" else float(start),
+            key=key,
+            help=f"{spec.help or ''} {ALLOWED} {range_text(spec.min, spec.max)}.".strip(),
+            **({"step": 1} if spec.kind == "int" else {"format": "%g"}),
         )
-    if spec.kind == "float":
-        return float(
-            st.number_input(
-                spec.label,
-                value=float(start),
-                key=key,
-                help=spec.help,
-                format="%g",
-                min_value=_as_float(spec.min),
-                max_value=_as_float(spec.max),
-            )
-        )
+        problem = range_problem(f.name, raw, spec.min, spec.max)
+        if problem:  # the browser gets no bounds: it would keep the old value without a word
+            raise ValueError(problem)
+        return int(raw) if spec.kind == "int" else float(raw)
     if spec.kind == "int_list" and f.name == "layers" and session is not None:
         picked = st.multiselect(
             spec.label,
@@ -103,14 +220,14 @@ def _field_widget(f: ConfigField, start: Any, key: str, session: Any | None) -> 
         )
         return f.parse(text)
     if spec.kind == "text":
+        if f.hint is str and userfiles.mentions_file(spec.help):
+            return source_input(f.name, spec.text, key=key, help=spec.help) or start
         text = st.text_input(spec.label, value=spec.text, key=key, help=spec.help)
+        if f.hint is str:
+            checked_source(text.strip(), f.name)  # a typed path must lie in a data folder
         return f.parse(text) if text or spec.optional else start
-    st.caption(f"{spec.label}: {start!r} (not editable here)")
+    st.caption(f"{md(spec.label)}: {md(repr(start))} (not editable here)")
     return start
-
-
-def _as_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def show_result(result: Result, key: str) -> None:
@@ -119,7 +236,7 @@ def show_result(result: Result, key: str) -> None:
     if summary:
         cols = st.columns(min(len(summary), 4))
         for col, (name, value) in zip(cols * 4, summary.items(), strict=False):
-            col.metric(name, _fmt(value))
+            col.metric(md(name), _fmt(value))
     for name, fig in result.figures().items():
         if name not in result.state_figures:
             st.plotly_chart(fig, key=f"{key}:{name}", width="stretch")
@@ -143,9 +260,10 @@ def _inspect_link(result: Result, figure: str, event: Any, key: str) -> None:
 
 
 def _fmt(value: Any) -> str:
+    """A summary value for ``st.metric`` (whose value is Markdown): numbers short, text literal."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return "—" if value is None else str(value)
+    return "—" if value is None else md(value)
 
 
 def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | None:
@@ -156,7 +274,8 @@ def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | 
     """
     with st.expander("Settings", expanded=False):
         config = config_form(probe.config_cls, key, session, probe.default_config())
-    if st.button("Run", type="primary", key=f"{key}:run", disabled=config is None):
+    clicked = st.button("Run", type="primary", key=f"{key}:run", disabled=config is None)
+    if clicked and config is not None:
         result = state.run_with_status(
             probe.title, lambda progress: probe.run(session, text, config, progress)
         )
@@ -174,7 +293,7 @@ def probe_page(probe_name: str, *, intro: str = "") -> Result | None:
     session = state.session()
     if session is None:
         return None
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{probe_name}:prompt", height=80)
+    prompt = url_prompt(f"{probe_name}:prompt", DEFAULT_PROMPT)
     result = settings_and_run(probe, probe_name, session, prompt)
     if result is not None:
         show_result(result, probe_name)

@@ -1,21 +1,24 @@
-"""lenslab's Streamlit entry point: sidebar, then the page the user picked."""
+"""lenslab's Streamlit entry point: access check, sidebar, then the page the user picked.
+
+Every page has its own address (``/logit-lens``, ``/future-lens``, ...), so links work and
+carry the page's state in the query string; the root ``/`` is an overview of the pages.
+"""
 
 import streamlit as st
 
-from lenslab.app import state
-from lenslab.app.views import DEFAULT_URL, discover
+from lenslab.app import access, state
+from lenslab.app.views import discover, home
 
 st.set_page_config(page_title="lenslab", page_icon="🔬", layout="wide")
+access.require_access()
 state.sidebar()
+modules = discover()
 pages = {
-    module.URL: st.Page(
-        module.render,
-        title=module.TITLE,
-        icon=module.ICON,
-        url_path=module.URL,
-        default=module.URL == DEFAULT_URL,
-    )
-    for module in discover()
+    home.URL: st.Page(home.render, title=home.TITLE, icon=home.ICON, url_path=home.URL, default=True),
+    **{
+        module.URL: st.Page(module.render, title=module.TITLE, icon=module.ICON, url_path=module.URL)
+        for module in modules
+    },
 }
 state.set_pages(pages)  # lets figures link to other pages (a clicked cell opens the inspector)
 st.navigation(list(pages.values())).run()

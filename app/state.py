@@ -18,6 +18,8 @@ import streamlit as st
 import torch
 
 from lenslab.analyses.report import Report, default_report_name, report_meta, resolve_in
+from lenslab.app import userfiles
+from lenslab.app.plain import md, show_invalid
 from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline, guards
 from lenslab.models.paths import reports_dir
 from lenslab.probes import Result
@@ -40,6 +42,11 @@ def set_pages(pages: dict[str, Any]) -> None:
     """Remember the navigation's pages by URL path (for links such as 'open in inspector')."""
     _PAGES.clear()
     _PAGES.update(pages)
+
+
+def page(url: str) -> Any | None:
+    """The navigation's page at ``url`` (None when pages are rendered on their own, as in tests)."""
+    return _PAGES.get(url)
 
 
 def open_inspector(prompt: str, layer: int, position: int) -> None:
@@ -74,9 +81,23 @@ def sidebar() -> None:
             key="model_choice",
             help="Embedded models work offline; others need a hub or a local HF folder.",
         )
+        ss["model_refused"] = ""
         if choice == OTHER:
-            typed = st.text_input("HF id or local folder", key="model_other", placeholder="gpt2")
-            ss["model_name"] = typed.strip() or default
+            local = userfiles.path_fields_enabled()
+            typed = st.text_input(
+                "HF id or local folder" if local else "HF id",
+                key="model_other",
+                placeholder="gpt2",
+                help="A local folder must lie inside a data folder (LENSLAB_DATA_DIRS or the model cache)."
+                if local
+                else "Typed paths are off on a server reachable from other machines.",
+            ).strip()
+            ss["model_name"] = typed or default
+            if typed and (userfiles.looks_like_path(typed) or Path(typed).exists()):
+                try:
+                    ss["model_name"] = str(userfiles.check_user_path(typed, "Model folder"))
+                except userfiles.PathRefused as exc:
+                    ss["model_refused"] = str(exc)
         else:
             ss["model_name"] = choice
         ss["device"] = st.selectbox("Device", devices(), key="device_choice")
@@ -110,6 +131,9 @@ def memory_line() -> str:
 def session() -> ModelSession | None:
     """The shared ModelSession for the sidebar's choice, loading it (once) with a status box."""
     ss = st.session_state
+    if ss.get("model_refused"):
+        show_invalid([ss["model_refused"]])
+        return None
     name = ss.get("model_name", os.environ.get("LENSLAB_MODEL", DEFAULT_MODEL))
     device = ss.get("device", devices()[0])
     dtype = ss.get("dtype", "float32")
@@ -117,11 +141,11 @@ def session() -> ModelSession | None:
         with st.spinner(f"Loading {name} on {device} (first time converts the model: ~1 min)…"):
             loaded = _shared_session(name, device, dtype)
     except USER_ERRORS as exc:
-        st.error(f"Could not load model: {exc}")
+        st.error(f"Could not load model: {md(exc)}")
         return None
     except Exception as exc:  # keep the app alive on any loader failure
         log.exception("model load failed")
-        st.error(f"Could not load model {name!r}: {type(exc).__name__}: {exc}")
+        st.error(f"Could not load model {md(repr(name))}: {type(exc).__name__}: {md(exc)}")
         return None
     ss["_session"] = loaded
     return loaded
@@ -148,7 +172,7 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             if isinstance(exc, guards.OutOfMemory | Cancelled):
                 guards.release_memory()
             status.update(label=f"{label}: stopped", state="error", expanded=True)
-            st.error(str(exc))
+            st.error(md(exc))
             return None
         except torch.OutOfMemoryError:
             _free_memory()
@@ -158,7 +182,7 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
         except Exception as exc:
             log.exception("%s failed", label)
             status.update(label=f"{label}: failed", state="error", expanded=True)
-            st.error(f"{type(exc).__name__}: {exc}")
+            st.error(f"{type(exc).__name__}: {md(exc)}")
             return None
         status.update(label=f"{label}: done in {time.perf_counter() - started:.1f} s", state="complete")
     return value
@@ -187,10 +211,23 @@ def report_folder() -> Path:
     return reports_dir()
 
 
+def default_title(results: list[Result]) -> str:
+    """What was run: the probes' titles (all of them, as the inspector runs several) and the prompt."""
+    from lenslab.probes import registered_probes
+
+    probes = registered_probes()
+    names = [probes[r.probe].title if r.probe in probes else r.probe.replace("_", " ") for r in results]
+    title = ", ".join(dict.fromkeys(names))
+    prompt = " ".join(results[0].prompt.split())
+    if prompt:
+        title += f" — “{prompt[:48]}{'…' if len(prompt) > 48 else ''}”"
+    return title
+
+
 def save_report(results: list[Result], session_: ModelSession | None, key: str) -> None:
     """A 'save report' form: title field + button; shows where it was saved."""
     with st.form(f"save:{key}", clear_on_submit=False, border=False):
-        title = st.text_input("Report title", value=results[0].probe.replace("_", " "), key=f"t:{key}")
+        title = st.text_input("Report title", value=default_title(results), key=f"t:{key}")
         submitted = st.form_submit_button("💾 Save report")
     if not submitted:
         return
@@ -199,9 +236,9 @@ def save_report(results: list[Result], session_: ModelSession | None, key: str) 
         folder = report_folder()
         path = Report(results, meta).save(resolve_in(folder, default_report_name(results)))
     except USER_ERRORS as exc:
-        st.error(f"Could not save the report: {exc}")
+        st.error(f"Could not save the report: {md(exc)}")
         return
     except OSError as exc:
-        st.error(f"Could not write the report: {exc}")
+        st.error(f"Could not write the report: {md(exc)}")
         return
     st.success(f"Saved report {path.name} (open it on the Reports page)")

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 
-from lenslab.probes.fields import config_fields
+from lenslab.probes.fields import config_fields, range_problem
 from lenslab.probes.serialize import from_plain, to_plain
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -56,11 +56,9 @@ class Config:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{f.name} must be a finite number, got {value}")
             if isinstance(value, int | float) and not isinstance(value, bool):
-                low, high = f.metadata.get("min"), f.metadata.get("max")
-                if low is not None and value < low:
-                    raise ValueError(f"{f.name} must be ≥ {low}, got {value}")
-                if high is not None and value > high:
-                    raise ValueError(f"{f.name} must be ≤ {high}, got {value}")
+                problem = range_problem(f.name, value, f.metadata.get("min"), f.metadata.get("max"))
+                if problem:
+                    raise ValueError(problem)
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {list(choices)}, got {value!r}")

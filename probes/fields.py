@@ -355,6 +355,34 @@ def type_name(hint: Any) -> str:
     return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
+def range_text(low: float | None, high: float | None) -> str:
+    """``between 1 and 50``, ``≥ 1``, ``≤ 50`` or ``any finite number``: a field's allowed range."""
+    if low is not None and high is not None:
+        return f"between {low:g} and {high:g}"
+    if low is not None:
+        return f"≥ {low:g}"
+    if high is not None:
+        return f"≤ {high:g}"
+    return "any finite number"
+
+
+def range_problem(name: str, value: Any, low: float | None, high: float | None) -> str | None:
+    """The one message for a number outside its range (or not finite), naming field and range; else None.
+
+    Every boundary (config checks, the app's number fields) words it the same way:
+    ``k must be between 1 and 50, got -5``.
+    """
+    if value is None:
+        return f"{name} is empty: enter a number {range_text(low, high)}"
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        return f"{name} must be a number {range_text(low, high)}, got {value!r}"
+    if isinstance(value, float | np.floating) and not np.isfinite(value):
+        return f"{name} must be a finite number {range_text(low, high)}, got {value}"
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{name} must be {range_text(low, high)}, got {value:g}"
+    return None
+
+
 @dataclass(frozen=True)
 class ConfigField:
     """One field of a config class with its kind; errors name the field."""

@@ -32,8 +32,9 @@ PAGES: tuple[ModuleType, ...] = (
     reports,
 )
 
-DEFAULT_URL = "logit-lens"
-"""The landing page: type a prompt, see every layer's guess (the inspector needs a state first)."""
+DEFAULT_URL = "overview"
+"""The landing page (``views/home.py``, served at ``/``): one line per page. Being the default, it
+leaves every probe page its own address."""
 
 
 def discover() -> list[ModuleType]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, config_form, show_result
+from lenslab.app.components import DEFAULT_PROMPT, config_form, number_field, show_result, url_prompt
+from lenslab.app.plain import md
 from lenslab.probes.future_lens.artefacts import artefact_signature
 from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig, default_eval_layers, run_evaluation
 from lenslab.probes.future_lens.methods import METHODS, Artefacts
@@ -71,7 +72,7 @@ def _saved_artefacts(session) -> Artefacts:
 
 
 def _grid_panel(session, artefacts: Artefacts) -> None:
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
     cols = st.columns([2, 1, 3, 1, 2])
     default_method = "linear" if artefacts.linear is not None else "direct"
     method = cols[0].selectbox(
@@ -95,7 +96,7 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
         key=f"{KEY}:layers:{method}",
         help="the causal methods run a short continuation per cell: pick fewer layers on a CPU",
     )
-    k = cols[3].number_input("top-k", 1, 20, 5, key=f"{KEY}:k")
+    k = number_field("top-k", 5, min_value=1, max_value=20, key=f"{KEY}:k", where=cols[3])
     protocol = cols[4].selectbox(
         "Protocol (N ≥ 1)",
         PROTOCOLS,
@@ -114,10 +115,13 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
             "Fitting linear maps", lambda p: prepare_default_artefacts(session, p)
         ):
             st.rerun()
-    config = FutureLensConfig(
-        method=method, horizon=int(horizon), layers=tuple(layers) or None, k=int(k), protocol=protocol
-    )
-    if st.button("Run", type="primary", key=f"{KEY}:run", disabled=bool(missing) or not layers):
+    config = None
+    if k is not None:
+        config = FutureLensConfig(
+            method=method, horizon=int(horizon), layers=tuple(layers) or None, k=k, protocol=protocol
+        )
+    runnable = config is not None and not missing and bool(layers)
+    if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable) and runnable:
         result = state.run_with_status(
             "Future Lens", lambda progress: FutureLens().run(session, prompt, config, progress, artefacts)
         )
@@ -128,7 +132,7 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
         if result.causal:
             st.caption(f"N ≥ 1 is {result.protocol}: {PROTOCOL_HELP.get(result.protocol, '')}.")
         if result.artefact:
-            st.caption(f"Artefact: {result.artefact}")
+            st.caption(f"Artefact: {md(result.artefact)}")
         show_result(result, KEY)
 
 
@@ -158,19 +162,32 @@ def _train_panel(session, artefacts: Artefacts) -> None:
             st.rerun()
     st.markdown("#### Train a learned prompt")
     cols = st.columns(4)
-    layer = cols[0].number_input("layer", 0, session.n_layers - 1, session.n_layers // 2, key=f"{KEY}:tl")
-    epochs = cols[1].number_input("epochs", 1, 50, 2, key=f"{KEY}:te")
-    lr = cols[2].number_input("lr", 1e-5, 1e-1, 5e-4, format="%g", key=f"{KEY}:tlr")
-    limit = cols[3].number_input("max examples (0: all)", 0, 100000, 0, key=f"{KEY}:tmax")
+    layer = number_field(
+        "layer",
+        session.n_layers // 2,
+        min_value=0,
+        max_value=session.n_layers - 1,
+        key=f"{KEY}:tl",
+        where=cols[0],
+    )
+    epochs = number_field("epochs", 2, min_value=1, max_value=50, key=f"{KEY}:te", where=cols[1])
+    lr = number_field(
+        "lr", 5e-4, min_value=1e-5, max_value=1e-1, integer=False, key=f"{KEY}:tlr", where=cols[2]
+    )
+    limit = number_field(
+        "max examples (0: all)", 0, min_value=0, max_value=100000, key=f"{KEY}:tmax", where=cols[3]
+    )
     st.caption(
         "KL(original ‖ intervened) at t+1 … t+4, AdamW, 10 soft-prompt vectors initialised N(0, 0.02) "
         "in the raw embedding space (Gemma multiplies embeddings by √d_model). On a CPU one epoch of "
         "the default 240 training examples takes about a minute."
     )
-    if st.button(f"Train the learned prompt for layer {int(layer)}", key=f"{KEY}:train"):
+    valid = None not in (layer, epochs, lr, limit)
+    title = f"Train the learned prompt for layer {layer}" if valid else "Train the learned prompt"
+    if st.button(title, key=f"{KEY}:train", disabled=not valid) and valid:
         label = "Training learned prompt"
         _cancel_button(label)
-        training = PromptTraining(epochs=int(epochs), lr=float(lr), max_examples=int(limit) or None)
+        training = PromptTraining(epochs=epochs, lr=lr, max_examples=limit or None)
         prompt = state.run_with_status(
             label, lambda p: train_learned_prompt(session, int(layer), training, progress=p)
         )
@@ -192,7 +209,7 @@ def _evaluation_panel(session) -> None:
         "maps are cached."
     )
     config = config_form(FutureLensEvalConfig, f"{KEY}:eval", session)
-    if st.button("Evaluate", key=f"{KEY}:evaluate", disabled=config is None):
+    if st.button("Evaluate", key=f"{KEY}:evaluate", disabled=config is None) and config is not None:
         _cancel_button("Future Lens evaluation")
         result = state.run_with_status("Future Lens evaluation", lambda p: run_evaluation(session, config, p))
         if result is not None:
@@ -200,10 +217,10 @@ def _evaluation_panel(session) -> None:
     result = state.stored(f"{KEY}_eval")
     if result is not None:
         st.caption(
-            f"{result.split_text()}; "
+            f"{md(result.split_text())}; "
             + (f"{result.causal_note}." if result.causal_note else "no causal method.")
         )
         st.dataframe(result.table_rows(), hide_index=True)
         for note in result.notes:
-            st.caption(note)
+            st.caption(md(note))
         show_result(result, f"{KEY}_eval")

@@ -7,7 +7,8 @@ survives reloads; figure cells on other pages link here.
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, show_result
+from lenslab.app.components import DEFAULT_PROMPT, number_field, show_result
+from lenslab.app.plain import md, md_code, show_invalid
 from lenslab.probes.inspector import StateRef, inspect_state, state_views
 
 TITLE = "State inspector"
@@ -39,11 +40,25 @@ def render() -> None:
     with st.form("inspector:pick"):
         prompt = st.text_area("Prompt", value=current.prompt, height=80)
         cols = st.columns(2)
-        layer = cols[0].number_input(
-            "Layer", value=int(current.layer), min_value=0, max_value=session.n_layers - 1, step=1
+        layer = number_field(
+            "Layer",
+            int(current.layer),
+            min_value=0,
+            max_value=session.n_layers - 1,
+            key="inspector:layer",
+            where=cols[0],
         )
-        position = cols[1].number_input("Position (-1 = last token)", value=int(current.position), step=1)
+        position = number_field(
+            "Position (-1 = last token)",
+            int(current.position),
+            min_value=-session.max_tokens,
+            max_value=session.max_tokens - 1,
+            key="inspector:position",
+            where=cols[1],
+        )
         go = st.form_submit_button("Inspect", type="primary")
+    if go and (layer is None or position is None):
+        return
     if go:
         current = StateRef(prompt, int(layer), int(position))
         st.query_params.from_dict(current.to_query())
@@ -56,12 +71,12 @@ def render() -> None:
     try:
         ref = current.resolve(session)
     except ValueError as exc:
-        st.error(str(exc))
+        show_invalid([str(exc)])
         return
     tokens = session.str_tokens(ref.prompt)
     st.markdown(
         f"**State:** layer {ref.layer}, position {ref.position} "
-        f"(token `{tokens[ref.position]!r}`) · model `{session.model_id}`"
+        f"(token {md_code(repr(tokens[ref.position]))}) · model {md_code(session.model_id)}"
     )
     cache_key = f"inspector:{session.model_id}:{ref}"
     outcomes = state.stored(cache_key)
@@ -75,10 +90,10 @@ def render() -> None:
         with columns[i % 2], st.container(border=True):
             st.subheader(outcome.title)
             if outcome.error:
-                st.warning(outcome.error)
+                st.warning(md(outcome.error))
                 continue
             for line in outcome.lines:
-                st.markdown(f"- {line}")
+                st.markdown(f"- {md(line)}")
             with st.expander("Figures", expanded=False):
                 show_result(outcome.result, f"inspector:{outcome.view}")
     results = [o.result for o in outcomes if o.result is not None]

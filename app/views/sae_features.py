@@ -5,7 +5,16 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, config_form, show_result
+from lenslab.app.components import (
+    DEFAULT_PROMPT,
+    config_form,
+    folder_input,
+    number_field,
+    show_result,
+    source_input,
+    url_prompt,
+)
+from lenslab.app.plain import html_text, md, show_invalid, show_text
 from lenslab.probes import get_probe
 from lenslab.probes.sae.corpus import SUBSETS
 from lenslab.probes.sae.evaluation import quality_lines
@@ -41,7 +50,7 @@ def _pick_sae(session) -> str:
         )
         return f"pretrained:{typed.strip()}" if typed.strip() else ""
     if choice == FOLDER:
-        return st.text_input("SAE folder", key=f"{KEY}:folder").strip()
+        return folder_input("SAE folder", f"{KEY}:folder", help="a folder in sae-lens format")
     return choice
 
 
@@ -51,7 +60,7 @@ def _load(session, spec: str) -> LoadedSAE | None:
     try:
         return load_sae(session, spec)
     except (ValueError, FileNotFoundError) as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return None
 
 
@@ -73,7 +82,7 @@ def render() -> None:
     spec = _pick_sae(session)
     loaded = _load(session, spec)
     if loaded is not None:
-        st.caption(loaded.label)
+        st.caption(md(loaded.label))
         if loaded.info:  # trained here: quality on held-out documents, 95% intervals
             st.caption(" · ".join(quality_lines(loaded.info)))
     tab_prompt, tab_feature, tab_steer, tab_train = st.tabs(["Prompt", "Feature page", "Steer", "Train"])
@@ -92,12 +101,15 @@ def render() -> None:
 
 def _prompt_tab(session, loaded: LoadedSAE) -> None:
     probe = get_probe("sae_features")
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
     cols = st.columns(2)
-    k = cols[0].number_input("top features per token", 1, 64, 5, key=f"{KEY}:k")
-    n_heat = cols[1].number_input("features in the heatmap", 1, 200, 24, key=f"{KEY}:nheat")
-    if st.button("Run", type="primary", key=f"{KEY}:run"):
-        config = SAEFeaturesConfig(sae=loaded.spec, k=int(k), n_heatmap=int(n_heat))
+    k = number_field("top features per token", 5, min_value=1, max_value=64, key=f"{KEY}:k", where=cols[0])
+    n_heat = number_field(
+        "features in the heatmap", 24, min_value=1, max_value=200, key=f"{KEY}:nheat", where=cols[1]
+    )
+    valid = k is not None and n_heat is not None
+    if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not valid) and valid:
+        config = SAEFeaturesConfig(sae=loaded.spec, k=k, n_heatmap=n_heat)
         result = state.run_with_status(
             "SAE features", lambda progress: probe.run(session, prompt, config, progress, loaded=loaded)
         )
@@ -116,7 +128,7 @@ def _prompt_tab(session, loaded: LoadedSAE) -> None:
         "Token",
         options,
         index=len(options) - 1,
-        format_func=lambda p: f"{p}: {result.tokens[p]!r}",
+        format_func=lambda p: f"{p}: {result.tokens[p]!r}",  # options are plain text
         key=f"{KEY}:token",
     )
     st.plotly_chart(result.token_figure(position), key=f"{KEY}:tokenfig", width="stretch")
@@ -137,14 +149,21 @@ def _prompt_tab(session, loaded: LoadedSAE) -> None:
 def _feature_tab(session, loaded: LoadedSAE) -> None:
     probe = get_probe("sae_feature")
     picked = state.stored("sae_feature_pick") or 0
-    feature = st.number_input("Feature", 0, loaded.d_sae - 1, int(picked), key=f"{KEY}:feature:{picked}")
+    feature = number_field(
+        "Feature", int(picked), min_value=0, max_value=loaded.d_sae - 1, key=f"{KEY}:feature:{picked}"
+    )
     with st.expander("Corpus for the dashboards", expanded=False):
-        corpus = st.text_input(
-            "corpus",
-            value="python-docs",
-            key=f"{KEY}:corpus",
-            help="'python-docs' (Python's documentation, always offline) or a .txt / .jsonl file path",
-        )
+        try:
+            corpus: str | None = source_input(
+                "corpus",
+                "python-docs",
+                key=f"{KEY}:corpus",
+                names=("python-docs",),
+                help="'python-docs' (Python's documentation, always offline), or upload a .txt / .jsonl file",
+            )
+        except ValueError as exc:
+            show_invalid([str(exc)])
+            corpus = None
         cols = st.columns(3)
         documents = cols[0].selectbox(
             "documents",
@@ -153,20 +172,23 @@ def _feature_tab(session, loaded: LoadedSAE) -> None:
             key=f"{KEY}:documents",
             help="held-out: documents no SAE trained here has seen (every 4th document of the corpus)",
         )
-        n_seq = cols[1].number_input("windows", 1, 100_000, 256, key=f"{KEY}:nseq")
-        context = cols[2].number_input("tokens per window", 4, 1024, 64, key=f"{KEY}:ctx")
+        n_seq = number_field("windows", 256, min_value=1, max_value=100_000, key=f"{KEY}:nseq", where=cols[1])
+        context = number_field(
+            "tokens per window", 64, min_value=4, max_value=1024, key=f"{KEY}:ctx", where=cols[2]
+        )
     st.caption(
         "The first request builds dashboards for all features in one pass over the corpus "
         "(cached on disk); later features open instantly."
     )
-    if st.button("Show feature", type="primary", key=f"{KEY}:showfeature"):
+    valid = None not in (feature, corpus, n_seq, context) and bool(corpus)
+    if st.button("Show feature", type="primary", key=f"{KEY}:showfeature", disabled=not valid) and valid:
         config = SAEFeatureConfig(
             sae=loaded.spec,
-            feature=int(feature),
-            corpus=corpus.strip(),
+            feature=feature,
+            corpus=corpus,
             documents=documents,
-            n_seq=int(n_seq),
-            context_size=int(context),
+            n_seq=n_seq,
+            context_size=context,
         )
         result = state.run_with_status(
             "Feature dashboard", lambda progress: probe.run(session, "", config, progress, loaded=loaded)
@@ -179,18 +201,13 @@ def _feature_tab(session, loaded: LoadedSAE) -> None:
     show_result_summary(result)
     st.markdown("**Top-activating contexts** (activating token highlighted)")
     for context in result.top_contexts:
-        st.markdown(
-            f"`{context.value:.3g}` &nbsp; {SAEFeatureResult.context_html(context)}", unsafe_allow_html=True
-        )
+        _context_line(context)
     if not result.top_contexts:
         st.info("This feature never fired on the corpus (a dead feature).")
     for band, contexts in zip(result.quantile_labels, result.quantile_contexts, strict=True):
-        st.markdown(f"**{band}**")
+        st.markdown(f"**{md(band)}**")
         for context in contexts:
-            st.markdown(
-                f"`{context.value:.3g}` &nbsp; {SAEFeatureResult.context_html(context)}",
-                unsafe_allow_html=True,
-            )
+            _context_line(context)
     figures = result.figures()
     left, right = st.columns(2)
     left.plotly_chart(figures["histogram"], key=f"{KEY}:hist", width="stretch")
@@ -198,34 +215,53 @@ def _feature_tab(session, loaded: LoadedSAE) -> None:
     state.save_report([result], session, "sae_feature")
 
 
+def _context_line(context) -> None:
+    """One dashboard context as HTML (escaped tokens, never Markdown: ``__x__`` stays literal)."""
+    st.html(
+        f"<div style='font-size:0.9rem'><code>{html_text(f'{context.value:.3g}')}</code>&nbsp; "
+        f"{SAEFeatureResult.context_html(context)}</div>"
+    )
+
+
 def show_result_summary(result: SAEFeatureResult) -> None:
     """Metric boxes for a feature page."""
     cols = st.columns(4)
     for col, (name, value) in zip(cols, result.summary().items(), strict=False):
-        col.metric(name, f"{value:.4g}" if isinstance(value, float) else str(value))
+        col.metric(md(name), f"{value:.4g}" if isinstance(value, float) else md(value))
 
 
 def _steer_tab(session, loaded: LoadedSAE) -> None:
     probe = get_probe("sae_steering")
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:steerprompt", height=80)
+    prompt = st.session_state.get(f"{KEY}:prompt", DEFAULT_PROMPT)
+    st.caption("Prompt (edit it in the Prompt tab):")
+    show_text(prompt, limit=400)
     picked = state.stored("sae_feature_pick") or 0
     cols = st.columns(4)
-    feature = cols[0].number_input("Feature", 0, loaded.d_sae - 1, int(picked), key=f"{KEY}:sfeat:{picked}")
+    feature = number_field(
+        "Feature",
+        int(picked),
+        min_value=0,
+        max_value=loaded.d_sae - 1,
+        key=f"{KEY}:sfeat:{picked}",
+        where=cols[0],
+    )
     mode = cols[1].selectbox(
         "Mode", MODES, key=f"{KEY}:mode", help="add α·W_dec[f]; clamp the feature to α; zero it"
     )
-    alpha = cols[2].number_input(
+    alpha = number_field(
         "α",
-        value=150.0,
+        150.0,
         key=f"{KEY}:alpha",
-        format="%g",
-        help="≈ the feature's max activation (see its feature page) is a good start",
+        integer=False,
+        min_value=-1e6,
+        max_value=1e6,
+        help="≈ the feature's max activation (see its feature page) is a good start.",
+        where=cols[2],
     )
-    n_new = cols[3].number_input("new tokens", 1, 64, 12, key=f"{KEY}:nnew")
-    if st.button("Steer", type="primary", key=f"{KEY}:steer"):
-        config = SAESteeringConfig(
-            sae=loaded.spec, feature=int(feature), mode=mode, alpha=float(alpha), n_new=int(n_new)
-        )
+    n_new = number_field("new tokens", 12, min_value=1, max_value=64, key=f"{KEY}:nnew", where=cols[3])
+    valid = None not in (feature, alpha, n_new)
+    if st.button("Steer", type="primary", key=f"{KEY}:steer", disabled=not valid) and valid:
+        config = SAESteeringConfig(sae=loaded.spec, feature=feature, mode=mode, alpha=alpha, n_new=n_new)
         result = state.run_with_status(
             "SAE steering", lambda progress: probe.run(session, prompt, config, progress, loaded=loaded)
         )
@@ -237,7 +273,7 @@ def _steer_tab(session, loaded: LoadedSAE) -> None:
     left, right = st.columns(2)
     left.markdown("**Clean continuation**")
     left.code(result.prompt + result.continuation_before, language=None, wrap_lines=True)
-    right.markdown(f"**{result.config.mode} feature {result.feature} (α={result.config.alpha:g})**")
+    right.markdown(f"**{md(result.config.mode)} feature {result.feature} (α={result.config.alpha:g})**")
     right.code(result.prompt + result.continuation_after, language=None, wrap_lines=True)
     show_result(result, "sae_steering")
     state.save_report([result], session, "sae_steering")
@@ -252,7 +288,8 @@ def _train_tab(session) -> None:
     )
     config = config_form(SAETrainingConfig, f"{KEY}:train", session)
     overwrite = st.checkbox("Replace an existing SAE of the same name", key=f"{KEY}:overwrite")
-    if st.button("Train SAE", type="primary", key=f"{KEY}:trainbtn", disabled=config is None):
+    clicked = st.button("Train SAE", type="primary", key=f"{KEY}:trainbtn", disabled=config is None)
+    if clicked and config is not None:
         trained = state.run_with_status(
             "Training SAE", lambda progress: train_sae(session, config, progress, overwrite=overwrite)
         )
@@ -261,8 +298,7 @@ def _train_tab(session) -> None:
     info = state.stored("sae_trained")
     if info:
         st.success(
-            f"Trained {info['training_config']['name']!r} on {info['hook_name']}; on held-out documents: "
-            + "; ".join(quality_lines(info))
-            + " — pick it in the SAE box above."
+            f"Trained {md(repr(info['training_config']['name']))} on {md(info['hook_name'])}; "
+            "on held-out documents: " + "; ".join(quality_lines(info)) + " — pick it in the SAE box above."
         )
         st.json(info, expanded=False)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import config_form, show_result
+from lenslab.app.components import config_form, file_input, show_result
+from lenslab.app.plain import md
 from lenslab.probes import get_probe
 from lenslab.probes.shared_neurons.result import PERTURBED, SharedNeuronsConfig, SharedNeuronsResult
 from lenslab.probes.shared_neurons.tasks import builtin_names, load_task_set
@@ -35,8 +36,8 @@ def _set_picker(which: str, default: str) -> str:
             height=140,
         )
     if choice == FILE:
-        return st.text_input(
-            f"Set {which}: path of a .txt (prompt => answer lines) or .jsonl ({{'prompt', 'answer'}}) file",
+        return file_input(
+            f"Set {which}: a .txt (prompt => answer lines) or .jsonl ({{'prompt', 'answer'}}) file",
             key=f"{KEY}:file{which}",
         )
     return choice
@@ -50,7 +51,7 @@ def _preview(spec: str, n: int, seed: int) -> bool:
         st.error(str(exc))
         return False
     with st.expander(f"{task_set.name}: {len(task_set.items)} prompts — {task_set.description}"):
-        st.table([{"prompt": i.prompt[-80:], "expected": i.answer} for i in task_set.items[:5]])
+        st.table([{"prompt": md(i.prompt[-80:]), "expected": md(i.answer)} for i in task_set.items[:5]])
     return True
 
 

@@ -12,10 +12,13 @@ import pytest
 from lenslab.analyses.report import (
     Report,
     delete_report,
+    list_deleted,
     list_reports,
     report_meta,
     resolve_in,
+    restore_report,
     safe_name,
+    trash_dir,
     zip_report,
 )
 from lenslab.probes import LogitLens, LogitLensConfig
@@ -152,3 +155,24 @@ def test_list_zip_delete(tmp_path, result):
     assert list_reports(tmp_path) == []
     with pytest.raises(FileNotFoundError):
         delete_report(tmp_path, "one")
+
+
+def test_delete_moves_to_trash_and_restore_brings_it_back_bit_exact(tmp_path, result):
+    saved = Report([result], {"title": "kept", "prompt": "p", "model": "m"}).save(tmp_path / "one")
+    files = {f.name: f.read_bytes() for f in saved.iterdir()}
+    trashed = delete_report(tmp_path, "one")
+    assert not saved.exists() and trashed.parent == trash_dir(tmp_path)
+    assert [e.title for e in list_deleted(tmp_path)] == ["kept"] and list_reports(tmp_path) == []
+    restored = restore_report(tmp_path, "one")
+    assert restored == saved.resolve() and list_deleted(tmp_path) == []
+    assert {f.name: f.read_bytes() for f in restored.iterdir()} == files
+    # restoring never overwrites a live report of the same name
+    delete_report(tmp_path, "one")
+    Report([result], {"title": "newer"}).save(tmp_path / "one")
+    with pytest.raises(FileExistsError):
+        restore_report(tmp_path, "one")
+    assert [e.title for e in list_reports(tmp_path)] == ["newer"]
+    with pytest.raises(FileNotFoundError):
+        restore_report(tmp_path, "nope")
+    with pytest.raises(ValueError):
+        restore_report(tmp_path, "..")

@@ -15,6 +15,7 @@ def tiny_page(tiny_gemma, lenslab_home, monkeypatch, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"Line {i} of a small corpus about foxes and dogs." for i in range(60)))
     monkeypatch.setattr(state, "session", lambda: tiny_gemma)
+    monkeypatch.setenv("LENSLAB_DATA_DIRS", str(tmp_path))  # typed paths must lie in a data folder
     return AppTest.from_string(PAGE, default_timeout=300), corpus
 
 
@@ -79,12 +80,16 @@ def test_page_grid_fit_train_evaluate_and_save(tiny_page, lenslab_home):
 
 
 def test_bad_source_is_a_message(tiny_page):
-    at, _ = tiny_page
+    at, corpus = tiny_page
     at.run()
-    at.text_input(key="future_lens:eval:source").set_value("/no/such/file.txt")
+    at.text_input(key="future_lens:eval:source").set_value("/no/such/file.txt").run()
+    assert not at.exception
+    assert any("data folders" in e.value for e in at.error)  # outside every data folder
+    assert at.button(key="future_lens:evaluate").disabled
+    at.text_input(key="future_lens:eval:source").set_value(str(corpus.parent / "missing.txt")).run()
     at.button(key="future_lens:evaluate").click().run()
     assert not at.exception
-    assert any("no text file" in e.value for e in at.error)
+    assert any("no text file" in e.value for e in at.error)  # inside one: the probe's own message
 
 
 @pytest.mark.slow

@@ -74,7 +74,13 @@ def test_bad_folder_shows_message(app):
     app.selectbox(key=f"{KEY}:choice").set_value("folder on disk (sae-lens format)…").run()
     at = app.text_input(key=f"{KEY}:folder").set_value("/no/such/sae").run()
     assert not at.exception
-    assert any("sae-lens format" in e.value for e in at.error)
+    missing = [e.value for e in at.error]
+    at = at.text_input(key=f"{KEY}:folder").set_value("/etc").run()
+    assert [e.value for e in at.error] == missing and "data folders" in missing[0]  # exists or not: same
+    from lenslab.models.paths import artefacts_dir
+
+    at = at.text_input(key=f"{KEY}:folder").set_value(str(artefacts_dir() / "no-sae")).run()
+    assert any("sae-lens format" in e.value for e in at.error)  # inside a data folder: the loader's word
 
 
 def test_offline_pretrained_shows_message(app, monkeypatch, tmp_path):

@@ -69,8 +69,8 @@ def test_builtin_logit_lens_registered():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"k": 0}, "k must be ≥ 1"),
-        ({"k": 11}, "k must be ≤ 10"),
+        ({"k": 0}, "k must be between 1 and 10, got 0"),
+        ({"k": 11}, "k must be between 1 and 10, got 11"),
         ({"scale": float("nan")}, "finite"),
         ({"scale": float("inf")}, "finite"),
         ({"mode": "z"}, "one of"),
