@@ -1,0 +1,117 @@
+"""User text is data, never markup: Markdown, HTML and javascript: payloads render literally.
+
+Every string the app hands to a Markdown-rendering element (expander labels, markdown, captions,
+alerts, metrics, subheaders) is rendered here with markdown-it (CommonMark + tables +
+strikethrough, raw HTML on) and must produce no link, emphasis, image or element from the
+payload. The Reports page is driven with AppTest on reports whose title, prompt and model carry
+the payloads; the deletion flow (confirm, trash, restore) is checked on the same page.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from markdown_it import MarkdownIt
+from streamlit.testing.v1 import AppTest
+
+from lenslab.analyses.report import Report, list_deleted, list_reports
+from lenslab.app.plain import md, md_code
+from lenslab.probes import LogitLens, LogitLensConfig
+
+PAYLOADS = [
+    "[x](javascript:alert(1))",
+    "[click](https://evil.example)",
+    "<img src=x onerror=alert(1)>",
+    "<script>alert(1)</script>",
+    "<a href='javascript:alert(1)'>a</a>",
+    "__getattr__",
+    "**bold** and *it* and ~~gone~~",
+    "`code` and ``two``",
+    "# heading",
+    "> quote",
+    "- item",
+    "1. item",
+    "| a | b |",
+    ":red[red] :material/home: $x^2$",
+    "![img](http://x/y.png)",
+    "www.example.com and https://example.com",
+    "line one\nline two",
+    "\\*escaped\\*",
+    "&lt;b&gt; entity",
+]
+RENDER = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+TAGS = re.compile(r"<(a|strong|em|img|script|h\d|blockquote|ul|ol|li|table|del|s|iframe)\b", re.IGNORECASE)
+
+
+def rendered(markdown: str) -> str:
+    """The HTML a CommonMark renderer makes of ``markdown``, without the paragraph wrapper."""
+    return RENDER.render(markdown).strip().removeprefix("<p>").removesuffix("</p>")
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_md_renders_every_payload_literally(payload):
+    out = rendered(md(payload))
+    assert not TAGS.search(out), out
+    assert "<" not in out.replace("&lt;", "")  # no element at all
+    assert html.unescape(out) == " ".join(payload.splitlines())  # the text itself survives
+    code = rendered(md_code(payload))
+    assert code.startswith("<code>") and html.unescape(code[6:-7]).strip() == " ".join(payload.splitlines())
+
+
+def _markdown_strings(at: AppTest) -> list[str]:
+    """Every string on the page that Streamlit renders as Markdown."""
+    out = [e.label for e in at.expander]
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "subheader", "title"):
+        out += [str(e.value) for e in getattr(at, kind)]
+    for metric in at.metric:
+        out += [metric.label, str(metric.value)]
+    return out
+
+
+@pytest.fixture
+def payload_reports(lenslab_home, tiny_gemma):
+    from lenslab.models.paths import reports_dir
+
+    result = LogitLens().run(tiny_gemma, "ab", LogitLensConfig(k=2))
+    for i, payload in enumerate(PAYLOADS):
+        meta = {"title": payload, "prompt": payload, "model": payload, "created": payload}
+        Report([result], meta).save(reports_dir() / f"r{i}")
+    return reports_dir()
+
+
+def _reports_page() -> AppTest:
+    script = "from lenslab.app.views import reports as page\npage.render()\n"
+    return AppTest.from_string(script, default_timeout=120).run()
+
+
+def test_reports_page_shows_payload_titles_as_text(payload_reports):
+    at = _reports_page()
+    assert not at.exception, [e.value for e in at.exception]
+    labels = [e.label for e in at.expander]
+    assert len(labels) == len(PAYLOADS)
+    for text in _markdown_strings(at):
+        out = rendered(text)
+        assert not TAGS.search(out), (text, out)
+    prompts = [t.value for t in at.text]  # prompts go through st.text: shown as they are
+    assert "<script>alert(1)</script>" in prompts and "[x](javascript:alert(1))" in prompts
+
+
+def test_delete_asks_first_then_moves_to_trash_and_restores(payload_reports):
+    at = _reports_page()
+    name = "r0"
+    at.button(key=f"del:{name}").click().run()
+    assert any("Recently deleted" in w.value for w in at.warning)  # asks, nothing deleted yet
+    assert len(list_reports(payload_reports)) == len(PAYLOADS)
+    at.button(key=f"del-no:{name}").click().run()
+    assert len(list_reports(payload_reports)) == len(PAYLOADS) and not at.warning
+    at.button(key=f"del:{name}").click().run()
+    at.button(key=f"del-yes:{name}").click().run()
+    assert not at.exception
+    assert name not in [e.name for e in list_reports(payload_reports)]
+    assert [e.name for e in list_deleted(payload_reports)] == [name]
+    assert any(s.value == "Recently deleted" for s in at.subheader)
+    at.button(key=f"restore:{name}").click().run()
+    assert name in [e.name for e in list_reports(payload_reports)] and not list_deleted(payload_reports)
+    assert not any(s.value == "Recently deleted" for s in at.subheader)
