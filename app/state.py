@@ -7,10 +7,10 @@ become ``st.error`` messages (never tracebacks) so the app stays usable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,22 +152,40 @@ def session() -> ModelSession | None:
 
 
 def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], Any]) -> Any | None:
-    """Run ``job(progress)`` inside a status box with a progress bar; errors become messages."""
+    """Run ``job(progress)`` inside a status box with a progress bar; errors become messages.
+
+    The run is one scheduler job on the shared model's lock: while other users' runs hold the
+    model the box says "waiting for the model (n ahead)", and the final line splits the time
+    into seconds waited for the model and seconds run.
+    """
     cancel_key = f"cancel:{label}"
     st.session_state[cancel_key] = False
+    shared = st.session_state.get("_session")
+    scheduler = getattr(shared, "lock", None)
     with st.status(label, expanded=False) as status:
         bar = st.progress(0.0)
-        started = time.perf_counter()
 
         def progress(fraction: float, message: str = "") -> None:
             if st.session_state.get(cancel_key):
                 raise Cancelled("cancelled by the user")
             bar.progress(min(max(float(fraction), 0.0), 1.0), text=message or None)
 
+        def on_wait(ahead: int) -> None:
+            if st.session_state.get(cancel_key):
+                raise Cancelled("cancelled by the user")
+            status.update(label=f"{label}: waiting for the model ({ahead} ahead)" if ahead else label)
+
+        accounting = scheduler.job(label, on_wait) if hasattr(scheduler, "job") else _no_job(label)
         try:
             limit = guards.time_limit_s(guards.DEFAULT_APP_TIME_LIMIT_S)
-            with guards.oom_guard(label), guards.deadline(limit):
+            with accounting as record, guards.oom_guard(label), guards.deadline(limit):
                 value = job(guards.time_limited(progress, limit))
+        except ValueError as exc:  # bad input found while running (e.g. a position past the prompt)
+            if isinstance(exc, guards.OutOfMemory):
+                guards.release_memory()
+            status.update(label=f"{label}: refused", state="error", expanded=True)
+            show_invalid([str(exc)])
+            return None
         except USER_ERRORS as exc:
             if isinstance(exc, guards.OutOfMemory | Cancelled):
                 guards.release_memory()
@@ -184,8 +202,24 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             status.update(label=f"{label}: failed", state="error", expanded=True)
             st.error(f"{type(exc).__name__}: {md(exc)}")
             return None
-        status.update(label=f"{label}: done in {time.perf_counter() - started:.1f} s", state="complete")
+        status.update(label=f"{label}: {timing_text(record)}", state="complete")
     return value
+
+
+def timing_text(record: Any) -> str:
+    """``done in 9.1 s (waited 6.0 s for the model, ran 3.1 s)``: wall time split truthfully."""
+    total = record.elapsed_s
+    if record.waited_s < 0.05:
+        return f"done in {total:.1f} s"
+    return f"done in {total:.1f} s (waited {record.waited_s:.1f} s for the model, ran {record.ran_s:.1f} s)"
+
+
+@contextlib.contextmanager
+def _no_job(label: str) -> Iterator[Any]:
+    """Timing for a run outside any shared model (nothing to wait for)."""
+    from lenslab.models.scheduler import Job
+
+    yield Job(label)
 
 
 def _free_memory() -> None:

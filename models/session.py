@@ -2,15 +2,16 @@
 
 Every probe talks to the model through a session. The session knows the device and dtype, turns
 prompts into tokens (with BOS handling and a length limit), returns only the activations asked
-for, and owns a re-entrant lock so that several browser sessions sharing one model never
-interleave their forward passes or see each other's hooks. Hooks are only ever attached inside
-``session.hooks(...)``, which removes them on exit, also when the probe raises.
+for, and owns a fair re-entrant lock (``models/scheduler.py``) so that several browser sessions
+sharing one model never interleave their forward passes or see each other's hooks, while a short
+job does not wait for a long one to finish: long runs give the model up between forward passes.
+Hooks are only ever attached inside ``session.hooks(...)``, which removes them on exit, also
+when the probe raises.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lenslab.models import guards, hooknames, loading
+from lenslab.models.scheduler import FairLock
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -61,7 +63,7 @@ class ModelSession:
     model_id: str
     max_tokens: int = 512
     prepend_bos: bool = True  # the model's convention; False for tokenizers that add no BOS
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    lock: FairLock = field(default_factory=FairLock, repr=False)  # fair, re-entrant; see scheduler.py
     load_seconds: float = 0.0
 
     # ----------------------------------------------------------------------------- construction
@@ -258,12 +260,13 @@ class ModelSession:
             if isinstance(name, str) and name not in known:
                 raise ValueError(f"unknown hook point {name!r} for {self.model_id}")
         guards.check_deadline()
-        with self.lock:
+        with self.lock.exclusive():  # no other job runs while these hooks are attached
             try:
                 with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
                     yield HookedModel(self)
             finally:
                 self.bridge.reset_hooks(including_permanent=False)
+        self.lock.yield_point()  # between forward passes a waiting shorter job may go first
 
     def capture(
         self,
@@ -370,6 +373,7 @@ class ModelSession:
                 activations = {n: cache[n] for n in wanted}
             else:
                 logits, activations = self.bridge(tokens), {}
+        self.lock.yield_point()
         return ActivationRun(tokens=tokens, logits=logits, activations=activations)
 
     # ------------------------------------------------------------------ weights and final logits
@@ -472,7 +476,7 @@ class ModelSession:
             if target not in copies:
                 bridge = copy.deepcopy(self.bridge).to(target)
                 bridge.eval()
-                copies[target] = dataclasses.replace(self, bridge=bridge, lock=threading.RLock())
+                copies[target] = dataclasses.replace(self, bridge=bridge, lock=FairLock())
             return copies[target]
 
     # ------------------------------------------------------------------------ decoding directions

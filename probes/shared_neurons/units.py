@@ -97,7 +97,7 @@ def perturbed_weights(session: ModelSession, scale: float, seed: int = 0) -> Ite
         raise ValueError(f"noise scale must be a finite number ≥ 0, got {scale}")
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     saved: list[tuple[torch.nn.Parameter, Tensor]] = []
-    with session.lock:
+    with session.lock.exclusive():  # no yield to other jobs while the weights are perturbed
         try:
             with torch.no_grad():
                 for _, param in sorted(session.named_weights(), key=lambda kv: kv[0]):

@@ -1,0 +1,223 @@
+"""A fair, re-entrant lock for a shared model: short jobs are not stuck behind long ones.
+
+Several browser sessions share one model. A plain ``RLock`` held for a whole probe makes a
+0.5 s logit lens wait for every 10 s run that asked before it. :class:`FairLock` keeps the
+``with lock:`` API and the guarantee that two forward passes never interleave, but
+
+* waiters are served by **least attained service**: the job that has held the model for the
+  shortest time so far goes first (ties: first come, first served), so a new short job overtakes
+  long-running ones, and equal long jobs take turns;
+* a long job gives the model up at **yield points**, the end of each forward pass
+  (:meth:`yield_point`, called by ``ModelSession``), whenever a waiter has attained less than it,
+  and queues again with what it had. Hook contexts and :meth:`exclusive` sections pin the lock:
+  no yield happens while hooks are attached or weights are modified;
+* every acquisition is accounted to the thread's current :class:`Job`: seconds waited for the
+  model vs seconds holding it, and how many were ahead when it started waiting.
+
+Results are unchanged by yielding: between two forward passes a probe holds only its own tensors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+WaitCallback = Callable[[int], None]  # called with how many are ahead (0: the model is ours now)
+
+
+@dataclass
+class Job:
+    """One unit of user work (a probe run) as the scheduler sees it."""
+
+    label: str = ""
+    on_wait: WaitCallback | None = None
+    started: float = field(default_factory=time.perf_counter)
+    waited_s: float = 0.0  # seconds spent queued for the model
+    held_s: float = 0.0  # seconds holding the model (its attained service)
+    waits: int = 0  # how many times it queued behind someone
+    yields: int = 0  # how many times it gave the model up mid-run
+    max_ahead: int = 0
+
+    @property
+    def elapsed_s(self) -> float:
+        """Wall-clock seconds since the job started."""
+        return time.perf_counter() - self.started
+
+    @property
+    def ran_s(self) -> float:
+        """Wall-clock seconds not spent waiting for the model."""
+        return max(self.elapsed_s - self.waited_s, 0.0)
+
+
+@dataclass
+class _Waiter:
+    job: Job
+    ticket: int
+    thread: int
+
+    def key(self) -> tuple[float, int]:
+        return (self.job.held_s, self.ticket)
+
+
+class FairLock:
+    """Re-entrant lock with least-attained-service scheduling and yield points (module docstring)."""
+
+    def __init__(self, poll_s: float = 0.5) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._pins = 0
+        self._granted_at = 0.0
+        self._owner_job: Job | None = None
+        self._waiters: list[_Waiter] = []
+        self._tickets = itertools.count()
+        self._local = threading.local()
+        self._poll_s = poll_s
+
+    # --------------------------------------------------------------------------- jobs
+    @contextmanager
+    def job(self, label: str = "", on_wait: WaitCallback | None = None) -> Iterator[Job]:
+        """Account every acquisition of this thread inside the block to one :class:`Job`."""
+        outer = getattr(self._local, "job", None)
+        current = Job(label, on_wait)
+        self._local.job = current
+        try:
+            yield current
+        finally:
+            self._local.job = outer
+
+    def _current_job(self) -> Job:
+        job = getattr(self._local, "job", None)
+        return job if job is not None else Job()  # no declared job: one per outermost acquisition
+
+    def queue_length(self) -> int:
+        """How many threads are waiting for the model now."""
+        with self._cond:
+            return len(self._waiters)
+
+    # ----------------------------------------------------------------------- the lock
+    def acquire(self) -> bool:
+        """Take the lock (re-entrant); queue fairly if another thread holds it."""
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            self._wait_turn(me, self._current_job(), depth=1)
+        return True
+
+    def release(self) -> None:
+        """Release one level; the last release hands the model to the next waiter."""
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("FairLock released by a thread that does not hold it")
+            self._depth -= 1
+            if self._depth == 0:
+                self._hand_over()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def held_by_me(self) -> bool:
+        """Whether the calling thread holds the lock."""
+        return self._owner == threading.get_ident()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the lock with yielding off (hooks attached, weights changed, ...)."""
+        with self:
+            self._pins += 1
+            try:
+                yield
+            finally:
+                self._pins -= 1
+
+    def yield_point(self) -> None:
+        """Between two forward passes: let a waiter that attained less run first, then continue.
+
+        Does nothing unless the caller holds the lock outside any pinned section and a waiter has
+        held the model for less time than the caller's job.
+        """
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me or self._pins or not self._waiters:
+                return
+            job = self._owner_job or self._current_job()
+            mine = job.held_s + (time.perf_counter() - self._granted_at)
+            if min(w.key() for w in self._waiters)[0] >= mine:
+                return
+            depth = self._depth
+            job.yields += 1
+            self._hand_over()
+            try:
+                self._wait_turn(me, job, depth=depth)
+            except BaseException:  # cancelled while queued: take the lock back so the caller's
+                callback, job.on_wait = job.on_wait, None  # `with` blocks release what they hold
+                try:
+                    self._wait_turn(me, job, depth=depth)
+                finally:
+                    job.on_wait = callback
+                raise
+
+    # -------------------------------------------------------------------- internals
+    def _hand_over(self) -> None:
+        """Account the holder's time and pass the lock on (call with the condition held)."""
+        if self._owner_job is not None:
+            self._owner_job.held_s += time.perf_counter() - self._granted_at
+        self._owner, self._owner_job, self._depth = None, None, 0
+        self._cond.notify_all()
+
+    def _next(self) -> _Waiter | None:
+        return min(self._waiters, key=_Waiter.key) if self._waiters else None
+
+    def _wait_turn(self, me: int, job: Job, depth: int) -> None:
+        """Queue (with the condition held) until this thread is the chosen waiter, then own the lock."""
+        if self._owner is None and not self._waiters:
+            self._grant(me, job, depth)
+            return
+        waiter = _Waiter(job, next(self._tickets), me)
+        self._waiters.append(waiter)
+        queued = time.perf_counter()
+        job.waits += 1
+        try:
+            while True:
+                if self._owner is None and self._next() is waiter:
+                    break
+                ahead = sum(1 for w in self._waiters if w.key() < waiter.key()) + (self._owner is not None)
+                job.max_ahead = max(job.max_ahead, ahead)
+                if job.on_wait is not None:
+                    self._cond.release()  # the callback may update a UI or raise Cancelled
+                    try:
+                        job.on_wait(ahead)
+                    finally:
+                        self._cond.acquire()
+                    if self._owner is None and self._next() is waiter:
+                        break
+                self._cond.wait(self._poll_s)
+        except BaseException:
+            self._waiters.remove(waiter)
+            self._cond.notify_all()
+            job.waited_s += time.perf_counter() - queued
+            raise
+        self._waiters.remove(waiter)
+        job.waited_s += time.perf_counter() - queued
+        self._grant(me, job, depth)
+        if job.on_wait is not None:
+            self._cond.release()
+            try:
+                job.on_wait(0)
+            except BaseException:
+                self._cond.acquire()
+                self._hand_over()  # never keep the model for a job that is going away
+                raise
+            self._cond.acquire()
+
+    def _grant(self, me: int, job: Job, depth: int) -> None:
+        self._owner, self._owner_job, self._depth = me, job, depth
+        self._granted_at = time.perf_counter()

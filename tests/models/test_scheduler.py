@@ -1,0 +1,144 @@
+"""FairLock: mutual exclusion, least-attained-service order, yield points, pins, waiting callbacks.
+
+Orders are forced by waiting on the queue length, never by sleeping, so the tests check who runs
+first, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from lenslab.models.scheduler import FairLock
+from lenslab.progress import Cancelled
+
+
+def _wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the other threads"
+        time.sleep(0.001)
+
+
+def _start(target) -> threading.Thread:
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_mutual_exclusion_and_reentrancy():
+    lock, inside, worst = FairLock(poll_s=0.01), [0], [0]
+
+    def work():
+        for _ in range(200):
+            with lock, lock:  # re-entrant
+                inside[0] += 1
+                worst[0] = max(worst[0], inside[0])
+                inside[0] -= 1
+            lock.yield_point()  # outside the lock: a no-op
+
+    threads = [_start(work) for _ in range(6)]
+    for t in threads:
+        t.join(60)
+    assert worst[0] == 1 and not lock.held_by_me()
+    with pytest.raises(RuntimeError):
+        lock.release()
+
+
+def test_the_job_that_held_the_model_least_goes_first():
+    lock, order = FairLock(poll_s=0.01), []
+    lock.acquire()
+
+    def waiter(name: str, held: float):
+        def run():
+            with lock.job(name) as job:
+                job.held_s = held
+                with lock:
+                    order.append(name)
+
+        return run
+
+    long_job = _start(waiter("long", 50.0))
+    _wait_for(lambda: lock.queue_length() == 1)
+    short_job = _start(waiter("short", 0.0))  # arrives later, has used the model less
+    _wait_for(lambda: lock.queue_length() == 2)
+    lock.release()
+    long_job.join(30)
+    short_job.join(30)
+    assert order == ["short", "long"]
+
+
+def test_a_long_job_yields_between_forward_passes_but_not_while_pinned():
+    lock, order = FairLock(poll_s=0.01), []
+    ready, proceed = threading.Event(), threading.Event()
+
+    def long_run():
+        with lock.job("long") as job:
+            job.held_s = 100.0  # it has run for a while already
+            with lock:  # a probe holding the lock for its whole run
+                ready.set()
+                proceed.wait(30)
+                with lock.exclusive():  # hooks attached: no yield here
+                    lock.yield_point()
+                    order.append("long: pinned pass")
+                lock.yield_point()  # end of a forward pass: the short job goes first
+                order.append("long: after yield")
+
+    def short_run():
+        with lock.job("short"), lock:
+            order.append("short")
+
+    first = _start(long_run)
+    ready.wait(30)
+    second = _start(short_run)
+    _wait_for(lambda: lock.queue_length() == 1)
+    proceed.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["long: pinned pass", "short", "long: after yield"]
+
+
+def test_waiting_callback_reports_how_many_are_ahead_and_can_cancel():
+    lock, seen = FairLock(poll_s=0.01), []
+    lock.acquire()
+
+    def cancelled_waiter():
+        def on_wait(ahead: int) -> None:
+            seen.append(ahead)
+            if len(seen) >= 3:
+                raise Cancelled("user pressed cancel")
+
+        with lock.job("x", on_wait), pytest.raises(Cancelled), lock:
+            pass
+
+    t = _start(cancelled_waiter)
+    t.join(30)
+    assert seen[:3] == [1, 1, 1] and lock.queue_length() == 0
+    lock.release()
+    with lock.job("y", seen.append) as job, lock:  # free: no wait, no callback
+        pass
+    assert seen[3:] == [] and job.waits == 0 and job.held_s >= 0
+
+
+def test_parallel_probe_runs_equal_the_serial_ones(tiny_gemma):
+    from lenslab.probes import LogitLens, LogitLensConfig
+
+    prompts = ["The cat sat", "on the mat", "a b c d e", "zz top"] * 2
+    config = LogitLensConfig(k=3)
+    serial = [LogitLens().run(tiny_gemma, p, config) for p in prompts]
+    parallel: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        with tiny_gemma.lock.job(f"user {i}"):
+            parallel[i] = LogitLens().run(tiny_gemma, prompts[i], config)
+
+    threads = [_start(lambda i=i: run(i)) for i in range(len(prompts))]
+    for t in threads:
+        t.join(120)
+    for i, expected in enumerate(serial):
+        got = parallel[i]
+        assert np.array_equal(got.top_ids, expected.top_ids)
+        assert np.array_equal(got.top_probs, expected.top_probs)
