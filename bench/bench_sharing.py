@@ -1,0 +1,231 @@
+"""Fair sharing of one model: 4 and 8 simulated users (threads) running page defaults at once.
+
+Every registered probe whose default config runs here without trained artefacts (within
+``--max-solo`` seconds) is a workload; its solo time is the median of ``--repeat`` runs alone.
+Then ``users`` threads start together: user 0 runs the shortest probe (the "short" user, repeated
+``--short-runs`` times back to back), the others loop over the long probes. Each run is one
+scheduler job, so waited and held seconds are measured, not inferred. Two locks are compared in
+the same process, on the same model and inputs:
+
+* ``fair``: the session's FairLock (least attained service, yields between forward passes);
+* ``plain``: an RLock held for the whole probe, as before (no yields, first come first served
+  by the OS).
+
+Target: with 4 users, a probe that takes ≤ 2 s alone finishes within 3× its solo time (median
+over its runs). Every result computed under contention is compared with the solo result
+(arrays bit-equal). Run: ``python bench/bench_sharing.py`` (embedded model) or ``--tiny``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script or a module
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import numpy as np
+
+from bench.common import machine, write
+from lenslab.models.scheduler import FairLock, Job
+from lenslab.probes import get_probe, registered_probes
+
+PROMPT = "The Eiffel Tower is located in the city of"
+
+
+class PlainLock:
+    """The old behaviour: an RLock held for a whole probe; the FairLock API as no-ops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def __enter__(self) -> PlainLock:
+        job = getattr(self._local, "job", None)
+        started = time.perf_counter()
+        self._lock.acquire()
+        if job is not None:
+            job.waited_s += time.perf_counter() - started
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    def acquire(self) -> bool:
+        return self._lock.acquire()
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def yield_point(self) -> None:
+        """Never gives the model up."""
+
+    def held_by_me(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined]
+
+    def queue_length(self) -> int:
+        return 0
+
+    @contextmanager
+    def exclusive(self):
+        with self:
+            yield
+
+    @contextmanager
+    def job(self, label: str = "", on_wait=None):
+        outer = getattr(self._local, "job", None)
+        self._local.job = current = Job(label)
+        try:
+            yield current
+        finally:
+            self._local.job = outer
+
+
+def arrays_of(result) -> dict[str, np.ndarray]:
+    """The result's arrays and plain fields, for an exact comparison."""
+    payload = result.to_dict()
+    return {**payload["arrays"], "_data": np.frombuffer(repr(payload["data"]).encode(), dtype=np.uint8)}
+
+
+def same(a, b) -> bool:
+    left, right = arrays_of(a), arrays_of(b)
+    return left.keys() == right.keys() and all(np.array_equal(left[k], right[k]) for k in left)
+
+
+def workloads(session, max_solo: float, repeat: int) -> list[tuple[str, object, float, object]]:
+    """(name, config, solo seconds, solo result) of every probe that runs here alone."""
+    from lenslab.models import guards
+    from lenslab.progress import NO_PROGRESS
+
+    found = []
+    for name in sorted(registered_probes()):
+        probe = get_probe(name)
+        config = probe.default_config()
+        try:
+            with guards.deadline(max_solo * 2):
+                probe.run(session, PROMPT, config, guards.time_limited(NO_PROGRESS, max_solo * 2))
+        except Exception as exc:  # missing artefacts, hub, time limit: not a workload here
+            print(f"skip {name}: {type(exc).__name__}: {str(exc)[:80]}", file=sys.stderr)
+            continue
+        times, result = [], None
+        for _ in range(repeat):
+            started = time.perf_counter()
+            result = probe.run(session, PROMPT, config)
+            times.append(time.perf_counter() - started)
+        solo = statistics.median(times)
+        if solo <= max_solo:
+            found.append((name, config, solo, result))
+        print(f"{name}: solo {solo:.2f} s", file=sys.stderr)
+    return sorted(found, key=lambda w: w[2])
+
+
+def contend(session, lock, work, users: int, short_runs: int) -> dict[str, object]:
+    """Run ``users`` threads at once; user 0 repeats the short probe, the rest loop over long ones."""
+    session.lock = lock
+    short, longs = work[0], work[1:] or work[:1]
+    start, stop = threading.Barrier(users), threading.Event()
+    short_jobs: list[Job] = []
+    long_jobs: list[Job] = []
+    mismatches = [0]
+
+    def run(item, jobs: list[Job]) -> None:
+        name, config, _, expected = item
+        with lock.job(name) as job:
+            got = get_probe(name).run(session, PROMPT, config)
+        jobs.append(job)
+        if not same(got, expected):
+            mismatches[0] += 1
+
+    def short_user() -> None:
+        start.wait()
+        time.sleep(0.2)  # the long users hold the model first
+        for _ in range(short_runs):
+            run(short, short_jobs)
+        stop.set()
+
+    def long_user(i: int) -> None:
+        start.wait()
+        k = i
+        while not stop.is_set():
+            run(longs[k % len(longs)], long_jobs)
+            k += 1
+
+    threads = [threading.Thread(target=short_user)]
+    threads += [threading.Thread(target=long_user, args=(i,)) for i in range(users - 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"short": short_jobs, "long": long_jobs, "mismatches": mismatches[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="a random 8-layer tiny Gemma instead")
+    parser.add_argument("--users", type=int, nargs="*", default=[4, 8])
+    parser.add_argument("--max-solo", type=float, default=30.0)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--short-runs", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    if args.tiny:
+        from lenslab.models.tiny import tiny_session
+
+        session, model = tiny_session("gemma3", n_layers=8), "tiny random Gemma 3 (8 layers)"
+    else:
+        from lenslab.models import ModelSession
+
+        session = ModelSession.load()
+        model = session.model_id
+    work = workloads(session, args.max_solo, args.repeat)
+    short = work[0]
+    rows, verdicts = [], []
+    for users in args.users:
+        for kind, lock in (("plain", PlainLock()), ("fair", FairLock())):
+            out = contend(session, lock, work, users, args.short_runs)
+            jobs = out["short"]
+            walls = [j.elapsed_s for j in jobs]
+            ratio = statistics.median(walls) / short[2]
+            waited = statistics.median(j.waited_s for j in jobs)
+            long_ratios = [
+                j.elapsed_s / next(w[2] for w in work if w[0] == j.label) for j in out["long"]
+            ] or [float("nan")]
+            rows.append(
+                f"| {users} | {kind} | {short[0]} | {short[2]:.2f} | {statistics.median(walls):.2f} "
+                f"[{min(walls):.2f}, {max(walls):.2f}] | {ratio:.2f}× | {waited:.2f} | "
+                f"{statistics.median(long_ratios):.2f}× (n={len(out['long'])}) | {out['mismatches']} |"
+            )
+            if kind == "fair":
+                verdicts.append((users, ratio))
+            print(rows[-1], file=sys.stderr)
+    session.lock = FairLock()
+    lines = [
+        "## Fair sharing of one model (bench_sharing.py)",
+        "",
+        f"Model {model}; {machine()}. Workloads (page defaults, solo median of {args.repeat}): "
+        + ", ".join(f"{w[0]} {w[2]:.2f} s" for w in work)
+        + f". User 0 runs the shortest ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
+        "after the others, who loop over the longer probes. Wall = the short probe's wall time "
+        "under contention (median [min, max] over its runs); ratio = median wall / solo; waited = "
+        "median seconds queued for the model; long ratio = the long probes' wall / solo (median). "
+        "Mismatches = results under contention not bit-equal to the solo result.",
+        "",
+        "| users | lock | short probe | solo s | wall s | ratio | waited s | long ratio | mismatches |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        "Target: fair lock, 4 users, short-probe ratio ≤ 3×: "
+        + "; ".join(f"{u} users {r:.2f}× ({'met' if r <= 3 else 'missed'})" for u, r in verdicts),
+    ]
+    if not args.no_write:
+        write("sharing", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
