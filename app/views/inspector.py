@@ -36,7 +36,8 @@ def render() -> None:
     if session is None:
         return
     from_url = _ref_from_url()
-    current = from_url or StateRef(DEFAULT_PROMPT, session.n_layers // 2, -1)
+    linked_prompt = st.query_params.get("prompt") or DEFAULT_PROMPT  # a link may carry just the prompt
+    current = from_url or StateRef(linked_prompt, session.n_layers // 2, -1)
     with st.form("inspector:pick"):
         prompt = st.text_area("Prompt", value=current.prompt, height=80)
         cols = st.columns(2)

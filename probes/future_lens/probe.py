@@ -156,41 +156,53 @@ class FutureLensResult(Result):
                     for cell, probs, match in zip(row_tokens, row_probs, row_match, strict=True)
                 ]
             )
-        actual_text = [" · ".join(label(t) for t in cell) for cell in self.actual_tokens]
+        # One heatmap holds the layers and, on top, the model's actual continuation (a row without a
+        # colour value, on a tinted band): two heatmaps on one categorical axis drift apart.
+        actual_text = ["<br>".join(label(t) for t in cell) for cell in self.actual_tokens]
+        values = np.vstack([self.top_probs[..., 0].mean(-1), np.full((1, len(x)), np.nan)])
+        rows = [*y, "actual"]
+        font = 11 if len(x) <= 16 else 9
         fig = go.Figure(
             go.Heatmap(
-                z=self.top_probs[..., 0].mean(-1),
+                z=values,
                 x=x,
-                y=y,
-                text=text,
+                y=rows,
+                text=[*[[cell.replace(" · ", "<br>") for cell in row] for row in text], actual_text],
                 texttemplate="%{text}",
-                textfont={"size": 9},
+                textfont={"size": font},
                 colorscale="Blues",
                 zmin=0.0,
                 zmax=1.0,
+                xgap=1,
+                ygap=1,
                 colorbar={"title": "mean p(top-1)"},
             )
         )
-        fig.add_trace(
-            go.Heatmap(
-                z=[[0.0] * len(x)],
-                x=x,
-                y=["actual"],
-                text=[actual_text],
-                texttemplate="%{text}",
-                textfont={"size": 9},
-                hovertemplate="model's actual continuation<br>%{text}<extra></extra>",
-                colorscale=[[0.0, "#f3e6c4"], [1.0, "#f3e6c4"]],
-                showscale=False,
-            )
+        fig.add_shape(
+            type="rect",
+            xref="paper",
+            x0=0,
+            x1=1,
+            yref="y",
+            y0=len(y) - 0.5,
+            y1=len(y) + 0.5,
+            fillcolor="#f3e6c4",
+            line_width=0,
+            layer="below",
         )
         add_clickable_cells(fig, x, y, hover)
+        line_px = font + 4
         fig.update_layout(
             title=f"Future Lens ({self.method}): tokens t+1 … t+{horizon}, {self.read_as()}",
             xaxis={"title": "position · input token", "tickangle": -45},
-            yaxis={"title": "layer", "categoryorder": "array", "categoryarray": [*y, "actual"]},
+            yaxis={
+                "title": "layer (top row: the model's actual continuation)",
+                "categoryorder": "array",
+                "categoryarray": rows,
+            },
             template="plotly_white",
-            height=max(360, 30 * (len(y) + 1) + 180),
+            height=max(360, (line_px * horizon + 12) * len(rows) + 200),
+            margin={"t": 60},
         )
         return fig
 
@@ -207,8 +219,8 @@ class FutureLensResult(Result):
         fig.update_layout(
             title=f"Agreement with the actual continuation on this prompt ({self.method}"
             + (f", N ≥ 1 {self.protocol})" if self.causal else ")"),
-            xaxis_title="layer",
-            yaxis_title="% positions top-1 = actual",
+            xaxis={"title": "layer", "tickmode": "array", "tickvals": layers},  # whole layers only
+            yaxis={"title": "% positions top-1 = actual", "range": [-2, 102]},
             template="plotly_white",
             height=360,
         )

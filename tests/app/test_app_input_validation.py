@@ -108,6 +108,6 @@ def test_logit_lens_k_out_of_range_names_field_and_range(open_page):
     at = open_page("logit_lens")
     at = at.number_input(key="logit_lens:k").set_value(-5).run()
     message = next(e.value for e in at.error if e.value.startswith(INVALID))
-    assert "k must be between 1 and 50, got \\-5" in message
+    assert "k must be between 1 and 50, got -5" in message.replace("\\", "")
     assert next(b for b in at.button if b.label == "Run").disabled
     assert not at.get("plotly_chart")

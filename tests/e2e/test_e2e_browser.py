@@ -286,3 +286,54 @@ def test_clicking_a_grid_cell_opens_the_inspector(page, server):
     except Exception:
         screenshot(page, "e2e-click-to-inspect")
         raise
+
+
+DEEP_PROMPT = "Deep links keep the prompt"
+
+
+@pytest.mark.parametrize("module", discover(), ids=lambda m: m.URL)
+def test_deep_link_opens_the_page_with_its_state(module, page, server):
+    """``/<page>?prompt=...`` opens that page (never "Page not found") with the prompt in its box."""
+    from urllib.parse import quote
+
+    query = f"?prompt={quote(DEEP_PROMPT)}"
+    try:
+        page.goto(f"{server.url}/{module.URL}{query}", wait_until="domcontentloaded")
+        page.locator("h1").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+        idle(page, timeout_s=LOAD_TIMEOUT_S)
+        assert not page.get_by_text("Page not found").count(), f"/{module.URL}: 'Page not found'"
+        assert page.url.split("?")[0].rstrip("/").endswith(f"/{module.URL}"), page.url
+        title = page.locator("h1").first.inner_text()
+        assert module.TITLE.lower() in title.lower(), title
+        boxes = page.locator("textarea")
+        texts = [boxes.nth(i).input_value() for i in range(boxes.count())]
+        if any(t == DEEP_PROMPT for t in texts):
+            return
+        assert module.URL in ("reports", "shared-neurons", "neurosymbolic"), (
+            f"/{module.URL} ignored the prompt in its link: {texts}"
+        )
+    except Exception:
+        screenshot(page, f"e2e-deep-link-{module.URL}")
+        raise
+
+
+def test_editing_the_prompt_updates_the_link_and_the_root_is_an_overview(page, server):
+    """Typing a prompt writes it to the address bar; "/" lists every page; no deploy button."""
+    try:
+        page.goto(server.url, wait_until="domcontentloaded")
+        page.locator("h1").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+        idle(page)
+        for module in discover():
+            assert page.get_by_role("link", name=module.TITLE).count(), f"{module.TITLE} not on the overview"
+        assert not page.get_by_role("button", name="Deploy").count(), "the toolbar offers Deploy"
+        _open(page, server, "logit-lens")
+        box = page.locator("textarea").first
+        box.fill("Links remember this")
+        box.press("Control+Enter")
+        idle(page)
+        assert "prompt=Links+remember+this" in page.url or "prompt=Links%20remember%20this" in page.url, (
+            page.url
+        )
+    except Exception:
+        screenshot(page, "e2e-deep-link-edit")
+        raise
