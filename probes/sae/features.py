@@ -107,12 +107,25 @@ class SAEFeaturesResult(Result):
 
     def summary(self) -> dict[str, object]:
         """SAE quality on this prompt."""
+        body = self.l0[1:]
+        if self.l0_constant():
+            return {
+                "L0": f"{body[0]:.0f} on every token (a TopK SAE: no per-token chart)",
+                "explained variance": self.explained_variance,
+                "CE clean → SAE": f"{self.ce_clean:.3f} → {self.ce_sae:.3f}",
+                "CE recovered": self.ce_recovered,
+            }
         return {
-            "mean L0": float(self.l0[1:].mean()) if len(self.l0) > 1 else 0.0,
+            "mean L0": float(body.mean()) if len(body) else 0.0,
             "explained variance": self.explained_variance,
             "CE clean → SAE": f"{self.ce_clean:.3f} → {self.ce_sae:.3f}",
             "CE recovered": self.ce_recovered,
         }
+
+    def l0_constant(self) -> bool:
+        """Whether every token after BOS has the same L0 (a TopK SAE): its chart would say nothing."""
+        body = self.l0[1:]
+        return len(body) > 0 and bool(np.all(body == body[0]))
 
     def token_features(self, position: int) -> list[tuple[int, float]]:
         """(feature, activation) pairs of the top features at ``position``, strongest first."""
@@ -167,6 +180,8 @@ class SAEFeaturesResult(Result):
             yaxis_title="L0",
             template="plotly_white",
         )
+        if self.l0_constant():  # omitted: the summary says "L0 k on every token"
+            return {"heatmap": heat, "last_token": self.token_figure(-1)}
         return {"heatmap": heat, "l0": l0, "last_token": self.token_figure(-1)}
 
 

@@ -54,7 +54,7 @@ def test_empty_home_explains_and_trains_from_the_app(app):
     # prompt tab
     at.button(key=f"{KEY}:run").click().run()
     _ok(at)
-    assert len(at.get("plotly_chart")) >= 4  # heatmap, l0, last token, selected token
+    assert len(at.get("plotly_chart")) >= 3  # heatmap, last token, selected token (+ L0 unless TopK)
     assert any(m.label == "CE recovered" for m in at.metric)
     at.button(key=f"{KEY}:goto").click().run()
     _ok(at)

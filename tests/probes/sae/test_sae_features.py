@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -253,7 +254,16 @@ def test_per_prompt_probe_on_tiny_model(tiny_gemma, sae_dir):
     for position in range(1, n):
         pairs = result.token_features(position)
         assert [v for _, v in pairs] == sorted((v for _, v in pairs), reverse=True)
-    assert set(result.figures()) == {"heatmap", "l0", "last_token"}
+    if result.l0_constant():  # TopK: a constant chart is omitted and the summary says so
+        assert (
+            set(result.figures()) == {"heatmap", "last_token"} and "on every token" in result.summary()["L0"]
+        )
+    else:
+        assert set(result.figures()) == {"heatmap", "l0", "last_token"}
+    constant = dataclasses.replace(result, l0=np.array([0, 4, 4, 4], dtype=np.float32))
+    varying = dataclasses.replace(result, l0=np.array([0, 4, 2, 3], dtype=np.float32))
+    assert "l0" not in constant.figures() and "l0" in varying.figures()
+    assert varying.summary()["mean L0"] == pytest.approx(3.0)
     again = Result.from_dict(result.to_dict())
     np.testing.assert_array_equal(again.heatmap, result.heatmap)
     assert again.config == result.config
