@@ -274,6 +274,7 @@ def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | 
     """
     with st.expander("Settings", expanded=False):
         config = config_form(probe.config_cls, key, session, probe.default_config())
+    run_hint(probe.title)
     clicked = st.button("Run", type="primary", key=f"{key}:run", disabled=config is None)
     if clicked and config is not None:
         result = state.run_with_status(
@@ -282,6 +283,20 @@ def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | 
         if result is not None:
             state.store(key, result)
     return state.stored(key)
+
+
+SLOW_S = 10.0  # runs expected to take longer get an estimate next to their button
+
+
+def run_hint(label: str) -> None:
+    """Before a run expected to exceed :data:`SLOW_S`: how long it took here before, and the queue."""
+    expected = state.expected_seconds(label)
+    if expected is not None and expected[0] > SLOW_S:
+        seconds, n = expected
+        st.caption(
+            f"⏱ Expected ≈ {seconds:.0f} s (median of {n} earlier run{'s' if n != 1 else ''} on this server, "
+            "without waiting for other users)."
+        )
 
 
 def probe_page(probe_name: str, *, intro: str = "") -> Result | None:

@@ -202,8 +202,35 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             status.update(label=f"{label}: failed", state="error", expanded=True)
             st.error(f"{type(exc).__name__}: {md(exc)}")
             return None
+        _record_run(label, record.ran_s)
         status.update(label=f"{label}: {timing_text(record)}", state="complete")
     return value
+
+
+@st.cache_resource(show_spinner=False)
+def _run_history() -> dict[str, list[float]]:
+    """Seconds each kind of run took on this server (shared by all sessions; recent ones only)."""
+    return {}
+
+
+def _history_key(label: str) -> str:
+    shared = st.session_state.get("_session")
+    return f"{getattr(shared, 'model_id', '')}:{getattr(shared, 'device', '')}:{label}"
+
+
+def expected_seconds(label: str) -> tuple[float, int] | None:
+    """(median seconds, runs) of earlier runs labelled ``label`` on this model, if any."""
+    times = _run_history().get(_history_key(label))
+    if not times:
+        return None
+    ordered = sorted(times)
+    return ordered[len(ordered) // 2], len(times)
+
+
+def _record_run(label: str, seconds: float) -> None:
+    times = _run_history().setdefault(_history_key(label), [])
+    times.append(seconds)
+    del times[:-20]
 
 
 def timing_text(record: Any) -> str:

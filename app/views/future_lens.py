@@ -5,7 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, config_form, number_field, show_result, url_prompt
+from lenslab.app.components import (
+    DEFAULT_PROMPT,
+    config_form,
+    number_field,
+    run_hint,
+    show_result,
+    url_prompt,
+)
 from lenslab.app.plain import md
 from lenslab.probes.future_lens.artefacts import artefact_signature
 from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig, default_eval_layers, run_evaluation
@@ -121,6 +128,7 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
             method=method, horizon=int(horizon), layers=tuple(layers) or None, k=k, protocol=protocol
         )
     runnable = config is not None and not missing and bool(layers)
+    run_hint("Future Lens")
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable) and runnable:
         result = state.run_with_status(
             "Future Lens", lambda progress: FutureLens().run(session, prompt, config, progress, artefacts)
@@ -184,6 +192,7 @@ def _train_panel(session, artefacts: Artefacts) -> None:
     )
     valid = None not in (layer, epochs, lr, limit)
     title = f"Train the learned prompt for layer {layer}" if valid else "Train the learned prompt"
+    run_hint("Training learned prompt")
     if st.button(title, key=f"{KEY}:train", disabled=not valid) and valid:
         label = "Training learned prompt"
         _cancel_button(label)
@@ -209,6 +218,7 @@ def _evaluation_panel(session) -> None:
         "maps are cached."
     )
     config = config_form(FutureLensEvalConfig, f"{KEY}:eval", session)
+    run_hint("Future Lens evaluation")
     if st.button("Evaluate", key=f"{KEY}:evaluate", disabled=config is None) and config is not None:
         _cancel_button("Future Lens evaluation")
         result = state.run_with_status("Future Lens evaluation", lambda p: run_evaluation(session, config, p))
@@ -220,7 +230,7 @@ def _evaluation_panel(session) -> None:
             f"{md(result.split_text())}; "
             + (f"{result.causal_note}." if result.causal_note else "no causal method.")
         )
-        st.dataframe(result.table_rows(), hide_index=True)
+        st.dataframe([{k: str(v) for k, v in row.items()} for row in result.table_rows()], hide_index=True)
         for note in result.notes:
             st.caption(md(note))
         show_result(result, f"{KEY}_eval")

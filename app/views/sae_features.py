@@ -10,6 +10,7 @@ from lenslab.app.components import (
     config_form,
     folder_input,
     number_field,
+    run_hint,
     show_result,
     source_input,
     url_prompt,
@@ -108,6 +109,7 @@ def _prompt_tab(session, loaded: LoadedSAE) -> None:
         "features in the heatmap", 24, min_value=1, max_value=200, key=f"{KEY}:nheat", where=cols[1]
     )
     valid = k is not None and n_heat is not None
+    run_hint("SAE features")
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not valid) and valid:
         config = SAEFeaturesConfig(sae=loaded.spec, k=k, n_heatmap=n_heat)
         result = state.run_with_status(
@@ -181,6 +183,7 @@ def _feature_tab(session, loaded: LoadedSAE) -> None:
         "(cached on disk); later features open instantly."
     )
     valid = None not in (feature, corpus, n_seq, context) and bool(corpus)
+    run_hint("Feature dashboard")
     if st.button("Show feature", type="primary", key=f"{KEY}:showfeature", disabled=not valid) and valid:
         config = SAEFeatureConfig(
             sae=loaded.spec,
@@ -260,6 +263,7 @@ def _steer_tab(session, loaded: LoadedSAE) -> None:
     )
     n_new = number_field("new tokens", 12, min_value=1, max_value=64, key=f"{KEY}:nnew", where=cols[3])
     valid = None not in (feature, alpha, n_new)
+    run_hint("SAE steering")
     if st.button("Steer", type="primary", key=f"{KEY}:steer", disabled=not valid) and valid:
         config = SAESteeringConfig(sae=loaded.spec, feature=feature, mode=mode, alpha=alpha, n_new=n_new)
         result = state.run_with_status(
@@ -288,6 +292,7 @@ def _train_tab(session) -> None:
     )
     config = config_form(SAETrainingConfig, f"{KEY}:train", session)
     overwrite = st.checkbox("Replace an existing SAE of the same name", key=f"{KEY}:overwrite")
+    run_hint("Training SAE")
     clicked = st.button("Train SAE", type="primary", key=f"{KEY}:trainbtn", disabled=config is None)
     if clicked and config is not None:
         trained = state.run_with_status(
