@@ -23,3 +23,9 @@ def open_page(monkeypatch, lenslab_home) -> Callable[..., AppTest]:
         return at
 
     return open_
+
+
+@pytest.fixture(autouse=True)
+def _served_on_loopback(monkeypatch):
+    """AppTest has no server: behave as the repo's config does (bound to localhost) from any folder."""
+    monkeypatch.setattr("lenslab.app.userfiles.bound_address", lambda: "localhost")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from lenslab.app import access, userfiles
 from lenslab.app.userfiles import PathRefused, accept_text_upload, check_user_path
@@ -126,3 +127,36 @@ def test_typed_etc_passwd_is_refused_in_the_app(open_page):
     at.text_input(key="sae:train:corpus").set_value("/etc/no-such-file").run()
     assert [e.value for e in at.error] == messages  # the same words whether the file exists or not
     assert not any("root:" in str(e.value) for e in at.text)  # no preview of the file
+
+
+GATE = "from lenslab.app import access\naccess.require_access()\nimport streamlit as st\nst.write('inside')\n"
+
+
+def _gate(monkeypatch, token: str | None) -> AppTest:
+    monkeypatch.setattr(userfiles, "bound_address", lambda: "0.0.0.0")
+    if token is None:
+        monkeypatch.delenv(access.TOKEN_ENV, raising=False)
+    else:
+        monkeypatch.setenv(access.TOKEN_ENV, token)
+    return AppTest.from_string(GATE, default_timeout=60)
+
+
+def _inside(at: AppTest) -> bool:
+    return any(m.value == "inside" for m in at.markdown)
+
+
+def test_a_public_server_needs_the_access_token(monkeypatch):
+    at = _gate(monkeypatch, None).run()
+    assert not _inside(at) and any(access.TOKEN_ENV in e.value for e in at.error)
+    at = _gate(monkeypatch, "s3cret").run()
+    assert not _inside(at) and at.text_input[0].label == "Access token"
+    at.text_input[0].set_value("wrong")
+    at = at.button[0].click().run()
+    assert not _inside(at) and any("Wrong access token" in e.value for e in at.error)
+    at.text_input[0].set_value("s3cret")
+    at = at.button[0].click().run()
+    assert _inside(at)
+    linked = _gate(monkeypatch, "s3cret")
+    linked.query_params["token"] = "s3cret"
+    linked = linked.run()
+    assert _inside(linked) and "token" not in linked.query_params  # kept out of shared links
