@@ -26,6 +26,14 @@ SCORES = {
 }
 
 
+def _argmax(values: Float[np.ndarray, "layer head"]) -> tuple[int, int]:
+    """(layer index, head) of the largest value, ignoring NaN; (0, 0) when all are NaN (1-token prompt)."""
+    if np.isnan(values).all():
+        return 0, 0
+    index, head = np.unravel_index(int(np.nanargmax(values)), values.shape)
+    return int(index), int(head)
+
+
 @dataclass(frozen=True)
 class AttentionConfig(Config):
     """Settings of the attention-heads probe."""
@@ -100,7 +108,7 @@ class AttentionResult(Result):
         if self.config.focus_layer is not None and self.config.focus_head is not None:
             return int(self.config.focus_layer), int(self.config.focus_head)
         score = self.induction[..., 0] if self.induction_n else self.prev_token[..., 0]
-        index, head = np.unravel_index(int(np.nanargmax(score)), score.shape)
+        index, head = _argmax(score)
         return int(self.layers[index]), int(head)
 
     def head_at(self, figure: str, point: dict[str, Any]) -> tuple[int, int] | None:
@@ -117,7 +125,7 @@ class AttentionResult(Result):
     def top_head(self, score: str) -> tuple[int, int, np.ndarray]:
         """(layer, head, [estimate, low, high]) of the highest-scoring head."""
         values = getattr(self, score)
-        index, head = np.unravel_index(int(np.nanargmax(values[..., 0])), values.shape[:2])
+        index, head = _argmax(values[..., 0])
         return int(self.layers[index]), int(head), values[index, head]
 
     def summary(self) -> dict[str, Any]:
@@ -134,7 +142,7 @@ class AttentionResult(Result):
                 f"L{layer}H{head} {format_interval(est, low, high)} (n={self.induction_n})"
             )
         if not np.isnan(self.head_logit).all():
-            index, head = np.unravel_index(int(np.nanargmax(np.abs(self.head_logit))), self.head_logit.shape)
+            index, head = _argmax(np.abs(self.head_logit))
             out[f"head writing most to {self.predicted_token!r}"] = (
                 f"L{int(self.layers[index])}H{head} {self.head_logit[index, head]:+.3g}"
             )
