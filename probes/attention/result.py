@@ -50,22 +50,21 @@ class AttentionConfig(Config):
     head_logits: bool = field(
         default=True, metadata={"help": "each head's direct contribution to the predicted token"}
     )
-    focus_layer: int | None = field(
-        default=None,
-        metadata={"help": "layer of the large pattern (empty: the top induction head)", "min": 0},
+    focus_layer: int = field(
+        default=-1, metadata={"help": "layer of the large pattern (-1: the top induction head)", "min": -1}
     )
-    focus_head: int | None = field(default=None, metadata={"help": "head of the large pattern", "min": 0})
+    focus_head: int = field(default=-1, metadata={"help": "head of the large pattern (-1: auto)", "min": -1})
 
     def validate(self, session: ModelSession) -> None:
         """Types and ranges, then the layers against the model."""
         super().validate(session)
         layers = session.check_layers(self.layers)
-        if self.focus_layer is not None and session.check_layer(self.focus_layer) not in layers:
+        if self.focus_layer >= 0 and session.check_layer(self.focus_layer) not in layers:
             raise ValueError(f"focus_layer {self.focus_layer} is not among the chosen layers {layers}")
-        if (self.focus_layer is None) != (self.focus_head is None):
-            raise ValueError("give focus_layer and focus_head together (or neither)")
+        if (self.focus_layer < 0) != (self.focus_head < 0):
+            raise ValueError("give focus_layer and focus_head together (or leave both at -1)")
         n_heads = int(session.cfg.n_heads)
-        if self.focus_head is not None and self.focus_head >= n_heads:
+        if self.focus_head >= n_heads:
             raise ValueError(
                 f"focus_head {self.focus_head} out of range: the model has {n_heads} heads (0-{n_heads - 1})"
             )
@@ -105,7 +104,7 @@ class AttentionResult(Result):
 
     def focus(self) -> tuple[int, int]:
         """(layer, head) of the large pattern: the config's, else the top induction (or prev-token) head."""
-        if self.config.focus_layer is not None and self.config.focus_head is not None:
+        if self.config.focus_layer >= 0 and self.config.focus_head >= 0:
             return int(self.config.focus_layer), int(self.config.focus_head)
         score = self.induction[..., 0] if self.induction_n else self.prev_token[..., 0]
         index, head = _argmax(score)
