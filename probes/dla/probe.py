@@ -48,6 +48,10 @@ class DLAConfig(Config):
 
 def single_token(session: ModelSession, text: str, what: str) -> int:
     """The id of ``text`` as a single token, or a ValueError naming the field and what it split into."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates crash the tokenizer with a TypeError
+        raise ValueError(f"{what} {text!r} is not valid text") from None
     ids = session.tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
         pieces = session.decode_each(ids)

@@ -107,3 +107,27 @@ def test_figures_summary_and_round_trip(tiny_gemma):
     back = Result.from_dict(res.to_dict())
     assert np.array_equal(back.values, res.values) and back.config == res.config
     assert back.residual == res.residual
+
+
+def test_a_soft_capped_model_attributes_the_pre_cap_logit():
+    """Gemma 2 style final soft-cap: the parts sum to the pre-cap logit; the model returns its tanh."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from lenslab.models.session import ModelSession
+    from lenslab.models.tiny import tiny_tokenizer
+
+    model = tiny_hf_model("gemma3", seed=0)
+    model.config.final_logit_softcapping = 0.1  # small enough that tanh bends the tiny model's logits
+    bridge = TransformerBridge.boot_transformers(
+        "google/gemma-3-270m", hf_model=model, tokenizer=tiny_tokenizer(), device="cpu", dtype=torch.float32
+    )
+    session = ModelSession.from_bridge(bridge, model_id="tiny-gemma3-capped")
+    res = DirectLogitAttribution().run(session, PROMPT, DLAConfig())
+    assert res.softcap == 0.1 and "pre-soft-cap logit" in res.target_text()
+    assert abs(res.residual) < 1e-6
+    capped = 0.1 * np.tanh(res.actual / 0.1)
+    assert abs(res.actual - capped) > 1e-3  # the cap really bends this logit
+    with torch.no_grad():
+        hf_logit = float(model(session.tokenize(PROMPT)).logits[0, -1, res.target_id])
+    assert hf_logit == pytest.approx(capped, abs=1e-5)
+    assert res.model_logit == pytest.approx(capped, abs=1e-5)
