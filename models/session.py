@@ -500,6 +500,50 @@ class ModelSession:
                 scaled = scaled * (weight.to(dtype) + 1.0 if gemma_style else weight.to(dtype))
             return scaled @ w_u.to(dtype).T
 
+    # ------------------------------------------------------------------ attention layout, norm parts
+    def attention_windows(self) -> list[int | None]:
+        """Per layer: the sliding-window size of a local attention layer, None for a global one.
+
+        Read from the HF config: ``layer_types`` (``"sliding_attention"`` / ``"full_attention"``,
+        Gemma 3 interleaves 5 local : 1 global) and ``sliding_window``; a model with a window and no
+        ``layer_types`` slides in every layer unless ``use_sliding_window`` is off.
+        """
+        cfg = self.hf_config
+        window = getattr(cfg, "sliding_window", None)
+        types = getattr(cfg, "layer_types", None)
+        if types:
+            return [int(window) if t == "sliding_attention" and window else None for t in types]
+        slides = bool(window) and getattr(cfg, "use_sliding_window", True) is not False
+        return [int(window) if slides else None for _ in range(self.n_layers)]
+
+    @staticmethod
+    def norm_parts(module: torch.nn.Module) -> NormParts:
+        """What a norm does after dividing by its scale: the elementwise weight, bias and centring.
+
+        With its scale frozen, a norm is affine: ``(x − mean(x)·centers) / scale · weight + bias``.
+        Gemma's RMSNorm multiplies by ``1 + w``, LayerNorm (GPT-2) centres and adds a bias, Llama's
+        RMSNorm multiplies by ``w``. Direct logit attribution pushes each component through it.
+        """
+        weight = getattr(module, "weight", None)
+        bias = getattr(module, "bias", None)
+        name = type(module).__name__
+        if weight is not None:
+            weight = weight.detach() + 1.0 if name.startswith("Gemma") else weight.detach()
+        return NormParts(
+            weight=weight,
+            bias=None if bias is None else bias.detach(),
+            centers=isinstance(module, torch.nn.LayerNorm) or name == "LayerNorm",
+        )
+
+
+@dataclass(frozen=True)
+class NormParts:
+    """A norm's affine part (:meth:`ModelSession.norm_parts`): weight (None: 1), bias (None: 0), centring."""
+
+    weight: Float[Tensor, " d_model"] | None
+    bias: Float[Tensor, " d_model"] | None
+    centers: bool
+
 
 class StopForward(Exception):
     """Raised by a hook to end a forward pass early; :class:`HookedModel` swallows it.

@@ -7,6 +7,8 @@ importing a family registers its probes with ``@register`` and its state-inspect
 
 # The families, in the order the app lists them. Each import registers that family's probes.
 from lenslab.probes import (
+    attention,
+    dla,
     feature_attribution,
     future_lens,
     jacobian,
@@ -36,6 +38,8 @@ FAMILIES = (
     neurosymbolic,
     mlp_units,
     feature_attribution,
+    attention,
+    dla,
 )
 
 __all__ = [

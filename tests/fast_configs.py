@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from lenslab.probes import Config, get_probe
+from lenslab.probes.attention import AttentionConfig
 from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig
 from lenslab.probes.jacobian.result import JacobianConfig
 from lenslab.probes.mlp_units import MLPUnitsConfig
@@ -26,6 +27,7 @@ FAST: dict[str, Callable[[], Config]] = {
     "sae_feature": lambda: SAEFeatureConfig(n_seq=8, context_size=16),
     "shared_neurons": lambda: SharedNeuronsConfig(n_prompts=4, causal=False),
     "vsa_readout": lambda: VSAReadoutConfig(layer=0),
+    "attention": lambda: AttentionConfig(induction_length=8, induction_sequences=2),
 }
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from types import ModuleType
 
 from lenslab.app.views import (
+    attention,
+    dla,
     future_lens,
     inspector,
     jacobian,
@@ -30,6 +32,8 @@ PAGES: tuple[ModuleType, ...] = (
     shared_neurons,
     neurosymbolic,
     reports,
+    attention,
+    dla,
 )
 
 DEFAULT_URL = "overview"
