@@ -397,7 +397,7 @@ class SharedNeuronsResult(Result):
         status = "holds" if all(checks) else ("partly" if any(checks) else "does not hold")
         return status, reasons
 
-    def interpretation(self) -> str:
+    def interpretation(self, with_warnings: bool = True) -> str:
         """Plain-language reading: overlap vs control pairs, the causal test, the verdict (markdown)."""
         a, b = self.label_a, self.label_b
         lines = []
@@ -472,7 +472,8 @@ class SharedNeuronsResult(Result):
                 f"**Verdict at 95% on `{self.model_id}`:** the claim that `{a}` and `{b}` use largely "
                 f"separate components {said}: " + "; ".join(reasons) + "."
             )
-        lines += [f"⚠️ {w}" for w in self.warnings()]
+        if with_warnings:
+            lines += [f"⚠️ {w}" for w in self.warnings()]
         return "\n\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
