@@ -148,10 +148,6 @@ class SharedNeuronsConfig(Config):
                 f"task (e.g. one of {builtin_names()})"
             )
 
-    def n_select(self, n_available: int) -> int:
-        """Prompts on which a set's units are selected (the other half is held out)."""
-        return min(self.n_prompts, n_available) // 2
-
     def units_per_layer(self, n_units: int) -> int:
         """k: top units kept per layer (``top_k`` or ``top_fraction`` of ``n_units``, at least 1)."""
         return self.top_k if self.top_k > 0 else max(1, round(self.top_fraction * n_units))

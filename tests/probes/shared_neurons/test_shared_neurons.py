@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -63,6 +64,7 @@ from lenslab.probes.shared_neurons.units import (
     unit_groups,
     unit_statistics,
 )
+from lenslab.probes.stats import Interval
 from lenslab.progress import Cancelled
 
 PROMPTS = [
@@ -615,6 +617,27 @@ def test_full_run_result_round_trips_and_plots(tiny_gemma, lenslab_home):
     np.testing.assert_array_equal(loaded.top_b, result.top_b)
     assert loaded.pairs[0].fraction == result.pairs[0].fraction
     assert tiny_gemma.active_hook_count() == 0
+    _check_verdict_rules(result)
+
+
+def _check_verdict_rules(result):
+    """The verdict follows the intervals: below the ceiling and a double dissociation, both at 95%."""
+    below, above = Interval(-0.3, -0.4, -0.2, 8, "b"), Interval(-0.1, -0.3, 0.1, 8, "b")
+    neg, straddle = Interval(-1.0, -1.5, -0.5, 8, "b"), Interval(-0.2, -0.6, 0.3, 8, "b")
+
+    def status(ceiling, gap_a, gap_b):
+        effects = {**result.effects, GAP_A: gap_a, GAP_B: gap_b}
+        changed = dataclasses.replace(
+            result, comparisons={**result.comparisons, VS_CEILING: ceiling}, effects=effects
+        )
+        return changed.verdict()[0], changed
+
+    assert status(below, neg, neg)[0] == "holds"
+    assert status(below, neg, straddle)[0] == "partly"  # one direction only: no double dissociation
+    assert status(above, neg, neg)[0] == "partly"
+    verdict, changed = status(above, straddle, neg)
+    assert verdict == "does not hold" and "does **not** hold" in changed.interpretation()
+    assert dataclasses.replace(result, effects={}).verdict()[0] == "not tested"
 
 
 def test_held_out_scores_from_the_causal_pass_equal_a_prompt_only_pass(tiny_any):
