@@ -38,13 +38,13 @@ def test_answer_positions_decode_like_full_logits(embedded_session):
 def test_exact_vs_approximate_arithmetic_end_to_end(embedded_session):
     """Held-out causal test, control pairs and dissociation statistics on the embedded model."""
     probe = get_probe("shared_neurons")
-    config = SharedNeuronsConfig(n_prompts=6, top_k=20, batch_size=3, resamples=300)
+    config = SharedNeuronsConfig(n_prompts=4, top_k=20, batch_size=2, resamples=300)
     result = probe.run(embedded_session, "CI", config)
     assert result.k == 20 and result.n_units == 2048 and result.top_a.shape == (18, 20)
-    assert np.isfinite(result.logprob).all() and result.logprob.shape == (6, 2, 3)
+    assert np.isfinite(result.logprob).all() and result.logprob.shape == (6, 2, 2)
     # The unmodified condition is the plain teacher-forced score of each set's held-out prompts.
     for s, (items, held) in enumerate(
-        ((exact_arithmetic(6).items, result.heldout_a), (approximate_arithmetic(6).items, result.heldout_b))
+        ((exact_arithmetic(4).items, result.heldout_a), (approximate_arithmetic(4).items, result.heldout_b))
     ):
         assert not set(held) & set(result.select_a if s == 0 else result.select_b)
         chosen = [items[i] for i in held]
@@ -70,13 +70,13 @@ def test_exact_vs_approximate_arithmetic_end_to_end(embedded_session):
     pairs = {p.name: p for p in result.pairs}
     ceiling, floor = pairs["exact_arithmetic: two halves"], pairs["exact_arithmetic vs capitals"]
     assert ceiling.fraction.estimate > floor.fraction.estimate
-    items = exact_arithmetic(6).items
+    items = exact_arithmetic(4).items
     n = mlp_width(embedded_session)
     tops = [
         top_units(
             unit_scores(
                 embedded_session,
-                unit_statistics(embedded_session, [items[i] for i in half], 3),
+                unit_statistics(embedded_session, [items[i] for i in half], 2),
                 "answer",
                 "activation",
             ),
@@ -89,7 +89,7 @@ def test_exact_vs_approximate_arithmetic_end_to_end(embedded_session):
     assert overlap_stats(tops[0], result.top_a, n).total_fraction >= 0.99  # same units (float ties aside)
     capitals_top = top_units(
         unit_scores(
-            embedded_session, unit_statistics(embedded_session, capitals(3).items, 3), "answer", "activation"
+            embedded_session, unit_statistics(embedded_session, capitals(2).items, 2), "answer", "activation"
         ),
         20,
     )
