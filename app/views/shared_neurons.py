@@ -8,8 +8,10 @@ from lenslab.app import state
 from lenslab.app.components import config_form, file_input, show_result
 from lenslab.app.plain import md
 from lenslab.probes import get_probe
+from lenslab.probes.shared_neurons.probe import planned_forwards
 from lenslab.probes.shared_neurons.result import PERTURBED, SharedNeuronsConfig, SharedNeuronsResult
 from lenslab.probes.shared_neurons.tasks import builtin_names, load_task_set
+from lenslab.probes.shared_neurons.units import unit_statistics
 
 TITLE = "Shared neurons"
 ICON = "🧬"
@@ -19,7 +21,45 @@ KEY = "shared_neurons"
 TYPED = "type prompts…"
 FILE = "load a .txt / .jsonl file…"
 TWO_SETS, TWO_MODELS = "two prompt sets, one model", "two models, one prompt set"
-TYPED_EXAMPLE = "12 + 7 => 19\n23 + 41 => 64\nThe capital of France is => Paris"
+TYPED_EXAMPLE = "12 + 7 => 19\n23 + 41 => 64\n30 + 15 => 45\nThe capital of France is => Paris"
+NO_CONTROL = "none (no floor)"
+ESTIMATE_ABOVE_S = 10.0  # show a time estimate before runs expected to take longer
+
+
+def _prompts_per_second(session, spec: str, seed: int) -> float:
+    """Forward throughput on this model: the last run's, else one timed pass over 2 prompts (cached)."""
+    last = state.stored(KEY)
+    if isinstance(last, SharedNeuronsResult) and last.model_id == session.model_id:
+        return last.prompts_per_second
+    cache_key = f"{KEY}:rate:{session.model_id}"
+    rate = state.stored(cache_key)
+    if rate is None:
+        try:
+            items = load_task_set(spec, n=2, seed=seed).items
+        except (ValueError, FileNotFoundError):
+            return 0.0
+        rate = len(items) / max(unit_statistics(session, items, batch_size=2).seconds, 1e-6)
+        state.store(cache_key, rate)
+    return float(rate)
+
+
+def _time_estimate(session, config: SharedNeuronsConfig) -> None:
+    """Say how long a run will take before it starts, when that is more than a few seconds."""
+    try:
+        forwards = planned_forwards(config)
+    except (ValueError, FileNotFoundError):
+        return
+    rate = _prompts_per_second(session, config.set_a, config.seed)
+    if rate <= 0:
+        return
+    seconds = forwards / rate
+    if seconds > ESTIMATE_ABOVE_S:
+        minutes = f" (≈ {seconds / 60:.1f} min)" if seconds >= 120 else ""
+        st.info(
+            f"Estimated run time ≈ {seconds:.0f} s{minutes}: {forwards} prompt forward passes at "
+            f"{rate:.2g} prompts/s measured on this model. Fewer prompts or switching the causal test "
+            "off makes it faster."
+        )
 
 
 def _set_picker(which: str, default: str) -> str:
@@ -61,8 +101,10 @@ def render() -> None:
     st.title(probe.title)
     st.caption(
         "Which MLP units (the hidden activation before the down projection) are most active for two "
-        "prompt sets — or for two models of the same architecture — how much more they overlap than "
-        "random sets would, and whether ablating the shared or set-specific units hurts each task."
+        "prompt sets — or for two models of the same architecture — at the answer position; how much "
+        "they overlap next to two halves of one task (ceiling) and a task against an unrelated control "
+        "(floor); and whether ablating the shared or set-specific units hurts each task on held-out "
+        "prompts, against magnitude-matched random units."
     )
     session = state.session()
     if session is None:
@@ -97,10 +139,22 @@ def render() -> None:
                 model_b = st.text_input(
                     "Model B", key=f"{KEY}:model_b", placeholder="/path/to/finetuned-checkpoint"
                 )
+    controls = [NO_CONTROL, *[n for n in builtin_names() if n not in (spec_a, spec_b)]]
+    control = st.selectbox(
+        "Control task (the floor: a task unrelated to both sets)",
+        controls,
+        index=controls.index("capitals") if "capitals" in controls else 0,
+        key=f"{KEY}:control",
+    )
     config = None
     if base is not None:
         try:
-            config = base.replace(set_a=spec_a, set_b=spec_b or base.set_b, model_b=model_b)
+            config = base.replace(
+                set_a=spec_a,
+                set_b=spec_b or base.set_b,
+                model_b=model_b,
+                control="" if control == NO_CONTROL else control,
+            )
             config.validate(session)
         except (ValueError, TypeError) as exc:
             st.error(f"Invalid settings: {exc}")
@@ -108,15 +162,22 @@ def render() -> None:
     if mode == TWO_MODELS and not model_b.strip():
         st.info("Name the second model (an HF folder or id) or choose the perturbed copy.")
     runnable = config is not None and ok and (mode == TWO_SETS or bool(model_b.strip()))
+    if runnable and config is not None:
+        _time_estimate(session, config)
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable):
         result = state.run_with_status(probe.title, lambda progress: probe.run(session, "", config, progress))
         if result is not None:
             state.store(KEY, result)
     result = state.stored(KEY)
     if isinstance(result, SharedNeuronsResult):
-        st.markdown(result.interpretation())
+        for warning in result.warnings():
+            st.warning(warning)
+        st.markdown(result.interpretation(with_warnings=False))
+        if result.pairs:
+            st.subheader("Overlap of the compared pair and the control pairs (95% bootstrap over prompts)")
+            st.dataframe(result.pair_text_table(), hide_index=True)
         show_result(result, KEY)
         if result.conditions:
-            st.subheader("Causal test, per condition and set")
-            st.dataframe(result.causal_table(), hide_index=True)
+            st.subheader("Causal test on held-out prompts, per condition and set (95% intervals)")
+            st.dataframe(result.causal_text_table(), hide_index=True)
         state.save_report([result], session, KEY)

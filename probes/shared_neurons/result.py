@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
 from jaxtyping import Float, Int
-from plotly.subplots import make_subplots
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Result
-from lenslab.probes.plotting import label
+from lenslab.probes.shared_neurons.stats import format_p
+from lenslab.probes.shared_neurons.tasks import builtin_names
 from lenslab.probes.shared_neurons.units import mlp_width
+from lenslab.probes.stats import Interval, format_interval, mean_ci, wilson
 
 PERTURBED = "perturbed"
-CONDITIONS = ("none", "shared", "A-only", "B-only", "random")
-COLOURS = {"A-only": "#1f77b4", "shared": "#9467bd", "B-only": "#ff7f0e", "random": "#7f7f7f"}
+CONDITIONS = ("none", "shared", "A-only", "B-only", "random-A", "random-B")
+MODEL_CONDITIONS = ("none", "shared", "A-only", "random-A")
+MIN_BASELINE_ACCURACY = 0.3  # below this, accuracy has too little room to fall under ablation
+# Contrast names of the dissociation test (Δ = change of log p(answer) under ablation, per prompt).
+GAP_A = "A-only: ΔA − ΔB"
+GAP_B = "B-only: ΔB − ΔA"
+INTERACTION = "interaction"
+SPECIFIC_A = "A-only − random-A, on A"
+SPECIFIC_B = "B-only − random-B, on B"
+# Overlap comparisons (shared fraction of the task pair against the control pairs).
+VS_CEILING = "task pair − same-task halves"
+VS_FLOOR = "task pair − task vs control"
+RELATIVE = "relative position (0 = control, 1 = same task)"
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -53,13 +66,20 @@ class SharedNeuronsConfig(Config):
         },
     )
     n_prompts: int = field(
-        default=24, metadata={"help": "prompts per set (the first n)", "min": 2, "max": 2000}
+        default=32,
+        metadata={
+            "help": "prompts per set (the first n), split in half: units are selected on one half "
+            "and ablated on the other",
+            "min": 4,
+            "max": 2000,
+        },
     )
     positions: str = field(
-        default="all",
+        default="answer",
         metadata={
-            "help": "score over all prompt tokens (BOS excluded) or the answer position",
-            "choices": ("all", "answer"),
+            "help": "score at the answer position (the last prompt token, which predicts the answer) "
+            "or, labelled 'all', over every prompt token (BOS excluded; includes the few-shot context)",
+            "choices": ("answer", "all"),
         },
     )
     score: str = field(
@@ -92,9 +112,24 @@ class SharedNeuronsConfig(Config):
         metadata={"help": "amplification factor (intervention 'amplify')", "min": -10.0, "max": 10.0},
     )
     seed: int = field(
-        default=0, metadata={"help": "seed of the built-in sets, random control and noise", "min": 0}
+        default=0,
+        metadata={
+            "help": "seed of the built-in sets, the split, the random control, noise and bootstrap",
+            "min": 0,
+        },
     )
     batch_size: int = field(default=8, metadata={"help": "prompts per forward pass", "min": 1, "max": 256})
+    control: str = field(
+        default="capitals",
+        metadata={
+            "help": "control task for the floor of the overlap (a task unrelated to both sets): a "
+            "built-in name, a .txt/.jsonl path or typed lines; empty: no floor",
+            "hidden": True,
+        },
+    )
+    resamples: int = field(
+        default=1000, metadata={"help": "bootstrap resamples of the intervals", "min": 100, "max": 10000}
+    )
 
     def validate(self, session: ModelSession) -> None:
         """Check numbers, that the sets resolve, and that k fits the MLP width."""
@@ -107,6 +142,11 @@ class SharedNeuronsConfig(Config):
             raise ValueError("choose prompt set A")
         if not self.model_b.strip() and not self.set_b.strip():
             raise ValueError("choose prompt set B (or a second model to compare on set A)")
+        if self.control.strip() and self.control.strip() in (self.set_a.strip(), self.set_b.strip()):
+            raise ValueError(
+                f"control {self.control!r} must differ from the compared sets: the floor is an unrelated "
+                f"task (e.g. one of {builtin_names()})"
+            )
 
     def units_per_layer(self, n_units: int) -> int:
         """k: top units kept per layer (``top_k`` or ``top_fraction`` of ``n_units``, at least 1)."""
@@ -120,8 +160,35 @@ class SharedNeuronsConfig(Config):
 
 # ------------------------------------------------------------------------------------------ result
 @dataclass(frozen=True)
+class PairOverlap:
+    """Top-unit overlap of one pair of selections, with its bootstrap interval over prompts.
+
+    ``kind`` says how to read it: ``test`` (the compared pair), ``ceiling`` (two disjoint halves
+    of one task: the overlap prompt sampling alone leaves) or ``floor`` (a task against an
+    unrelated control task: what generic, always-active units give).
+    """
+
+    name: str
+    kind: str  # "test", "ceiling" or "floor"
+    first: str
+    second: str
+    n_first: int  # prompts behind each selection
+    n_second: int
+    fraction: Interval  # Σ_layers |A∩B| / Σ_layers k
+    by_layer: Float[np.ndarray, "layer 3"]  # per layer: |A∩B|/k, 95% low, 95% high
+    chance: float  # expected fraction for random k-subsets (k/n)
+    p_value: float  # hypergeometric P(overlap ≥ observed) under random k-subsets
+    heads: Interval  # overlap fraction of the top heads (selected over the whole model)
+
+
+@dataclass(frozen=True)
 class SharedNeuronsResult(Result):
-    """Top units of two sets (or models), their overlap against chance, and the causal test."""
+    """Top units of two sets (or models), their overlap against control pairs, and the causal test.
+
+    The headline overlap fields (``overlap_count`` … ``total_p_value``) compare the two
+    selection halves; ``pairs`` adds the control pairs with intervals; the causal arrays hold the
+    held-out prompts (``heldout_a`` / ``heldout_b`` index ``prompts_a`` / ``prompts_b``).
+    """
 
     probe = "shared_neurons"
     config: SharedNeuronsConfig
@@ -156,10 +223,20 @@ class SharedNeuronsResult(Result):
     conditions: list[str]  # "none" first (the unmodified model)
     eval_sets: list[str]
     group_sizes: Int[np.ndarray, " condition"]  # units changed per condition (all layers)
-    logprob: Float[np.ndarray, "condition set item"]  # NaN-padded where a set has fewer items
+    logprob: Float[np.ndarray, "condition set item"]  # held-out prompts; NaN past a set's end
     correct: Float[np.ndarray, "condition set item"]
     prompts_per_second: float
     seconds: float
+    # Protocol data (empty in reports saved before the split and the control pairs existed).
+    control_label: str = ""
+    select_a: list[int] = field(default_factory=list)  # indices into prompts_a that chose the units
+    heldout_a: list[int] = field(default_factory=list)  # indices into prompts_a of the causal test
+    select_b: list[int] = field(default_factory=list)
+    heldout_b: list[int] = field(default_factory=list)
+    pairs: list[PairOverlap] = field(default_factory=list)
+    comparisons: dict[str, Interval] = field(default_factory=dict)  # VS_CEILING, VS_FLOOR, RELATIVE
+    effects: dict[str, Interval] = field(default_factory=dict)  # GAP_A, GAP_B, INTERACTION, SPECIFIC_*
+    control_ks: dict[str, tuple[float, float]] = field(default_factory=dict)  # control → (KS D, p)
 
     # ------------------------------------------------------------------------------ statistics
     @property
@@ -168,57 +245,186 @@ class SharedNeuronsResult(Result):
         return int(self.mlp_scores_a.shape[0])
 
     def causal_table(self) -> list[dict[str, Any]]:
-        """Per condition and set: accuracy, mean log-prob, and the paired change vs no intervention ± SEM."""
-        rows = []
-        if not self.conditions:
-            return rows
+        """Per condition and set: accuracy and the paired change of log p(answer) and accuracy, with 95% CIs.
+
+        Accuracy has a Wilson interval; the changes are means of per-prompt paired differences
+        against no intervention with Student-t intervals (n = held-out prompts).
+        """
+        rows: list[dict[str, Any]] = []
         for c, condition in enumerate(self.conditions):
             for s, set_name in enumerate(self.eval_sets):
                 valid = ~np.isnan(self.logprob[0, s])
                 delta = self.logprob[c, s, valid] - self.logprob[0, s, valid]
                 delta_acc = self.correct[c, s, valid] - self.correct[0, s, valid]
                 n = int(valid.sum())
+                accuracy = wilson(int(self.correct[c, s, valid].sum()), n)
+                change = mean_ci(delta)
+                change_acc = mean_ci(delta_acc)
                 rows.append(
                     {
                         "condition": condition,
                         "set": set_name,
                         "units": int(self.group_sizes[c]),
-                        "accuracy": float(self.correct[c, s, valid].mean()),
-                        "logprob": float(self.logprob[c, s, valid].mean()),
-                        "delta_logprob": float(delta.mean()),
-                        "delta_logprob_sem": _sem(delta),
-                        "delta_accuracy": float(delta_acc.mean()),
-                        "delta_accuracy_sem": _sem(delta_acc),
                         "n": n,
+                        "accuracy": accuracy.estimate,
+                        "accuracy_low": accuracy.low,
+                        "accuracy_high": accuracy.high,
+                        "logprob": float(self.logprob[c, s, valid].mean()),
+                        "delta_logprob": change.estimate,
+                        "delta_logprob_low": 0.0 if c == 0 else change.low,
+                        "delta_logprob_high": 0.0 if c == 0 else change.high,
+                        "delta_accuracy": change_acc.estimate,
+                        "delta_accuracy_low": 0.0 if c == 0 else change_acc.low,
+                        "delta_accuracy_high": 0.0 if c == 0 else change_acc.high,
                     }
                 )
         return rows
 
-    def dissociation(self) -> dict[str, float] | None:
-        """StreetMath's test: Δlog-prob of A and of B when A-only (and B-only) units are changed."""
-        if self.mode != "tasks" or "A-only" not in self.conditions or len(self.eval_sets) < 2:
-            return None
-        table = {(r["condition"], r["set"]): r for r in self.causal_table()}
-        a, b = self.eval_sets[0], self.eval_sets[1]
-        return {
-            "A-only → ΔA": table["A-only", a]["delta_logprob"],
-            "A-only → ΔB": table["A-only", b]["delta_logprob"],
-            "B-only → ΔA": table["B-only", a]["delta_logprob"],
-            "B-only → ΔB": table["B-only", b]["delta_logprob"],
-            "random → ΔA": table["random", a]["delta_logprob"],
-            "random → ΔB": table["random", b]["delta_logprob"],
-        }
-
-    def interpretation(self) -> str:
-        """A plain-language reading of the overlap and of the dissociation test (markdown)."""
-        a, b = self.label_a, self.label_b
-        ratio = self.shared_fraction / max(self.chance_fraction, 1e-12)
-        lines = [
-            f"**Overlap.** {self.shared_fraction:.0%} of the top-{self.k} MLP units per layer are shared by "
-            f"`{a}` and `{b}`, {ratio:.1f}× the {self.chance_fraction:.1%} expected for random sets "
-            f"(p = {self.total_p_value:.2g}); {int((self.p_value < 0.01).sum())} of {self.n_layers} layers "
-            "are individually above chance at p < 0.01."
+    def causal_text_table(self) -> list[dict[str, str | int]]:
+        """:meth:`causal_table` as display strings ``x [lo, hi]`` (no raw floats)."""
+        return [
+            {
+                "units changed": f"{r['condition']} ({r['units']})",
+                "set": r["set"],
+                "n prompts": r["n"],
+                "accuracy": format_interval(
+                    r["accuracy"], r["accuracy_low"], r["accuracy_high"], percent=True
+                ),
+                "Δ log p(answer)": format_interval(
+                    r["delta_logprob"], r["delta_logprob_low"], r["delta_logprob_high"], digits=2
+                ),
+                "Δ accuracy": format_interval(
+                    r["delta_accuracy"], r["delta_accuracy_low"], r["delta_accuracy_high"], percent=True
+                ),
+            }
+            for r in self.causal_table()
         ]
+
+    def pair_text_table(self) -> list[dict[str, str | int]]:
+        """The overlap of every pair (task pair and control pairs) as display strings."""
+        return [
+            {
+                "pair": p.name,
+                "kind": {
+                    "test": "compared",
+                    "ceiling": "ceiling: same task, two halves",
+                    "floor": "floor: vs control",
+                }[p.kind],
+                "prompts": f"{p.n_first} + {p.n_second}",
+                "shared MLP units": p.fraction.text(percent=True),
+                "random subsets": f"{100 * p.chance:.1f}% (p {format_p(p.p_value)})",
+                "shared heads": p.heads.text(percent=True),
+            }
+            for p in self.pairs
+        ]
+
+    def baseline_accuracy(self) -> dict[str, Interval]:
+        """Unmodified greedy accuracy of each evaluated set on its held-out prompts (Wilson)."""
+        if not self.conditions:
+            return {}
+        out = {}
+        for s, set_name in enumerate(self.eval_sets):
+            valid = ~np.isnan(self.correct[0, s])
+            out[set_name] = wilson(int(self.correct[0, s, valid].sum()), int(valid.sum()))
+        return out
+
+    def dissociation(self) -> dict[str, Interval] | None:
+        """The dissociation contrasts with 95% bootstrap intervals (None without a two-set causal test)."""
+        if self.mode != "tasks" or not self.effects:
+            return None
+        return dict(self.effects)
+
+    def warnings(self) -> list[str]:
+        """What limits the reading of this run (low accuracy, poor control match, no controls)."""
+        out = []
+        for set_name, accuracy in self.baseline_accuracy().items():
+            if accuracy.estimate < MIN_BASELINE_ACCURACY:
+                out.append(
+                    f"Baseline accuracy of `{set_name}` is {accuracy.text(percent=True)} (n = {accuracy.n}): "
+                    f"below {MIN_BASELINE_ACCURACY:.0%}, ablation has little accuracy left to remove, so "
+                    "accuracy changes are not measurable; read the Δ log p(answer) effects instead."
+                )
+        for name, (_, p) in self.control_ks.items():
+            if math.isfinite(p) and p < 0.05:
+                out.append(
+                    f"The `{name}` control is not fully magnitude-matched (KS p = {format_p(p)}): too few "
+                    "free units at the selected units' activation ranks."
+                )
+        if self.pairs and not any(p.kind == "floor" for p in self.pairs):
+            out.append("No control task was scored: the overlap has no cross-task floor.")
+        if self.config.positions == "all":
+            out.append(
+                "Scored over all prompt tokens: shared few-shot context inflates the overlap of any two "
+                "sets with similar prompts; the answer position is the task-specific default."
+            )
+        return out
+
+    def verdict(self) -> tuple[str, list[str]]:
+        """Whether the two sets use largely separate components, at 95%: status and reasons.
+
+        Status is ``holds`` when both (1) the task pair shares fewer top units than two halves of
+        one task (interval of the difference below 0) and (2) the double dissociation holds
+        (each set's own units hurt it more than the other set, both intervals below 0);
+        ``partly`` when one of the two holds; ``does not hold`` when neither; ``not tested``
+        when the run has no control pairs or no two-set causal test.
+        """
+        reasons: list[str] = []
+        checks: list[bool] = []
+        ceiling = self.comparisons.get(VS_CEILING)
+        if ceiling is not None and math.isfinite(ceiling.high):
+            below = ceiling.high < 0
+            checks.append(below)
+            reasons.append(
+                f"overlap of the task pair minus the same-task ceiling = {ceiling.text(percent=True)}: "
+                + ("below the ceiling" if below else "not below the ceiling")
+            )
+        gaps = self.dissociation()
+        if gaps is not None and GAP_A in gaps:
+            a, b = gaps[GAP_A], gaps[GAP_B]
+            double = a.high < 0 and b.high < 0
+            checks.append(double)
+            reasons.append(
+                f"A-only ablation hurts A more than B: ΔA − ΔB = {a.text(digits=2)}; B-only ablation hurts "
+                f"B more than A: ΔB − ΔA = {b.text(digits=2)}; "
+                + ("a double dissociation" if double else "no double dissociation")
+            )
+        if len(checks) < 2:
+            return "not tested", reasons
+        status = "holds" if all(checks) else ("partly" if any(checks) else "does not hold")
+        return status, reasons
+
+    def interpretation(self, with_warnings: bool = True) -> str:
+        """Plain-language reading: overlap vs control pairs, the causal test, the verdict (markdown)."""
+        a, b = self.label_a, self.label_b
+        lines = []
+        test = next((p for p in self.pairs if p.kind == "test"), None)
+        if test is not None:
+            controls = "; ".join(
+                f"{'same task, two halves' if p.kind == 'ceiling' else 'vs control'} `{p.name}` "
+                f"{p.fraction.text(percent=True)}"
+                for p in self.pairs
+                if p.kind != "test"
+            )
+            lines.append(
+                f"**Overlap.** `{a}` and `{b}` share {test.fraction.text(percent=True)} of their "
+                f"top-{self.k} MLP units per layer (units chosen on {test.n_first} + {test.n_second} "
+                "selection prompts, "
+                f"95% bootstrap over prompts). Control pairs: {controls}. Random {self.k}-subsets would "
+                f"share {100 * test.chance:.1f}% (p {format_p(test.p_value)}): any two text sets beat that "
+                "null, so read the task pair against the control pairs."
+            )
+            relative = self.comparisons.get(RELATIVE)
+            if relative is not None:
+                lines.append(
+                    "On a scale from the control pair (0) to the same-task halves (1), the task pair "
+                    f"sits at {relative.text(digits=2)}."
+                )
+        else:
+            lines.append(
+                f"**Overlap.** {self.shared_fraction:.0%} of the top-{self.k} MLP units per layer are "
+                f"shared by `{a}` and `{b}` (random sets: {self.chance_fraction:.1%}, "
+                f"p {format_p(self.total_p_value)})."
+            )
         if self.conditions:
             table = {(r["condition"], r["set"]): r for r in self.causal_table()}
             what = {
@@ -227,238 +433,71 @@ class SharedNeuronsResult(Result):
                 "amplify": f"Amplifying (×{self.config.alpha:g})",
             }
             for condition in self.conditions[1:]:
-                rows = [(s, table[condition, s], table["none", s]) for s in self.eval_sets]
-                parts = [
-                    f"`{s}` {row['delta_logprob']:+.2f} ± {row['delta_logprob_sem']:.2f} "
-                    f"(accuracy {base['accuracy']:.0%} → {row['accuracy']:.0%})"
-                    for s, row, base in rows
-                ]
+                parts = []
+                for s in self.eval_sets:
+                    row, base = table[condition, s], table["none", s]
+                    change = format_interval(
+                        row["delta_logprob"], row["delta_logprob_low"], row["delta_logprob_high"], digits=2
+                    )
+                    parts.append(
+                        f"`{s}` {change} (accuracy {base['accuracy']:.0%} → {row['accuracy']:.0%}, "
+                        f"n = {row['n']})"
+                    )
                 units = table[condition, self.eval_sets[0]]["units"]
                 lines.append(
                     f"- {what[self.config.intervention]} the **{condition}** units ({units}) changes "
-                    f"log p(answer) by " + ", ".join(parts)
+                    "log p(answer) on held-out prompts by " + ", ".join(parts)
                 )
-            gap = self.dissociation()
-            if gap is not None:
-                a_gap = gap["A-only → ΔA"] - gap["A-only → ΔB"]
-                b_gap = gap["B-only → ΔB"] - gap["B-only → ΔA"]
-                separates = a_gap < 0 and b_gap < 0
+            gaps = self.dissociation()
+            if gaps:
                 lines.append(
-                    f"**Dissociation.** A-only units hurt A {'more' if a_gap < 0 else 'less'} than B "
-                    f"(ΔA − ΔB = {a_gap:+.2f}); B-only units hurt B {'more' if b_gap < 0 else 'less'} than A "
-                    f"(ΔB − ΔA = {b_gap:+.2f}): the components "
-                    + (
-                        "**separate** in both directions."
-                        if separates
-                        else "do **not** separate in both directions."
-                    )
+                    f"**Dissociation** (held-out prompts, 95% bootstrap): A-only units, ΔA − ΔB = "
+                    f"{gaps[GAP_A].text(digits=2)}; B-only units, ΔB − ΔA = {gaps[GAP_B].text(digits=2)}; "
+                    f"interaction {gaps[INTERACTION].text(digits=2)} (negative: each set's own units hurt it "
+                    f"more); against magnitude-matched random units: {gaps[SPECIFIC_A].text(digits=2)} on "
+                    f"`{a}`, {gaps[SPECIFIC_B].text(digits=2)} on `{b}`."
                 )
-        return "\n".join(lines)
+        status, reasons = self.verdict()
+        if status != "not tested":
+            said = {
+                "holds": "**holds**",
+                "partly": "holds only **partly**",
+                "does not hold": "does **not** hold",
+            }[status]
+            lines.append(
+                f"**Verdict at 95% on `{self.model_id}`:** the claim that `{a}` and `{b}` use largely "
+                f"separate components {said}: " + "; ".join(reasons) + "."
+            )
+        if with_warnings:
+            lines += [f"⚠️ {w}" for w in self.warnings()]
+        return "\n\n".join(lines)
 
     def summary(self) -> dict[str, Any]:
-        """Shared fraction vs chance, its p-value, baseline accuracies and the dissociation."""
+        """Headline strings: overlap vs control pairs with intervals, accuracies, dissociation, verdict."""
+        test = next((p for p in self.pairs if p.kind == "test"), None)
         out: dict[str, Any] = {
-            "shared fraction": self.shared_fraction,
-            "chance": self.chance_fraction,
-            "p-value": self.total_p_value,
-            "units per layer": self.k,
+            "shared fraction": test.fraction.text(percent=True)
+            if test
+            else f"{100 * self.shared_fraction:.1f}%",
         }
-        if self.conditions:
-            for s, set_name in enumerate(self.eval_sets):
-                out[f"accuracy {set_name}"] = float(np.nanmean(self.correct[0, s]))
-        gap = self.dissociation()
-        if gap is not None:
-            out["A-only ablation: ΔA − ΔB"] = gap["A-only → ΔA"] - gap["A-only → ΔB"]
+        for kind, name in (("ceiling", "same-task halves"), ("floor", "vs control task")):
+            chosen = [p.fraction.estimate for p in self.pairs if p.kind == kind]
+            if chosen:
+                out[name] = f"{100 * float(np.mean(chosen)):.1f}%"
+        out["random subsets"] = f"{100 * self.chance_fraction:.1f}% (p {format_p(self.total_p_value)})"
+        out["units per layer"] = self.k
+        for set_name, accuracy in self.baseline_accuracy().items():
+            out[f"accuracy {set_name}"] = accuracy.text(percent=True)
+        gaps = self.dissociation()
+        if gaps:
+            out["dissociation interaction"] = gaps[INTERACTION].text(digits=2)
+        status, _ = self.verdict()
+        if status != "not tested":
+            out["separate components (95%)"] = status
         return out
 
-    # -------------------------------------------------------------------------------- figures
     def figures(self) -> dict[str, go.Figure]:
-        """Overlap vs chance by layer, rank heatmap by membership, Venn-style counts, causal bars."""
-        figures = {
-            "overlap": self._overlap_figure(),
-            "membership": self._membership_figure(),
-            "venn": self._venn_figure(),
-            "heads": self._heads_figure(),
-        }
-        if self.conditions:
-            figures["causal_logprob"] = self._causal_figure(
-                "delta_logprob", "Δ log p(answer) vs no intervention"
-            )
-            figures["causal_accuracy"] = self._causal_figure("accuracy", "accuracy")
-        return figures
+        """Overlap vs control pairs, by layer, membership, Venn counts, heads, causal bars, dissociation."""
+        from lenslab.probes.shared_neurons import figures
 
-    def _names(self) -> tuple[str, str]:
-        return label(self.label_a), label(self.label_b)
-
-    def _overlap_figure(self) -> go.Figure:
-        layers = list(range(self.n_layers))
-        chance = self.expected_count / self.k
-        stars = ["★" if p < 0.01 else "" for p in self.p_value]
-        fig = go.Figure()
-        fig.add_bar(
-            x=layers,
-            y=self.overlap_fraction,
-            name="|A∩B| / k",
-            text=stars,
-            textposition="outside",
-            customdata=np.stack([self.overlap_count, self.p_value, self.jaccard], axis=-1),
-            hovertemplate="layer %{x}<br>|A∩B|/k = %{y:.3f} (%{customdata[0]} units)"
-            "<br>Jaccard %{customdata[2]:.3f}<br>p = %{customdata[1]:.2e}<extra></extra>",
-            marker_color=COLOURS["shared"],
-        )
-        fig.add_scatter(
-            x=layers, y=self.jaccard, mode="lines+markers", name="Jaccard", line={"color": "#2ca02c"}
-        )
-        fig.add_scatter(
-            x=layers, y=chance, mode="lines", name="chance k/n", line={"dash": "dash", "color": "black"}
-        )
-        a, b = self._names()
-        fig.update_layout(
-            title=f"Top-{self.k} MLP units shared by {a} and {b}, per layer (★ p < 0.01 vs random sets)",
-            xaxis_title="layer",
-            yaxis_title="overlap",
-            yaxis_range=[0, 1.08],
-            template="plotly_white",
-        )
-        return fig
-
-    def _membership_figure(self) -> go.Figure:
-        a, b = self._names()
-        fig = make_subplots(
-            rows=1, cols=2, subplot_titles=(f"top units of {a}", f"top units of {b}"), shared_yaxes=True
-        )
-        for col, (top, other, own_name) in enumerate(
-            ((self.top_a, self.top_b, "A-only"), (self.top_b, self.top_a, "B-only")), start=1
-        ):
-            shared = np.stack([np.isin(top[layer], other[layer]) for layer in range(self.n_layers)])
-            hover = [
-                [
-                    f"unit {unit} · {'shared' if s else own_name}"
-                    for unit, s in zip(row_units, row_shared, strict=True)
-                ]
-                for row_units, row_shared in zip(top.tolist(), shared.tolist(), strict=True)
-            ]
-            fig.add_trace(
-                go.Heatmap(
-                    z=shared.astype(float),
-                    x=list(range(1, self.k + 1)),
-                    y=[f"L{layer}" for layer in range(self.n_layers)],
-                    customdata=hover,
-                    hovertemplate="%{y} rank %{x}<br>%{customdata}<extra></extra>",
-                    colorscale=[[0, COLOURS[own_name]], [1, COLOURS["shared"]]],
-                    zmin=0,
-                    zmax=1,
-                    showscale=False,
-                    xgap=1,
-                    ygap=1,
-                ),
-                row=1,
-                col=col,
-            )
-        fig.update_xaxes(title_text="rank within layer")
-        fig.update_layout(
-            title="Top units by layer and rank: purple = in both top sets, blue/orange = one set only",
-            template="plotly_white",
-            height=max(320, 22 * self.n_layers + 160),
-        )
-        return fig
-
-    def _venn_figure(self) -> go.Figure:
-        layers = list(range(self.n_layers))
-        shared = self.overlap_count
-        only_a = np.asarray([len(set(self.top_a[layer]) - set(self.top_b[layer])) for layer in layers])
-        only_b = np.asarray([len(set(self.top_b[layer]) - set(self.top_a[layer])) for layer in layers])
-        a, b = self._names()
-        fig = go.Figure()
-        for name, values, colour in (
-            (f"{a} only", only_a, COLOURS["A-only"]),
-            ("shared", shared, COLOURS["shared"]),
-            (f"{b} only", only_b, COLOURS["B-only"]),
-        ):
-            fig.add_bar(x=layers, y=values, name=f"{name} ({int(values.sum())})", marker_color=colour)
-        fig.update_layout(
-            barmode="stack",
-            title=f"Venn counts per layer (A only | shared | B only): {int(only_a.sum())} | "
-            f"{int(shared.sum())} | {int(only_b.sum())} units",
-            xaxis_title="layer",
-            yaxis_title="units",
-            template="plotly_white",
-        )
-        return fig
-
-    def _heads_figure(self) -> go.Figure:
-        n_heads = self.head_scores_a.shape[1]
-        membership = np.zeros(self.n_layers * n_heads)
-        membership[self.head_top_a] += 1
-        membership[self.head_top_b] += 2
-        names = np.asarray(["", "A-only", "B-only", "shared"])[membership.astype(int)].reshape(
-            self.n_layers, n_heads
-        )
-        a, b = self._names()
-        fig = make_subplots(
-            rows=1,
-            cols=2,
-            subplot_titles=(f"head output norm · {a}", f"head output norm · {b}"),
-            shared_yaxes=True,
-        )
-        for col, scores in enumerate((self.head_scores_a, self.head_scores_b), start=1):
-            fig.add_trace(
-                go.Heatmap(
-                    z=scores,
-                    x=[f"H{h}" for h in range(n_heads)],
-                    y=[f"L{layer}" for layer in range(self.n_layers)],
-                    text=names,
-                    texttemplate="%{text}",
-                    textfont={"size": 9},
-                    colorscale="Blues",
-                    showscale=col == 2,
-                    hovertemplate="%{y} %{x}<br>mean ‖z W_O‖ = %{z:.3g}<br>%{text}<extra></extra>",
-                ),
-                row=1,
-                col=col,
-            )
-        fig.update_layout(
-            title=f"Attention heads: top {len(self.head_top_a)} per set, {self.head_overlap} shared "
-            f"(chance {self.head_expected:.1f}, p = {self.head_p_value:.2g})",
-            template="plotly_white",
-            height=max(320, 22 * self.n_layers + 160),
-        )
-        return fig
-
-    def _causal_figure(self, metric: str, axis: str) -> go.Figure:
-        rows = self.causal_table()
-        fig = go.Figure()
-        shown = [c for c in self.conditions if metric != "delta_logprob" or c != "none"]
-        for s, set_name in enumerate(self.eval_sets):
-            picked = [next(r for r in rows if r["condition"] == c and r["set"] == set_name) for c in shown]
-            if metric == "accuracy":
-                values = [r["accuracy"] for r in picked]
-                errors = [np.sqrt(r["accuracy"] * (1 - r["accuracy"]) / max(r["n"], 1)) for r in picked]
-            else:
-                values = [r[metric] for r in picked]
-                errors = [r[f"{metric}_sem"] for r in picked]
-            fig.add_bar(
-                x=[f"{c} ({r['units']})" for c, r in zip(shown, picked, strict=True)],
-                y=values,
-                error_y={"type": "data", "array": errors, "visible": True},
-                name=label(set_name),
-                marker_color=[COLOURS["A-only"], COLOURS["B-only"]][s % 2],
-            )
-        what = {
-            "zero": "zero-ablated",
-            "mean": "mean-ablated",
-            "amplify": f"amplified ×{self.config.alpha:g}",
-        }
-        fig.update_layout(
-            barmode="group",
-            title=f"Causal test: units {what[self.config.intervention]} (x: group, units changed); "
-            "error bars: SEM over prompts",
-            xaxis_title="units changed",
-            yaxis_title=axis,
-            template="plotly_white",
-        )
-        return fig
-
-
-def _sem(values: np.ndarray) -> float:
-    return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+        return figures.all_figures(self)

@@ -1,13 +1,27 @@
-"""Overlap statistics of the shared-neuron analysis: per-layer overlap, Jaccard, chance, p-values."""
+"""Statistics of the shared-neuron analysis.
+
+- overlap of two top-unit selections per layer, Jaccard, the random-subset chance level and its
+  hypergeometric p-value (:func:`overlap_stats`);
+- bootstrap over prompts of the overlap of several selection pairs at once, so a task pair can
+  be read against control pairs with intervals (:func:`bootstrap_overlaps`);
+- the magnitude-matched random control (:func:`matched_sample`) and its rank check (:func:`rank_ks`);
+- bootstrap intervals of contrasts between causal effects, such as the double-dissociation
+  interaction (:func:`bootstrap_contrasts`);
+- p-values as text (:func:`format_p`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from jaxtyping import Float, Int
-from scipy.stats import hypergeom
+from scipy.stats import hypergeom, ks_2samp
+
+from lenslab.probes.stats import BOOTSTRAP_RESAMPLES, LEVEL, Interval
+
+SMALLEST_P = 1e-300
 
 
 # ----------------------------------------------------------------------------------- overlap maths
@@ -83,3 +97,212 @@ def top_units(scores: Float[np.ndarray, "layer unit"], k: int) -> Int[np.ndarray
         raise ValueError(f"k={k} must be between 1 and the number of units {scores.shape[-1]}")
     order = np.argsort(-scores, axis=-1, kind="stable")
     return order[:, :k].astype(np.int64)
+
+
+def format_p(p: float) -> str:
+    """A p-value as text: ``< 1e-300`` below double precision's reach, else 2 significant digits."""
+    if not np.isfinite(p):
+        return "—"
+    if p < SMALLEST_P:
+        return "< 1e-300"
+    return f"{p:.2g}" if p >= 1e-3 else f"{p:.1e}"
+
+
+# ---------------------------------------------------------------------------- matched random control
+def magnitude_ranks(magnitude: Float[np.ndarray, " unit"]) -> Int[np.ndarray, " unit"]:
+    """Rank of every unit by ``magnitude`` within its layer, 0 = strongest (ties: lower index first)."""
+    ranks = np.empty(len(magnitude), dtype=np.int64)
+    ranks[np.argsort(-np.asarray(magnitude), kind="stable")] = np.arange(len(magnitude))
+    return ranks
+
+
+def matched_sample(
+    selected: Sequence[int],
+    excluded: set[int],
+    magnitude: Float[np.ndarray, " unit"],
+    rng: np.random.Generator,
+) -> list[int]:
+    """One distinct unit outside ``excluded`` per ``selected`` unit, at the nearest magnitude rank.
+
+    Units are visited in random order; each takes, among the still-free units, one whose rank
+    by ``magnitude`` is closest to its own (ties broken at random). The sample therefore has
+    (up to the gaps left by ``excluded``) the rank distribution of ``selected``. A uniform draw
+    from outside the top sets would instead hold mostly weak units, whose ablation does little.
+    """
+    ranks = magnitude_ranks(magnitude)
+    pool = np.setdiff1d(np.arange(len(magnitude)), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    pool_ranks = ranks[pool].astype(np.float64)
+    free = np.ones(len(pool), dtype=bool)
+    chosen: list[int] = []
+    for unit in rng.permutation(np.asarray(list(selected), dtype=np.int64)):
+        if not free.any():
+            break
+        distance = np.where(free, np.abs(pool_ranks - ranks[unit]), np.inf)
+        pick = int(rng.choice(np.flatnonzero(distance == distance.min())))
+        free[pick] = False
+        chosen.append(int(pool[pick]))
+    return sorted(chosen)
+
+
+def rank_ks(
+    groups: Mapping[int, Sequence[int]],
+    reference: Mapping[int, Sequence[int]],
+    magnitude: Float[np.ndarray, "layer unit"],
+) -> tuple[float, float]:
+    """Two-sample Kolmogorov–Smirnov statistic and p-value of within-layer magnitude ranks.
+
+    Compares the ranks of ``groups`` (e.g. a random control) with those of ``reference`` (the
+    units it stands in for), pooled over layers; a small p-value means the control is not
+    magnitude-matched.
+    """
+    ranks = [magnitude_ranks(row) for row in magnitude]
+    sample = [ranks[layer][u] for layer, units in groups.items() for u in units]
+    target = [ranks[layer][u] for layer, units in reference.items() for u in units]
+    if not sample or not target:
+        return float("nan"), float("nan")
+    test = ks_2samp(sample, target)
+    return float(test.statistic), float(test.pvalue)
+
+
+# ------------------------------------------------------------------------- bootstrap over prompts
+@dataclass(frozen=True)
+class GroupedScores:
+    """Unit scores of one prompt set kept per prompt group: the mean is Σ sums / Σ counts.
+
+    ``key`` names the prompts: sets with the same key (one prompt set scored on two models) are
+    resampled together, sets with different keys independently.
+    """
+
+    sums: Float[np.ndarray, "group layer unit"]
+    counts: Float[np.ndarray, " group"]
+    key: str
+
+    def mean(self) -> Float[np.ndarray, "layer unit"]:
+        """Scores on the prompts as given."""
+        return self.sums.sum(0) / self.counts.sum()
+
+
+def _candidates(scores: GroupedScores, k: int) -> Int[np.ndarray, "layer m"]:
+    """Per layer, the units that can enter the top ``k`` of some resample (padded with -1).
+
+    A resampled mean is a weighted mean of the group means, so it lies between a unit's smallest
+    and largest group mean; a unit whose largest group mean is below the ``k``-th largest
+    smallest group mean can never be in the top ``k``. Pruning them is exact and makes the
+    bootstrap several times cheaper.
+    """
+    group_means = scores.sums / np.maximum(scores.counts, 1e-12)[:, None, None]
+    floor = -np.partition(-group_means.min(0), k - 1, axis=-1)[:, k - 1 : k]  # [layer, 1]
+    possible = group_means.max(0) >= floor
+    width = int(possible.sum(-1).max())
+    order = np.argsort(~possible, axis=-1, kind="stable")[:, :width]  # possible units first
+    return np.where(np.take_along_axis(possible, order, axis=-1), order, -1)
+
+
+def bootstrap_overlaps(
+    sets: Sequence[GroupedScores],
+    pairs: Sequence[tuple[int, int]],
+    k: int,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    chunk: int = 50,
+) -> Int[np.ndarray, "resample pair layer"]:
+    """Per-layer top-``k`` overlap counts of every pair, recomputed on prompt-resampled scores.
+
+    Each resample draws every prompt key's groups with replacement (one draw per key, shared by
+    the sets with that key), recomputes each set's mean scores and top-``k`` units per layer,
+    and counts the units each pair (indices into ``sets``) shares. All pairs come from the same
+    draws, so differences between pairs (task pair minus control pair) get joint intervals.
+    """
+    if not sets or not pairs:
+        raise ValueError("bootstrap_overlaps needs at least one set and one pair")
+    n_layers, n_units = sets[0].sums.shape[1:]
+    if not 1 <= k <= n_units:
+        raise ValueError(f"k={k} must be between 1 and the number of units {n_units}")
+    sizes: dict[str, int] = {}
+    for scores in sets:
+        if scores.sums.shape[1:] != (n_layers, n_units):
+            raise ValueError("every set needs the same [layer, unit] shape")
+        if sizes.setdefault(scores.key, len(scores.counts)) != len(scores.counts):
+            raise ValueError(f"sets with prompt key {scores.key!r} have different numbers of groups")
+    rng = np.random.default_rng(seed)
+    weights = {
+        key: rng.multinomial(size, np.full(size, 1.0 / size), size=resamples).astype(np.float64)
+        for key, size in sizes.items()
+    }
+    candidates = [_candidates(scores, k) for scores in sets]
+    columns = [
+        np.take_along_axis(scores.sums, np.maximum(cand, 0)[None], axis=-1)
+        .reshape(len(scores.counts), -1)
+        .astype(np.float32)  # float32 ranks ties only below its 1e-7 relative resolution
+        for scores, cand in zip(sets, candidates, strict=True)
+    ]
+    counts = np.zeros((resamples, len(pairs), n_layers), dtype=np.int64)
+    for start in range(0, resamples, chunk):
+        stop = min(start + chunk, resamples)
+        tops = []
+        for scores, cand, cols in zip(sets, candidates, columns, strict=True):
+            w = weights[scores.key][start:stop].astype(np.float32)
+            means = ((w @ cols) / (w @ scores.counts)[:, None]).reshape(stop - start, *cand.shape)
+            means[:, cand < 0] = -np.inf
+            top = np.argpartition(-means, k - 1, axis=-1)[..., :k]
+            tops.append(np.take_along_axis(np.broadcast_to(cand, means.shape), top, axis=-1))  # unit ids
+        for p, (i, j) in enumerate(pairs):
+            counts[start:stop, p] = (tops[i][..., :, None] == tops[j][..., None, :]).sum((-1, -2))
+    return counts
+
+
+def percentile_interval(
+    estimate: float, draws: Float[np.ndarray, " resample"], n: int, unit: str
+) -> Interval:
+    """``estimate`` with the 95% percentile interval of its bootstrap ``draws``."""
+    finite = np.asarray(draws, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    if finite.size < 2:
+        return Interval(float(estimate), float("nan"), float("nan"), n, f"bootstrap over {unit}")
+    low, high = np.quantile(finite, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+    return Interval(float(estimate), float(low), float(high), n, f"bootstrap over {unit}")
+
+
+# ------------------------------------------------------------------------- contrasts of effects
+Contrast = Mapping[tuple[str, int], float]  # (condition, set index) → coefficient on that mean effect
+
+
+def bootstrap_contrasts(
+    delta: Float[np.ndarray, "condition set item"],
+    conditions: Sequence[str],
+    contrasts: Mapping[str, Contrast],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, Interval]:
+    """Linear contrasts of mean per-prompt effects, with 95% bootstrap intervals over prompts.
+
+    ``delta[c, s, i]`` is the paired effect of condition ``c`` on prompt ``i`` of set ``s`` (NaN
+    past a set's end); contrast terms name a condition and a set index. Each resample redraws
+    every set's prompts with replacement, keeping all conditions of a prompt together (the
+    effects are paired); the sets are independent samples.
+    A contrast such as the double-dissociation interaction is Σ coefficient × mean effect.
+    """
+    rng = np.random.default_rng(seed)
+    c_index = {c: i for i, c in enumerate(conditions)}
+    n_sets = delta.shape[1]
+    if delta.shape[0] != len(conditions):
+        raise ValueError(f"delta has {delta.shape[0]} conditions, {len(conditions)} names given")
+    for contrast in contrasts.values():
+        for condition, s in contrast:
+            if condition not in c_index or not 0 <= s < n_sets:
+                raise ValueError(f"contrast term ({condition!r}, set {s}) names no measured effect")
+    valid = [np.flatnonzero(~np.isnan(delta[0, s])) for s in range(n_sets)]
+    n = min(len(v) for v in valid)
+    point = np.stack([np.nanmean(delta[:, s], axis=-1) for s in range(n_sets)], axis=1)  # [c, s]
+    draws = np.empty((resamples, len(conditions), n_sets))
+    for s, rows in enumerate(valid):
+        picks = rows[rng.integers(0, len(rows), (resamples, len(rows)))] if len(rows) else None
+        draws[:, :, s] = np.nan if picks is None else delta[:, s][:, picks].mean(-1).T
+    out = {}
+    for name, contrast in contrasts.items():
+        estimate = sum(w * point[c_index[c], s] for (c, s), w in contrast.items())
+        replicate = sum(w * draws[:, c_index[c], s] for (c, s), w in contrast.items())
+        out[name] = percentile_interval(float(estimate), np.asarray(replicate), n, "prompts")
+    return out

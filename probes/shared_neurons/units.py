@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
+from lenslab.probes.shared_neurons.stats import matched_sample
 from lenslab.probes.shared_neurons.tasks import TaskItem
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -172,28 +173,134 @@ def _last_resid(
     return session.capture(tokens, [hooknames.FINAL_NORM_IN], hooks=hooks)[hooknames.FINAL_NORM_IN]
 
 
+MAX_GROUPS = 64  # prompts are summed into at most this many groups (the bootstrap's resampling units)
+
+
 @dataclass
 class UnitStats:
-    """Streamed per-unit sums for one prompt set (all float64, on the model's device)."""
+    """Streamed per-unit sums for one prompt set, kept per prompt group (float64, model's device).
 
-    abs_all: Tensor  # [layer, unit] Σ |act| over prompt tokens (BOS excluded)
-    signed_all: Tensor  # [layer, unit] Σ act over the same tokens (for mean ablation)
-    abs_answer: Tensor  # [layer, unit] Σ |act| at the answer position
-    head_all: Tensor  # [layer, head] Σ ‖z_h W_O^h‖
-    head_answer: Tensor
-    tokens_all: int = 0
-    tokens_answer: int = 0
+    Prompt ``i`` is summed into group ``i % groups``: with at most :data:`MAX_GROUPS` prompts every
+    prompt is its own group, so a bootstrap over groups is a bootstrap over prompts; larger sets
+    keep memory at O(groups × layers × units) and resample groups of independent prompts.
+    """
+
+    abs_all: Tensor  # [group, layer, unit] Σ |act| over prompt tokens (BOS excluded)
+    abs_answer: Tensor  # [group, layer, unit] Σ |act| at the answer position (last prompt token)
+    head_all: Tensor  # [group, layer, head] Σ ‖z_h W_O^h‖ over prompt tokens
+    head_answer: Tensor  # [group, layer, head] the same at the answer position
+    tokens_all: Tensor  # [group] prompt tokens summed (BOS excluded)
+    tokens_answer: Tensor  # [group] answer positions summed (one per prompt)
+    signed_all: Tensor  # [layer, unit] Σ act over prompt tokens (for mean ablation)
     seconds: float = 0.0
 
+    @classmethod
+    def empty(cls, session: ModelSession, n_prompts: int) -> UnitStats:
+        """Zero sums sized for ``n_prompts`` prompts on ``session``'s model."""
+        groups = max(1, min(n_prompts, MAX_GROUPS))
+        layers, units, heads = session.n_layers, mlp_width(session), int(session.cfg.n_heads)
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=session.device)  # noqa: E731
+        return cls(
+            zeros(groups, layers, units), zeros(groups, layers, units),
+            zeros(groups, layers, heads), zeros(groups, layers, heads),
+            zeros(groups), zeros(groups), zeros(layers, units),
+        )  # fmt: skip
+
+    @property
+    def n_groups(self) -> int:
+        """Number of prompt groups (= prompts when there are at most :data:`MAX_GROUPS`)."""
+        return int(self.tokens_all.shape[0])
+
+    def _sums(self, positions: str, heads: bool) -> tuple[Tensor, Tensor]:
+        if positions not in ("all", "answer"):
+            raise ValueError(f"positions must be 'all' or 'answer', got {positions!r}")
+        if positions == "all":
+            return (self.head_all if heads else self.abs_all), self.tokens_all
+        return (self.head_answer if heads else self.abs_answer), self.tokens_answer
+
     def mean_abs(self, positions: str) -> Float[Tensor, "layer unit"]:
-        """Mean |activation| per unit over ``positions`` ('all' or 'answer')."""
-        return self.abs_all / self.tokens_all if positions == "all" else self.abs_answer / self.tokens_answer
+        """Mean |activation| per unit over ``positions`` ('all' or 'answer'), pooled over prompts."""
+        sums, counts = self._sums(positions, heads=False)
+        return sums.sum(0) / counts.sum()
 
     def head_mean(self, positions: str) -> Float[Tensor, "layer head"]:
-        """Mean head output norm over ``positions``."""
-        return (
-            self.head_all / self.tokens_all if positions == "all" else self.head_answer / self.tokens_answer
-        )
+        """Mean head output norm over ``positions``, pooled over prompts."""
+        sums, counts = self._sums(positions, heads=True)
+        return sums.sum(0) / counts.sum()
+
+    def grouped(self, positions: str, heads: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Per-group sums ``[group, layer, unit|head]`` and counts ``[group]`` as float64 numpy."""
+        sums, counts = self._sums(positions, heads)
+        return to_numpy(sums).astype(np.float64), to_numpy(counts).astype(np.float64)
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt tokens scored (BOS excluded), all groups."""
+        return int(self.tokens_all.sum().item())
+
+
+def _reader_hooks(
+    session: ModelSession, stats: UnitStats, masks: dict[str, Tensor]
+) -> list[tuple[str, Callable]]:
+    """Hooks that add each batch's masked |activations| into ``stats`` (per prompt group).
+
+    ``masks`` holds, for the current batch, ``all`` and ``answer`` position masks [batch, seq]
+    and ``group`` (the group index of every row); they are set before each forward.
+    """
+    n_heads = int(session.cfg.n_heads)
+    w_o = [head_output_weight(session, layer) for layer in range(session.n_layers)]
+
+    def mlp_reader(layer: int) -> Callable:
+        def read(tensor: Tensor, *, hook: Any) -> None:
+            act = tensor.float()
+            group = masks["group"]
+            stats.abs_all[:, layer].index_add_(
+                0, group, torch.einsum("bs,bsu->bu", masks["all"], act.abs()).double()
+            )
+            stats.abs_answer[:, layer].index_add_(
+                0, group, torch.einsum("bs,bsu->bu", masks["answer"], act.abs()).double()
+            )
+            stats.signed_all[layer] += torch.einsum("bs,bsu->u", masks["all"], act).double()
+
+        return read
+
+    def head_reader(layer: int) -> Callable:
+        def read(tensor: Tensor, *, hook: Any) -> None:
+            z = tensor.float().reshape(*tensor.shape[:2], n_heads, -1)
+            norms = torch.einsum("bshd,hdm->bshm", z, w_o[layer].float()).norm(dim=-1)
+            group = masks["group"]
+            stats.head_all[:, layer].index_add_(
+                0, group, torch.einsum("bs,bsh->bh", masks["all"], norms).double()
+            )
+            stats.head_answer[:, layer].index_add_(
+                0, group, torch.einsum("bs,bsh->bh", masks["answer"], norms).double()
+            )
+
+        return read
+
+    hooks = [(hooknames.mlp_hidden(layer), mlp_reader(layer)) for layer in range(session.n_layers)]
+    hooks += [(hooknames.attn_heads(layer), head_reader(layer)) for layer in range(session.n_layers)]
+    return hooks
+
+
+def _set_masks(
+    masks: dict[str, Tensor],
+    stats: UnitStats,
+    chunk: Sequence[EncodedItem],
+    first: int,
+    shape: torch.Size,
+    device: Any,
+) -> None:
+    """Position masks and group indices of one batch whose first item is item number ``first``."""
+    all_mask = torch.zeros(shape, device=device)
+    answer_mask = torch.zeros(shape, device=device)
+    for row, item in enumerate(chunk):
+        all_mask[row, 1 : item.prompt_len] = 1.0  # BOS excluded; answer tokens never counted
+        answer_mask[row, item.prompt_len - 1] = 1.0
+    group = torch.arange(first, first + len(chunk), device=device) % stats.n_groups
+    masks["all"], masks["answer"], masks["group"] = all_mask, answer_mask, group
+    stats.tokens_all.index_add_(0, group, all_mask.sum(-1).double())
+    stats.tokens_answer.index_add_(0, group, answer_mask.sum(-1).double())
 
 
 def unit_statistics(
@@ -206,60 +313,34 @@ def unit_statistics(
     """Stream |activation| sums of every MLP unit and head over ``items`` (prompts only).
 
     Only the MLP-hidden and head-output hooks are read, each batch is reduced inside its hook and
-    dropped, and the forward stops before the unembedding: memory stays O(layers × units).
+    dropped, and the forward stops before the unembedding: memory stays O(groups × layers × units).
     """
-    layers = range(session.n_layers)
-    n_units, n_heads, device = mlp_width(session), int(session.cfg.n_heads), session.device
-    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=device)  # noqa: E731
-    stats = UnitStats(
-        zeros(len(layers), n_units), zeros(len(layers), n_units), zeros(len(layers), n_units),
-        zeros(len(layers), n_heads), zeros(len(layers), n_heads),
-    )  # fmt: skip
     encoded = encode_items(session, items, with_answer=False)
+    stats = UnitStats.empty(session, len(encoded))
     masks: dict[str, Tensor] = {}
-    w_o = [head_output_weight(session, layer) for layer in layers]
-
-    def mlp_reader(layer: int) -> Callable:
-        def read(tensor: Tensor, *, hook: Any) -> None:
-            act = tensor.float()
-            stats.abs_all[layer] += torch.einsum("bs,bsu->u", masks["all"], act.abs()).double()
-            stats.signed_all[layer] += torch.einsum("bs,bsu->u", masks["all"], act).double()
-            stats.abs_answer[layer] += torch.einsum("bs,bsu->u", masks["answer"], act.abs()).double()
-
-        return read
-
-    def head_reader(layer: int) -> Callable:
-        def read(tensor: Tensor, *, hook: Any) -> None:
-            z = tensor.float().reshape(*tensor.shape[:2], n_heads, -1)
-            norms = torch.einsum("bshd,hdm->bshm", z, w_o[layer].float()).norm(dim=-1)
-            stats.head_all[layer] += torch.einsum("bs,bsh->h", masks["all"], norms).double()
-            stats.head_answer[layer] += torch.einsum("bs,bsh->h", masks["answer"], norms).double()
-
-        return read
-
-    hooks = [(hooknames.mlp_hidden(layer), mlp_reader(layer)) for layer in layers]
-    hooks += [(hooknames.attn_heads(layer), head_reader(layer)) for layer in layers]
+    hooks = _reader_hooks(session, stats, masks)
     started = time.perf_counter()
     done = 0
     with session.lock:
         for chunk, tokens in _batches(session, encoded, batch_size):
-            all_mask = torch.zeros(tokens.shape, device=device)
-            answer_mask = torch.zeros(tokens.shape, device=device)
-            for row, item in enumerate(chunk):
-                all_mask[row, 1 : item.prompt_len] = 1.0  # BOS excluded
-                answer_mask[row, item.prompt_len - 1] = 1.0
-            masks["all"], masks["answer"] = all_mask, answer_mask
+            _set_masks(masks, stats, chunk, done, tokens.shape, session.device)
             _last_resid(session, tokens, hooks)
-            stats.tokens_all += int(all_mask.sum().item())
-            stats.tokens_answer += len(chunk)
             done += len(chunk)
             progress(
                 span[0] + (span[1] - span[0]) * done / len(encoded), f"scored {done}/{len(encoded)} prompts"
             )
     stats.seconds = time.perf_counter() - started
-    if stats.tokens_all == 0:
+    if stats.total_tokens == 0:
         raise ValueError("the prompts have no tokens besides BOS: nothing to score")
     return stats
+
+
+def unit_weights(session: ModelSession, score: str) -> Float[np.ndarray, "layer unit"] | None:
+    """Per-unit score multiplier: the mean |output weight| for ``score='weighted'``, else None."""
+    if score != "weighted":
+        return None
+    weights = torch.stack([unit_output_weight(session, layer).cpu() for layer in range(session.n_layers)])
+    return to_numpy(weights).astype(np.float64)
 
 
 def unit_scores(
@@ -323,16 +404,27 @@ def answer_scores(
     encoded: Sequence[EncodedItem],
     hooks: Sequence[tuple[str, Callable]] = (),
     batch_size: int = 8,
+    collect: UnitStats | None = None,
 ) -> AnswerScores:
     """Log p(answer | prompt) (summed over answer tokens) and exact greedy match, with ``hooks`` live.
 
     Only the answer-predicting positions are decoded (final norm + unembedding), never the full
-    [batch, seq, vocab] logits.
+    [batch, seq, vocab] logits. With ``collect`` (and no intervention hooks), the same forward
+    also adds the prompt positions' unit statistics into it: with causal attention the appended
+    answer tokens never change the prompt positions, so one pass serves both purposes.
     """
+    if collect is not None and hooks:
+        raise ValueError("unit statistics are collected only from the unmodified model (no hooks)")
+    masks: dict[str, Tensor] = {}
+    readers = _reader_hooks(session, collect, masks) if collect is not None else []
     logprobs, correct = [], []
+    done = 0
     with session.lock:
         for chunk, tokens in _batches(session, encoded, batch_size):
-            resid = _last_resid(session, tokens, hooks)
+            if collect is not None:
+                _set_masks(masks, collect, chunk, done, tokens.shape, session.device)
+            resid = _last_resid(session, tokens, [*hooks, *readers])
+            done += len(chunk)
             for row, item in enumerate(chunk):
                 positions = torch.arange(
                     item.prompt_len - 1, item.prompt_len - 1 + item.answer_len, device=resid.device
@@ -345,21 +437,29 @@ def answer_scores(
 
 
 def unit_groups(
-    top_a: Int[np.ndarray, "layer k"], top_b: Int[np.ndarray, "layer k"], n_units: int, seed: int
+    top_a: Int[np.ndarray, "layer k"],
+    top_b: Int[np.ndarray, "layer k"],
+    magnitude: Float[np.ndarray, "layer unit"],
+    seed: int,
 ) -> dict[str, dict[int, list[int]]]:
-    """Per-layer unit groups for the causal test: shared, A-only, B-only and a random control.
+    """Per-layer unit groups for the causal test: shared, A-only, B-only and two matched controls.
 
-    The control has the A-only size in every layer and is drawn (seeded) from units in neither
-    top set, so it measures what removing that many *unselected* units does.
+    ``random-A`` (``random-B``) has one unit for every A-only (B-only) unit, drawn (seeded) from
+    units in neither top set with the nearest rank by ``magnitude`` (the pooled selection score),
+    so the control removes units as strongly active as the selected ones rather than the weak
+    units that make up most of a layer (see :func:`matched_sample`).
     """
     rng = np.random.default_rng(seed)
-    groups: dict[str, dict[int, list[int]]] = {"shared": {}, "A-only": {}, "B-only": {}, "random": {}}
+    groups: dict[str, dict[int, list[int]]] = {
+        name: {} for name in ("shared", "A-only", "B-only", "random-A", "random-B")
+    }
     for layer, (row_a, row_b) in enumerate(zip(top_a.tolist(), top_b.tolist(), strict=True)):
         set_a, set_b = set(row_a), set(row_b)
         groups["shared"][layer] = sorted(set_a & set_b)
         groups["A-only"][layer] = sorted(set_a - set_b)
         groups["B-only"][layer] = sorted(set_b - set_a)
-        outside = np.setdiff1d(np.arange(n_units), np.asarray(sorted(set_a | set_b), dtype=np.int64))
-        size = min(len(groups["A-only"][layer]), len(outside))
-        groups["random"][layer] = sorted(int(u) for u in rng.choice(outside, size=size, replace=False))
+        taken = set_a | set_b
+        groups["random-A"][layer] = matched_sample(groups["A-only"][layer], taken, magnitude[layer], rng)
+        taken |= set(groups["random-A"][layer])
+        groups["random-B"][layer] = matched_sample(groups["B-only"][layer], taken, magnitude[layer], rng)
     return groups

@@ -7,20 +7,16 @@ import pytest
 import torch
 
 from lenslab.probes import get_probe
-from lenslab.probes.shared_neurons.result import SharedNeuronsConfig
-from lenslab.probes.shared_neurons.stats import overlap_stats, top_units
-from lenslab.probes.shared_neurons.tasks import (
-    approximate_arithmetic,
-    builtin_names,
-    capitals,
-    exact_arithmetic,
-)
+from lenslab.probes.shared_neurons.result import GAP_A, GAP_B, INTERACTION, SharedNeuronsConfig
+from lenslab.probes.shared_neurons.stats import overlap_stats, rank_ks, top_units
+from lenslab.probes.shared_neurons.tasks import approximate_arithmetic, capitals, exact_arithmetic
 from lenslab.probes.shared_neurons.units import (
     answer_scores,
     encode_items,
     intervention_hooks,
     mlp_width,
     perturbed_weights,
+    unit_groups,
     unit_scores,
     unit_statistics,
 )
@@ -40,63 +36,108 @@ def test_answer_positions_decode_like_full_logits(embedded_session):
 
 
 def test_exact_vs_approximate_arithmetic_end_to_end(embedded_session):
+    """Held-out causal test, control pairs and dissociation statistics on the embedded model."""
     probe = get_probe("shared_neurons")
-    config = SharedNeuronsConfig(n_prompts=3, top_k=20, batch_size=3)
+    config = SharedNeuronsConfig(n_prompts=4, top_k=20, batch_size=2, resamples=300)
     result = probe.run(embedded_session, "CI", config)
     assert result.k == 20 and result.n_units == 2048 and result.top_a.shape == (18, 20)
-    assert np.isfinite(result.logprob).all() and result.logprob.shape == (5, 2, 3)
-    # The unmodified condition is the plain teacher-forced score of each set, prompt by prompt.
-    for s, items in enumerate((exact_arithmetic(3).items, approximate_arithmetic(3).items)):
-        plain = answer_scores(embedded_session, encode_items(embedded_session, items, with_answer=True))
+    assert np.isfinite(result.logprob).all() and result.logprob.shape == (6, 2, 2)
+    # The unmodified condition is the plain teacher-forced score of each set's held-out prompts.
+    for s, (items, held) in enumerate(
+        ((exact_arithmetic(4).items, result.heldout_a), (approximate_arithmetic(4).items, result.heldout_b))
+    ):
+        assert not set(held) & set(result.select_a if s == 0 else result.select_b)
+        chosen = [items[i] for i in held]
+        plain = answer_scores(embedded_session, encode_items(embedded_session, chosen, with_answer=True))
         np.testing.assert_array_equal(result.logprob[0, s], plain.logprob)
         np.testing.assert_array_equal(result.correct[0, s], plain.correct)
     table = {(r["condition"], r["set"]): r for r in result.causal_table()}
     assert table["none", "exact_arithmetic"]["delta_logprob"] == 0.0
     assert table["A-only", "exact_arithmetic"]["delta_logprob"] != 0.0
-    assert set(result.figures()) >= {"overlap", "membership", "venn", "causal_logprob"}
+    assert set(result.figures()) >= {
+        "pairs",
+        "overlap",
+        "membership",
+        "venn",
+        "causal_logprob",
+        "dissociation",
+    }
     assert embedded_session.active_hook_count() == 0
 
-    # A factual control shares fewer top units with exact arithmetic than approximate arithmetic does.
-    control = probe.run(
-        embedded_session,
-        "CI control",
-        SharedNeuronsConfig(
-            set_b="capitals", n_prompts=3, top_k=20, batch_size=3, causal=False, positions="answer"
+    # Control pairs: two halves of exact arithmetic share more top units than exact arithmetic and
+    # capitals (ceiling > floor), and the pair's estimate equals an independent recomputation from
+    # separate prompt-only scoring passes over the same halves.
+    pairs = {p.name: p for p in result.pairs}
+    ceiling, floor = pairs["exact_arithmetic: two halves"], pairs["exact_arithmetic vs capitals"]
+    assert ceiling.fraction.estimate > floor.fraction.estimate
+    items = exact_arithmetic(4).items
+    n = mlp_width(embedded_session)
+    tops = [
+        top_units(
+            unit_scores(
+                embedded_session,
+                unit_statistics(embedded_session, [items[i] for i in half], 2),
+                "answer",
+                "activation",
+            ),
+            20,
+        )
+        for half in (result.select_a, result.heldout_a)
+    ]
+    recomputed = overlap_stats(tops[0], tops[1], n).total_fraction
+    assert abs(recomputed - ceiling.fraction.estimate) <= 2 / (18 * 20)
+    assert overlap_stats(tops[0], result.top_a, n).total_fraction >= 0.99  # same units (float ties aside)
+    capitals_top = top_units(
+        unit_scores(
+            embedded_session, unit_statistics(embedded_session, capitals(2).items, 2), "answer", "activation"
         ),
+        20,
     )
-    arithmetic = probe.run(
-        embedded_session,
-        "CI",
-        SharedNeuronsConfig(n_prompts=3, top_k=20, batch_size=3, causal=False, positions="answer"),
+    assert (
+        abs(overlap_stats(result.top_a, capitals_top, n).total_fraction - floor.fraction.estimate) <= 2 / 360
     )
-    assert control.shared_fraction < arithmetic.shared_fraction
-    assert capitals(3).prompts == control.prompts_b
+    for pair in result.pairs:
+        assert pair.fraction.low <= pair.fraction.estimate <= pair.fraction.high
+        assert pair.fraction.estimate > pair.chance  # every pair beats random subsets: that null is weak
+
+    # Dissociation: the contrasts are the differences of the table's paired means, inside their intervals.
+    gap_a = result.effects[GAP_A]
+    direct = (
+        table["A-only", "exact_arithmetic"]["delta_logprob"]
+        - table["A-only", "approximate_arithmetic"]["delta_logprob"]
+    )
+    assert gap_a.estimate == pytest.approx(direct) and gap_a.low <= gap_a.estimate <= gap_a.high
+    assert result.effects[INTERACTION].estimate == pytest.approx(
+        gap_a.estimate + result.effects[GAP_B].estimate
+    )
+    assert result.verdict()[0] in ("holds", "partly", "does not hold")
+
+    # The matched control sits at the A-only units' activation ranks, unlike a uniform draw outside A∪B.
+    magnitude = (result.mlp_scores_a.astype(np.float64) + result.mlp_scores_b) / 2
+    groups = unit_groups(result.top_a, result.top_b, magnitude, config.seed)
+    rng = np.random.default_rng(0)
+    uniform = {
+        layer: rng.choice(
+            np.setdiff1d(np.arange(n), np.union1d(result.top_a[layer], result.top_b[layer])),
+            len(groups["A-only"][layer]),
+            replace=False,
+        ).tolist()
+        for layer in range(18)
+    }
+    matched_d, _ = rank_ks(groups["random-A"], groups["A-only"], magnitude)
+    uniform_d, uniform_p = rank_ks(uniform, groups["A-only"], magnitude)
+    assert matched_d < uniform_d and uniform_p < 1e-6
+    assert result.control_ks["random-A"][0] == pytest.approx(matched_d, abs=0.05)
 
 
 def test_a_task_shares_every_top_unit_with_itself(embedded_session):
-    same = SharedNeuronsConfig(set_b="exact_arithmetic", n_prompts=3, top_k=20, batch_size=3, causal=False)
+    same = SharedNeuronsConfig(
+        set_b="exact_arithmetic", n_prompts=4, top_k=20, batch_size=2, causal=False, resamples=100
+    )
     result = get_probe("shared_neurons").run(embedded_session, "self", same)
     np.testing.assert_array_equal(result.top_a, result.top_b)
     assert result.shared_fraction == 1.0 and (result.overlap_count == 20).all()
-
-
-def test_halves_of_one_task_share_more_than_a_control_task(embedded_session):
-    """Two disjoint halves of exact arithmetic overlap more than arithmetic and capitals."""
-    assert "capitals" in builtin_names()
-    items = exact_arithmetic(6).items
-    sets = {"first": items[:3], "second": items[3:], "capitals": capitals(3).items}
-    assert not set(sets["first"]) & set(sets["second"])
-    n = mlp_width(embedded_session)
-    top = {
-        name: top_units(
-            unit_scores(embedded_session, unit_statistics(embedded_session, chosen, 3), "all", "activation"),
-            20,
-        )
-        for name, chosen in sets.items()
-    }
-    within = overlap_stats(top["first"], top["second"], n).total_fraction
-    across = overlap_stats(top["first"], top["capitals"], n).total_fraction
-    assert within > across
+    assert result.pairs[0].fraction.estimate == 1.0
 
 
 def test_ablating_no_unit_or_scaling_by_one_leaves_log_probs_unchanged(embedded_session):
