@@ -8,6 +8,7 @@ its own and only the top-k and the final prediction's rank/probability are kept.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -125,41 +126,92 @@ class LogitLens(Probe[LogitLensConfig, LogitLensResult]):
         config.validate(session)
         layers = session.check_layers(config.layers)
         progress(0.0, "forward pass")
-        with session.lock:
-            run = session.run(prompt, [session.resid_name(layer) for layer in layers])
-            final_ids = run.logits[0].argmax(-1)
-            top_ids, top_probs, ranks, final_probs = [], [], [], []
-            for i, layer in enumerate(layers):
-                probs = lens_probs(session, run.activations[session.resid_name(layer)][0])
-                values, ids = probs.topk(config.k, dim=-1)
-                chosen = probs.gather(-1, final_ids[:, None])[:, 0]
-                top_ids.append(ids)
-                top_probs.append(values)
-                final_probs.append(chosen)
-                ranks.append((probs > chosen[:, None]).sum(-1))
-                progress((i + 1) / len(layers), f"decoded layer {layer}")
-        top_ids_np = to_numpy(torch.stack(top_ids))
+        tokens = session.tokenize(prompt)
+        last = session.n_layers - 1
+        # The final prediction is the last layer's decode, so one forward that stops after the last
+        # block (skipping the model's own full-vocabulary unembedding) serves every layer.
+        names = [session.resid_name(layer) for layer in dict.fromkeys([*layers, last])]
+        states = session.capture(tokens, names)
+        final = top_k_decode(session, states[session.resid_name(last)][0], config.k)
+        final_ids = final.ids[:, 0]
+        progress(0.3, "decoding every layer")
+        others = [layer for layer in layers if layer != last]
+        decoded = final
+        if others:
+            resid = torch.stack([states[session.resid_name(layer)][0] for layer in others])
+            rest = top_k_decode(
+                session,
+                resid.reshape(-1, resid.shape[-1]),
+                config.k,
+                target_ids=final_ids.repeat(len(others)),
+            )
+            decoded = rest.concat(final) if last in layers else rest
+        progress(1.0, f"decoded {len(layers)} layers")
+        shape = (len(layers), tokens.shape[-1])
+        top_ids_np = to_numpy(decoded.ids.reshape(*shape, -1))
         return LogitLensResult(
             model_id=session.model_id,
             prompt=prompt,
             config=config,
-            tokens=session.decode_each(run.tokens[0].tolist()),
+            tokens=session.decode_each(tokens[0].tolist()),
             layers=np.asarray(layers, dtype=np.int64),
             top_ids=top_ids_np.astype(np.int64),
-            top_probs=to_numpy(torch.stack(top_probs)).astype(np.float32),
+            top_probs=to_numpy(decoded.probs.reshape(*shape, -1)).astype(np.float32),
             top_tokens=[[session.decode_each(cell) for cell in row] for row in top_ids_np.tolist()],
             final_ids=to_numpy(final_ids).astype(np.int64),
             final_tokens=session.decode_each(final_ids.tolist()),
-            final_rank=to_numpy(torch.stack(ranks)).astype(np.int64),
-            final_prob=to_numpy(torch.stack(final_probs)).astype(np.float32),
+            final_rank=to_numpy(decoded.target_rank.reshape(shape)).astype(np.int64),
+            final_prob=to_numpy(decoded.target_prob.reshape(shape)).astype(np.float32),
         )
 
 
-def lens_probs(
-    session: ModelSession, resid: Float[torch.Tensor, "pos d_model"]
-) -> Float[torch.Tensor, "pos vocab"]:
-    """Softmax of the logit-lens logits, computed in float32 for stable ranks."""
-    return session.decode_resid(resid).float().softmax(-1)
+@dataclass(frozen=True)
+class TopKDecode:
+    """Top-k of the logit-lens softmax for a batch of rows, and one target token's prob and rank."""
+
+    ids: Int[torch.Tensor, "rows k"]
+    probs: Float[torch.Tensor, "rows k"]
+    target_prob: Float[torch.Tensor, " rows"]
+    target_rank: Int[torch.Tensor, " rows"]  # tokens with a strictly higher logit; 0 = top-1
+
+    def concat(self, other: TopKDecode) -> TopKDecode:
+        """These rows followed by ``other``'s."""
+        return TopKDecode(
+            *(torch.cat([getattr(self, f.name), getattr(other, f.name)]) for f in dataclasses.fields(self))
+        )
+
+
+def top_k_decode(
+    session: ModelSession,
+    resid: Float[torch.Tensor, "rows d_model"],
+    k: int,
+    target_ids: Int[torch.Tensor, " rows"] | None = None,
+    rows_per_chunk: int = 256,
+) -> TopKDecode:
+    """Decode residual-stream rows through the final norm and unembedding, keeping only the top-k.
+
+    ``target_ids`` default to each row's own top-1 (probability = top-1's, rank 0).
+
+    All (layer, position) rows go through one matrix product per chunk instead of one per layer,
+    and the softmax is never materialised: probabilities come from ``exp(logit - logsumexp)``, a
+    rank from comparing logits. Chunks bound the [rows, vocab] block (256 × 262k floats = 268 MB).
+    """
+    ids, probs, target_prob, target_rank = [], [], [], []
+    with torch.inference_mode():
+        for start in range(0, resid.shape[0], rows_per_chunk):
+            logits = session.decode_resid(resid[start : start + rows_per_chunk]).float()
+            norm = logits.logsumexp(-1, keepdim=True)
+            values, top = logits.topk(k, dim=-1)
+            ids.append(top)
+            probs.append((values - norm).exp())
+            if target_ids is not None:
+                chosen = logits.gather(-1, target_ids[start : start + rows_per_chunk, None].to(logits.device))
+                target_prob.append((chosen - norm).exp()[:, 0])
+                target_rank.append((logits > chosen).sum(-1))
+    top_ids, top_probs = torch.cat(ids), torch.cat(probs)
+    if target_ids is None:  # the target is each row's own top-1
+        return TopKDecode(top_ids, top_probs, top_probs[:, 0], torch.zeros_like(top_ids[:, 0]))
+    return TopKDecode(top_ids, top_probs, torch.cat(target_prob), torch.cat(target_rank))
 
 
 def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> LogitLensResult:

@@ -69,3 +69,32 @@ def test_progress_reported(tiny_gemma):
     seen = []
     LogitLens().run(tiny_gemma, "hello", LogitLensConfig(), lambda f, m="": seen.append(f))
     assert seen[0] == 0.0 and seen[-1] == 1.0
+
+
+def test_layer_subset_equals_full_run(tiny_gemma):
+    full = LogitLens().run(tiny_gemma, "the cat sat", LogitLensConfig(k=3))
+    part = LogitLens().run(tiny_gemma, "the cat sat", LogitLensConfig(k=3, layers=(0,)))
+    assert np.array_equal(part.final_ids, full.final_ids)
+    assert np.array_equal(part.final_rank[0], full.final_rank[0])
+    np.testing.assert_allclose(part.top_probs[0], full.top_probs[0], rtol=1e-6)
+
+
+def test_chunked_decode_equals_one_block(tiny_gemma):
+    from lenslab.probes.logit_lens import top_k_decode
+
+    rows = torch.randn(7, tiny_gemma.d_model)
+    target = torch.arange(7)
+    one = top_k_decode(tiny_gemma, rows, 4, target_ids=target)
+    chunked = top_k_decode(tiny_gemma, rows, 4, target_ids=target, rows_per_chunk=2)
+    for a, b in zip(
+        (one.ids, one.probs, one.target_prob, one.target_rank),
+        (chunked.ids, chunked.probs, chunked.target_prob, chunked.target_rank),
+        strict=True,
+    ):
+        if a.is_floating_point():  # matmul blocking may differ in the last bit between batch sizes
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+        else:
+            assert torch.equal(a, b)
+    probs = tiny_gemma.decode_resid(rows).float().softmax(-1)
+    expected_rank = (probs > probs.gather(-1, target[:, None])).sum(-1)
+    assert torch.equal(one.target_rank, expected_rank)
