@@ -13,6 +13,7 @@ from lenslab.probes import (
     logit_lens,
     mlp_units,
     neurosymbolic,
+    patching,
     sae,
     shared_neurons,
 )
@@ -36,6 +37,7 @@ FAMILIES = (
     neurosymbolic,
     mlp_units,
     feature_attribution,
+    patching,
 )
 
 __all__ = [
