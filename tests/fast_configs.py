@@ -14,6 +14,7 @@ from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig
 from lenslab.probes.jacobian.result import JacobianConfig
 from lenslab.probes.mlp_units import MLPUnitsConfig
 from lenslab.probes.neurosymbolic.vsa_readout import VSAReadoutConfig
+from lenslab.probes.patching import PatchingConfig
 from lenslab.probes.sae.features import SAEFeatureConfig
 from lenslab.probes.shared_neurons.result import SharedNeuronsConfig
 
@@ -26,6 +27,14 @@ FAST: dict[str, Callable[[], Config]] = {
     "sae_feature": lambda: SAEFeatureConfig(n_seq=8, context_size=16),
     "shared_neurons": lambda: SharedNeuronsConfig(n_prompts=4, causal=False),
     "vsa_readout": lambda: VSAReadoutConfig(layer=0),
+    # one digit changed: same token count on the tiny character tokenizer and on Gemma
+    "activation_patching": lambda: PatchingConfig(
+        corrupted="The Eiffel Tower is in <b>Paris</b> & 48 + 8 =",
+        clean_answer="5",
+        corrupted_answer="6",
+        sweeps=("resid", "heads"),
+        layers=(0, 1),
+    ),
 }
 
 

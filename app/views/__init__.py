@@ -16,6 +16,7 @@ from lenslab.app.views import (
     jacobian,
     logit_lens,
     neurosymbolic,
+    patching,
     reports,
     sae_features,
     shared_neurons,
@@ -30,6 +31,7 @@ PAGES: tuple[ModuleType, ...] = (
     shared_neurons,
     neurosymbolic,
     reports,
+    patching,
 )
 
 DEFAULT_URL = "logit-lens"
