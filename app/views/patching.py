@@ -70,8 +70,9 @@ def _sweeps(session) -> None:
     result = state.stored(KEY)
     if result is not None:
         st.caption(
-            f"Answers {result.answers[0]!r} (clean) vs {result.answers[1]!r} (corrupted), read at the last "
-            f"position; {result.metric}: clean {result.clean_value:.4g}, corrupted {result.corrupted_value:.4g}."
+            f"Answers {result.answers[0]!r} (clean) vs {result.answers[1]!r} (corrupted), read at the "
+            f"last position; {result.metric}: clean {result.clean_value:.4g}, "
+            f"corrupted {result.corrupted_value:.4g}."
         )
         show_result(result, KEY)
         state.save_report([result], session, KEY)
@@ -100,8 +101,8 @@ def _alignment(session, clean: str, corrupted: str) -> bool:
 def _patch_lens(session) -> None:
     probe = get_probe("patch_lens")
     st.caption(
-        "Patch one hidden state (the residual stream after a layer at one position) of the source prompt into "
-        "a target prompt, and compare the target's logit lens before and after. The default target is the "
+        "Patch one hidden state (the residual stream after a layer at one position) of the source prompt "
+        "into a target prompt, and compare the target's logit lens before and after. The default target is the "
         "token-identity prompt of Patchscopes: the model continues '?' with what the state encodes. Settings "
         "hold the layers, positions and the target prompt."
     )
