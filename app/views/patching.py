@@ -101,10 +101,10 @@ def _alignment(session, clean: str, corrupted: str) -> bool:
 def _patch_lens(session) -> None:
     probe = get_probe("patch_lens")
     st.caption(
-        "Patch one hidden state (the residual stream after a layer at one position) of the source prompt "
-        "into a target prompt, and compare the target's logit lens before and after. The default target "
-        "is the token-identity prompt of Patchscopes: the model continues '?' with what the state encodes. Settings "
-        "hold the layers, positions and the target prompt."
+        "Patch one hidden state (the residual stream after a layer at one position) of the source "
+        "prompt into a target prompt, and compare the target's logit lens before and after. The "
+        "default target is the token-identity prompt of Patchscopes: the model continues '?' with "
+        "what the state encodes. Settings hold the layers, positions and the target prompt."
     )
     source = st.text_area("Source prompt", value=DEFAULT_PROMPT, key="patch_lens:prompt", height=80)
     result = settings_and_run(probe, "patch_lens", session, source)
