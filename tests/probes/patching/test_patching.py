@@ -1,5 +1,7 @@
 """Activation patching on tiny models: exact identities, batching, and an independent HF-hook check."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -216,3 +218,29 @@ def test_cancel_stops_the_sweep(tiny_gemma):
     with pytest.raises(Cancelled):
         get_probe("activation_patching").run(tiny_gemma, CLEAN, config, cancel)
     assert tiny_gemma.active_hook_count() == 0
+
+
+def test_rerun_command_reads_back_the_config(tiny_gemma):
+    """The report's `lenslab run` command parses back to the same config (answers keep their space)."""
+    import shlex
+
+    from lenslab.analyses.report import rerun_command
+    from lenslab.cli import build_config
+
+    config = PatchingConfig(
+        corrupted=CORRUPTED,
+        clean_answer="5",
+        corrupted_answer=" ",
+        metric="prob",
+        sweeps=("mlp",),
+        layers=(1,),
+    )
+    result = dataclasses.replace(
+        get_probe("activation_patching").run(
+            tiny_gemma, CLEAN, dataclasses.replace(config, corrupted_answer="6")
+        ),
+        config=config,
+    )
+    argv = shlex.split(rerun_command(result))
+    pairs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
+    assert build_config(get_probe("activation_patching"), pairs) == config
