@@ -108,7 +108,7 @@ def patched_hidden(
         for i, row in enumerate(chunk):
             for patch in row:
                 by_hook.setdefault(patch.hook, []).append((i, patch))
-        hooks = [(name, _patcher(source[name], items)) for name, items in by_hook.items()]
+        hooks = [(name, patch_hook(source[name], items)) for name, items in by_hook.items()]
         batch = base.expand(len(chunk), -1)
         captured = session.capture(batch, [hooknames.FINAL_NORM], hooks=hooks)
         out.append(captured[hooknames.FINAL_NORM][:, position])
@@ -119,7 +119,7 @@ def patched_hidden(
     return torch.cat(out)
 
 
-def _patcher(source: Tensor, items: list[tuple[int, Patch]]) -> Callable[..., Tensor]:
+def patch_hook(source: Tensor, items: list[tuple[int, Patch]]) -> Callable[..., Tensor]:
     """A hook that writes ``source`` into each listed batch row at its position (and head)."""
 
     def patch(activation: Tensor, *, hook: object) -> Tensor:
