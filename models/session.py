@@ -401,6 +401,27 @@ class ModelSession:
         with torch.inference_mode():
             return self.final_logits(self.final_norm(resid))
 
+    def answer_logits(
+        self, final_hidden: Float[Tensor, "... d_model"], token_ids: Sequence[int]
+    ) -> Float[Tensor, "... k"]:
+        """Logits of ``token_ids`` only: those rows of the unembedding (and bias), then the soft-cap.
+
+        Equal to ``final_logits(final_hidden)[..., token_ids]`` without the full-vocabulary product
+        (262k columns for Gemma), for probes that score a few answer tokens over many runs.
+        """
+        ids = [int(t) for t in token_ids]
+        if not ids or not all(0 <= t < self.d_vocab for t in ids):
+            raise ValueError(f"token ids must be 1 or more ids in 0-{self.d_vocab - 1}, got {ids}")
+        head = self.output_embedding()
+        index = torch.tensor(ids, device=head.weight.device)
+        with torch.inference_mode():
+            logits = final_hidden.to(head.weight.dtype) @ head.weight[index].T
+            bias = getattr(head, "bias", None)
+            if bias is not None:
+                logits = logits + bias[index]
+            cap = getattr(self.hf_config, "final_logit_softcapping", None)
+            return torch.tanh(logits / cap) * cap if cap else logits
+
     @property
     def unembed_matrix(self) -> Float[Tensor, "d_model vocab"]:
         """The unembedding W_U (detached)."""

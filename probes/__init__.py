@@ -15,6 +15,7 @@ from lenslab.probes import (
     logit_lens,
     mlp_units,
     neurosymbolic,
+    patching,
     sae,
     shared_neurons,
 )
@@ -40,6 +41,7 @@ FAMILIES = (
     feature_attribution,
     attention,
     dla,
+    patching,
 )
 
 __all__ = [

@@ -15,6 +15,7 @@ from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig
 from lenslab.probes.jacobian.result import JacobianConfig
 from lenslab.probes.mlp_units import MLPUnitsConfig
 from lenslab.probes.neurosymbolic.vsa_readout import VSAReadoutConfig
+from lenslab.probes.patching import PatchingConfig
 from lenslab.probes.sae.features import SAEFeatureConfig
 from lenslab.probes.shared_neurons.result import SharedNeuronsConfig
 
@@ -28,6 +29,14 @@ FAST: dict[str, Callable[[], Config]] = {
     "shared_neurons": lambda: SharedNeuronsConfig(n_prompts=4, causal=False),
     "vsa_readout": lambda: VSAReadoutConfig(layer=0),
     "attention": lambda: AttentionConfig(induction_length=8, induction_sequences=2),
+    # one digit changed: same token count on the tiny character tokenizer and on Gemma
+    "activation_patching": lambda: PatchingConfig(
+        corrupted="The Eiffel Tower is in <b>Paris</b> & 48 + 8 =",
+        clean_answer="5",
+        corrupted_answer="6",
+        sweeps=("resid", "heads"),
+        layers=(0, 1),
+    ),
 }
 
 

@@ -18,6 +18,7 @@ from lenslab.app.views import (
     jacobian,
     logit_lens,
     neurosymbolic,
+    patching,
     reports,
     sae_features,
     shared_neurons,
@@ -34,6 +35,7 @@ PAGES: tuple[ModuleType, ...] = (
     reports,
     attention,
     dla,
+    patching,
 )
 
 DEFAULT_URL = "overview"

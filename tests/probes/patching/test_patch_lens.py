@@ -1,0 +1,41 @@
+"""Patch lens on tiny models: causality structure, self-patch identity, the patched cell's decode."""
+
+import numpy as np
+
+from lenslab.probes import LogitLens, LogitLensConfig, get_probe
+from lenslab.probes.inspector import StateRef, inspect_state
+from lenslab.probes.patching import PatchLensConfig
+
+SOURCE = "the cat sat on the mat"
+
+
+def test_self_patch_changes_nothing(tiny_any):
+    config = PatchLensConfig(layer=0, position=4, target=SOURCE, target_position=4, k=3)
+    result = get_probe("patch_lens").run(tiny_any, SOURCE, config)
+    assert np.array_equal(result.top_ids[0], result.top_ids[1])
+    assert np.array_equal(result.tracked_prob[0], result.tracked_prob[1])
+    assert np.abs(result.delta).max() == 0.0
+
+
+def test_patch_only_changes_later_layers_and_positions(tiny_any):
+    target = "hello there, world"
+    config = PatchLensConfig(layer=1, position=3, target=target, target_layer=0, target_position=5, k=3)
+    result = get_probe("patch_lens").run(tiny_any, SOURCE, config)
+    before, after = result.top_probs
+    # earlier positions never see the patch; every position at or after it may
+    assert np.array_equal(before[:, :5], after[:, :5])
+    assert not np.array_equal(before[:, 5], after[:, 5])
+    # the patched cell decodes exactly as the source state does under the logit lens
+    lens = LogitLens().run(tiny_any, SOURCE, LogitLensConfig(k=3, layers=(1,)))
+    np.testing.assert_allclose(after[0, 5], lens.top_probs[0, 3], rtol=1e-6)
+    assert np.array_equal(result.top_ids[1, 0, 5], lens.top_ids[0, 3])
+    assert result.summary()["patched"] == "source L1 pos 3 → target L0 pos 5"
+    assert set(result.figures()) == {"before", "after", "delta"}
+
+
+def test_inspector_view_runs_on_the_identity_prompt(tiny_gemma):
+    outcome = next(o for o in inspect_state(tiny_gemma, StateRef(SOURCE, 1, 2)) if o.view == "patch_lens")
+    assert outcome.error is None
+    assert outcome.result.layer == outcome.result.target_layer == 1
+    assert "next token" in outcome.lines[0]
+    assert tiny_gemma.active_hook_count() == 0
