@@ -10,6 +10,7 @@ from lenslab.probes import (
     feature_attribution,
     future_lens,
     jacobian,
+    jacobian_lens,
     logit_lens,
     mlp_units,
     neurosymbolic,
@@ -36,6 +37,7 @@ FAMILIES = (
     neurosymbolic,
     mlp_units,
     feature_attribution,
+    jacobian_lens,
 )
 
 __all__ = [

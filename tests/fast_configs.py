@@ -12,6 +12,7 @@ from collections.abc import Callable
 from lenslab.probes import Config, get_probe
 from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig
 from lenslab.probes.jacobian.result import JacobianConfig
+from lenslab.probes.jacobian_lens.probe import JacobianLensConfig
 from lenslab.probes.mlp_units import MLPUnitsConfig
 from lenslab.probes.neurosymbolic.vsa_readout import VSAReadoutConfig
 from lenslab.probes.sae.features import SAEFeatureConfig
@@ -26,6 +27,7 @@ FAST: dict[str, Callable[[], Config]] = {
     "sae_feature": lambda: SAEFeatureConfig(n_seq=8, context_size=16),
     "shared_neurons": lambda: SharedNeuronsConfig(n_prompts=4, causal=False),
     "vsa_readout": lambda: VSAReadoutConfig(layer=0),
+    "jacobian_lens": lambda: JacobianLensConfig(auto_fit_prompts=2),
 }
 
 
