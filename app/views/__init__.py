@@ -14,6 +14,7 @@ from lenslab.app.views import (
     future_lens,
     inspector,
     jacobian,
+    jacobian_lens,
     logit_lens,
     neurosymbolic,
     reports,
@@ -30,6 +31,7 @@ PAGES: tuple[ModuleType, ...] = (
     shared_neurons,
     neurosymbolic,
     reports,
+    jacobian_lens,
 )
 
 DEFAULT_URL = "logit-lens"

@@ -263,7 +263,14 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
         )
 
     @staticmethod
-    def _gap(session, tokens, lens, config, progress):  # noqa: ANN001, ANN205 (internal tuple)
+    def _gap(
+        session: ModelSession,
+        tokens: torch.Tensor,
+        lens: JacobianLens,
+        config: JacobianLensConfig,
+        progress: Progress,
+    ) -> tuple[int, int, list[float], list[int], list[float], list[list[str]], list[str]]:
+        """(layer, position, rel. Frobenius, same top-1, top-k overlap, instance tokens, J̄ tokens)."""
         layer = session.n_layers // 2 if config.gap_layer == -1 else session.check_layer(config.gap_layer)
         position = session.check_position(config.gap_position, int(tokens.shape[1]))
         same, summed = instance_jacobians(
