@@ -213,6 +213,7 @@ def cmd_fit_jlens(args: argparse.Namespace) -> int:
     """Fit J̄ on the training documents and save the lens (resumable with --checkpoint)."""
     from lenslab.models import ModelSession
     from lenslab.probes.jacobian_lens import (
+        PREPARE_SECONDS,
         PREPARE_SPEC,
         FitSpec,
         JacobianLens,
