@@ -59,3 +59,23 @@ def test_evaluation_identity_lens_equals_logit_lens(tiny_gemma):
     assert agreement.n_documents == 3 and agreement.n_positions == 3 * 15
     assert (agreement.ci[..., 0] <= agreement.rate + 1e-12).all()
     assert "| 0 |" in agreement.table_markdown()
+
+
+def test_prepare_fits_within_budget_and_keeps_an_existing_lens(tiny_gemma, lenslab_home):
+    from lenslab.probes.jacobian_lens import lens_path, prepare_default_artefacts
+
+    first = prepare_default_artefacts(tiny_gemma, max_seconds=0.0)  # budget spent: exactly one prompt
+    assert first["n_prompts"] == 1 and lens_path(tiny_gemma.model_id).is_file()
+    lens = JacobianLens.load(tiny_gemma)
+    assert any("1 prompts" in d for d in lens.provenance["deviations"])
+    assert lens.provenance["seq_len"] == 16 and lens.provenance["skip_first"] == 4
+    assert prepare_default_artefacts(tiny_gemma)["n_prompts"] == 1  # kept, not refitted
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"seq_len": 2}, "seq_len"), ({"skip_first": 15}, "skip_first"), ({"min_prompts": 0}, "min_prompts")],
+)
+def test_fit_spec_rejects_bad_values(changes, field):
+    with pytest.raises(ValueError, match=field):
+        FitSpec(**{"seq_len": 16, "skip_first": 4, **changes}).validate()
