@@ -199,8 +199,17 @@ def merge(states: Sequence[FitState]) -> FitState:
 
 
 def document_tokens(session: ModelSession, text: str, seq_len: int) -> Tensor:
-    """A document's prompt: BOS and its first tokens, at most ``seq_len`` in all."""
-    return session.tokenize(text)[:, :seq_len]
+    """A document's prompt: BOS and its first tokens, at most ``seq_len`` in all.
+
+    Only a prefix of the text is tokenized (growing until it yields ``seq_len`` tokens or is the
+    whole text), so long documents never meet the session's prompt-length limit.
+    """
+    chars = 8 * seq_len
+    while True:
+        tokens = session.tokenize(text[:chars])
+        if tokens.shape[1] > seq_len or chars >= len(text):
+            return tokens[:, :seq_len]
+        chars *= 2
 
 
 def _relative_change(state: FitState, jac: Tensor) -> float:

@@ -138,3 +138,12 @@ def test_artefact_refuses_another_model(tiny_gemma, tmp_path):
     other = tiny_session("llama")
     with pytest.raises(ValueError, match="fitted on"):
         JacobianLens.load(other, path)
+
+
+def test_long_documents_are_cut_before_tokenizing(tiny_gemma):
+    from lenslab.probes.jacobian_lens.fit import document_tokens
+
+    text = "word " * 5000  # far beyond the session's prompt-length limit
+    tokens = document_tokens(tiny_gemma, text, 40)
+    assert tokens.shape == (1, 40)
+    assert torch.equal(tokens, tiny_gemma.tokenize(text[:400])[:, :40])
