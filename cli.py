@@ -217,7 +217,51 @@ def parser() -> argparse.ArgumentParser:
     app.add_argument("--model", default=None)
     app.add_argument("--no-prepare", action="store_true", help="don't build missing artefacts")
     app.set_defaults(func=cmd_app)
+    jl = sub.add_parser("fit-jlens", help="fit the Jacobian lens (quick by default; --full: reference spec)")
+    jl.add_argument("--model", default=None, help="embedded name, HF id or local folder")
+    jl.add_argument("--full", action="store_true", help="128-token windows, ≥ 100 prompts until converged")
+    jl.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="stop fitting after this long (quick default: as prepare)",
+    )
+    jl.add_argument("--checkpoint", default=None, help="state file to resume from and save to")
+    jl.set_defaults(func=cmd_fit_jlens)
     return p
+
+
+def cmd_fit_jlens(args: argparse.Namespace) -> int:
+    """Fit J̄ on the training documents and save the lens (resumable with --checkpoint)."""
+    from lenslab.models import ModelSession
+    from lenslab.probes.jacobian_lens import (
+        PREPARE_SECONDS,
+        PREPARE_SPEC,
+        FitSpec,
+        JacobianLens,
+        fit_shard,
+        training_documents,
+    )
+    from lenslab.probes.sae.corpus import corpus_texts
+
+    session = ModelSession.load(args.model)
+    spec = FitSpec() if args.full else PREPARE_SPEC
+    texts = corpus_texts(spec.corpus)
+    state = fit_shard(
+        session,
+        training_documents(len(texts)),
+        spec,
+        texts=texts,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        stop_when_converged=True,
+        max_seconds=args.max_seconds
+        if args.max_seconds is not None
+        else (None if args.full else PREPARE_SECONDS),
+        progress=_progress_printer("fit J-lens"),
+    )
+    path = JacobianLens.from_state(state).save()
+    print(f"{state.n_prompts} prompts, {state.n_positions} positions, {state.seconds:.0f} s → {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from lenslab.probes import (
     feature_attribution,
     future_lens,
     jacobian,
+    jacobian_lens,
     logit_lens,
     mlp_units,
     neurosymbolic,
@@ -42,6 +43,7 @@ FAMILIES = (
     attention,
     dla,
     patching,
+    jacobian_lens,
 )
 
 __all__ = [

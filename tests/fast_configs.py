@@ -13,6 +13,7 @@ from lenslab.probes import Config, get_probe
 from lenslab.probes.attention import AttentionConfig
 from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig
 from lenslab.probes.jacobian.result import JacobianConfig
+from lenslab.probes.jacobian_lens.probe import JacobianLensConfig
 from lenslab.probes.mlp_units import MLPUnitsConfig
 from lenslab.probes.neurosymbolic.vsa_readout import VSAReadoutConfig
 from lenslab.probes.patching import PatchingConfig
@@ -37,6 +38,7 @@ FAST: dict[str, Callable[[], Config]] = {
         sweeps=("resid", "heads"),
         layers=(0, 1),
     ),
+    "jacobian_lens": lambda: JacobianLensConfig(auto_fit_prompts=2),
 }
 
 

@@ -16,6 +16,7 @@ from lenslab.app.views import (
     future_lens,
     inspector,
     jacobian,
+    jacobian_lens,
     logit_lens,
     neurosymbolic,
     patching,
@@ -36,6 +37,7 @@ PAGES: tuple[ModuleType, ...] = (
     attention,
     dla,
     patching,
+    jacobian_lens,
 )
 
 DEFAULT_URL = "overview"

@@ -1,0 +1,320 @@
+"""The J-lens probe: layer × position grids of J-lens and logit-lens tokens, and the J-gap.
+
+Each state ``h_l[t]`` is read out twice through the final norm and unembedding: directly (the
+logit lens) and after transport by the fitted average Jacobian, ``J̄_l @ h_l[t]`` (the J-lens).
+For one chosen state the J-gap measures how far this input's own Jacobian is from the average:
+‖J − J̄‖_F / ‖J‖_F and the agreement of the top-k tokens of ``J h`` and ``J̄ h``, for the
+same-position Jacobian ∂h_final[t]/∂h_l[t] and for the reference estimator's term at ``t``
+(Σ_{t' ≥ t} ∂h_final[t']/∂h_l[t], whose average is J̄). Both are the true (not detached)
+Jacobians, as J̄ is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+
+from lenslab.models.session import ModelSession
+from lenslab.probes.base import Config, Probe, Result, register, to_numpy
+from lenslab.probes.inspector import StateRef, StateView, register_state_view
+from lenslab.probes.jacobian_lens.artefacts import JacobianLens
+from lenslab.probes.jacobian_lens.estimator import instance_jacobians
+from lenslab.probes.jacobian_lens.fit import FitSpec, fit_shard, training_documents
+from lenslab.probes.plotting import cell_state, label, token_grid
+from lenslab.progress import NO_PROGRESS, Progress
+
+QUICK_SPEC = FitSpec(seq_len=16, skip_first=4, min_prompts=1, max_prompts=1)
+"""Windows of an in-probe quick fit (``auto_fit_prompts``), short enough for a CPU."""
+INSTANCES = ("same-position", "summed (reference term)")
+
+
+@dataclass(frozen=True)
+class JacobianLensConfig(Config):
+    """Settings of the J-lens probe."""
+
+    k: int = field(default=5, metadata={"help": "top tokens kept per cell", "min": 1, "max": 50})
+    layers: tuple[int, ...] | None = field(default=None, metadata={"help": "layers to read out (empty: all)"})
+    gap: bool = field(default=True, metadata={"help": "compute the J-gap at (gap layer, gap position)"})
+    gap_layer: int = field(default=-1, metadata={"help": "J-gap layer (-1: the middle layer)", "min": -1})
+    gap_position: int = field(default=-1, metadata={"help": "J-gap position (-1: last token)"})
+    auto_fit_prompts: int = field(
+        default=0,
+        metadata={
+            "help": "when no lens is saved for the model: fit an unsaved quick one on this many "
+            "training documents (0: refuse and ask for a fit)",
+            "min": 0,
+            "max": 1000,
+        },
+    )
+
+    def validate(self, session: ModelSession) -> None:
+        """Check k and the layers against the model."""
+        super().validate(session)
+        if self.k > session.d_vocab:
+            raise ValueError(f"k={self.k} exceeds the vocabulary size {session.d_vocab}")
+        session.check_layers(self.layers)
+        if self.gap_layer != -1:
+            session.check_layer(self.gap_layer)
+
+
+@dataclass(frozen=True)
+class JacobianLensResult(Result):
+    """J-lens and logit-lens top-k tokens per (layer, position), the J-gap and the lens' provenance."""
+
+    probe = "jacobian_lens"
+    state_figures = ("jlens_grid", "logit_grid")
+    config: JacobianLensConfig
+    tokens: list[str]
+    layers: Int[np.ndarray, " layer"]
+    jlens_ids: Int[np.ndarray, "layer pos k"]
+    jlens_probs: Float[np.ndarray, "layer pos k"]
+    jlens_tokens: list[list[list[str]]]
+    logit_ids: Int[np.ndarray, "layer pos k"]
+    logit_probs: Float[np.ndarray, "layer pos k"]
+    logit_tokens: list[list[list[str]]]
+    final_ids: Int[np.ndarray, " pos"]
+    final_tokens: list[str]
+    gap_layer: int  # -1 when the J-gap was not computed
+    gap_position: int
+    gap_rel_frobenius: Float[np.ndarray, " instance"]  # ‖J − J̄‖_F/‖J‖_F, per INSTANCES
+    gap_top1_agree: Int[np.ndarray, " instance"]  # 1 when top-1 of J h equals top-1 of J̄ h
+    gap_topk_overlap: Float[np.ndarray, " instance"]  # |top-k(J h) ∩ top-k(J̄ h)| / k
+    gap_instance_tokens: list[list[str]]  # top-k of J h, per INSTANCES
+    gap_mean_tokens: list[str]  # top-k of J̄ h
+    lens: str  # how the lens was fitted, deviations from the reference included
+    fit_curve: Float[np.ndarray, " prompt"]  # relative change of the running mean per prompt
+
+    def summary(self) -> dict[str, object]:
+        """Top-1 agreement of each lens with the model's final prediction, and the J-gap."""
+        j_agree = float((self.jlens_ids[:, :, 0] == self.final_ids[None]).mean())
+        l_agree = float((self.logit_ids[:, :, 0] == self.final_ids[None]).mean())
+        out: dict[str, object] = {
+            "J-lens top-1 = final prediction (this prompt, all cells)": round(j_agree, 4),
+            "logit lens top-1 = final prediction (this prompt, all cells)": round(l_agree, 4),
+            "lens": self.lens,
+        }
+        if self.gap_layer >= 0:
+            for i, name in enumerate(INSTANCES):
+                out[f"J-gap {name} at L{self.gap_layer}, pos {self.gap_position}"] = (
+                    f"‖J−J̄‖/‖J‖ = {self.gap_rel_frobenius[i]:.3f}, top-{self.config.k} overlap "
+                    f"{self.gap_topk_overlap[i]:.2f}, same top-1: {bool(self.gap_top1_agree[i])}"
+                )
+        return out
+
+    def state_at(self, figure: str, point: dict[str, object]) -> tuple[int, int] | None:
+        """A cell of either grid is the state (layer, position)."""
+        return cell_state(point, self.layers.tolist()) if figure in self.state_figures else None
+
+    def _grid(self, ids_tokens: list[list[list[str]]], probs: np.ndarray, title: str) -> go.Figure:
+        hover = [
+            [
+                "<br>".join(f"{label(t)} {p:.3f}" for t, p in zip(cell_t, cell_p, strict=True))
+                for cell_t, cell_p in zip(row_t, row_p, strict=True)
+            ]
+            for row_t, row_p in zip(ids_tokens, probs.tolist(), strict=True)
+        ]
+        return token_grid(
+            values=probs[:, :, 0],
+            cell_text=[[label(cell[0]) for cell in row] for row in ids_tokens],
+            hover=hover,
+            x_labels=self.tokens,
+            y_labels=[f"L{layer}" for layer in self.layers],
+            title=title,
+            colorbar="p(top-1)",
+        )
+
+    def figures(self) -> dict[str, go.Figure]:
+        """The J-lens and logit-lens grids (same layout) and the fit's convergence curve."""
+        figs = {
+            "jlens_grid": self._grid(
+                self.jlens_tokens, self.jlens_probs, "J-lens: top token of J̄_l·h (colour = p)"
+            ),
+            "logit_grid": self._grid(
+                self.logit_tokens, self.logit_probs, "Logit lens: top token of h (colour = p)"
+            ),
+        }
+        figs["convergence"] = convergence_figure(self.fit_curve)
+        return figs
+
+
+def convergence_figure(curve: np.ndarray, tol: float | None = None, smoothing: int = 10) -> go.Figure:
+    """Relative change of the running mean per prompt (log scale), its moving mean and the tolerance."""
+    x = np.arange(1, len(curve) + 1)
+    fig = go.Figure(go.Scatter(x=x, y=curve, mode="markers", name="per prompt"))
+    if len(curve) >= smoothing:
+        kernel = np.ones(smoothing) / smoothing
+        smooth = np.convolve(np.nan_to_num(curve, nan=0.0), kernel, mode="valid")
+        fig.add_trace(
+            go.Scatter(x=x[smoothing - 1 :], y=smooth, mode="lines", name=f"moving mean of {smoothing}")
+        )
+    if tol is not None:
+        fig.add_hline(y=tol, line_dash="dash", annotation_text=f"tol {tol:g}")
+    fig.update_layout(
+        title="J-lens fit: relative change of the running mean per prompt",
+        xaxis_title="prompt",
+        yaxis_title="‖J_p − J̄‖ / ((n+1)‖J̄‖), max over layers",
+        yaxis_type="log",
+        template="plotly_white",
+    )
+    return fig
+
+
+def lens_for(
+    session: ModelSession, auto_fit_prompts: int = 0, progress: Progress = NO_PROGRESS
+) -> JacobianLens:
+    """The saved lens of ``session``'s model, or (``auto_fit_prompts`` > 0) an unsaved quick fit."""
+    try:
+        return JacobianLens.load(session)
+    except FileNotFoundError:
+        if auto_fit_prompts <= 0:
+            raise
+    from lenslab.probes.sae.corpus import corpus_texts
+
+    texts = corpus_texts(QUICK_SPEC.corpus)
+    docs = training_documents(len(texts))[:auto_fit_prompts]
+    spec = FitSpec(
+        **{**QUICK_SPEC.__dict__, "min_prompts": auto_fit_prompts, "max_prompts": auto_fit_prompts}
+    )
+    state = fit_shard(session, docs, spec, texts=texts, progress=progress)
+    return JacobianLens.from_state(state)
+
+
+@register
+class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
+    """Read every state through the fitted average Jacobian J̄_l, beside the logit lens."""
+
+    name = "jacobian_lens"
+    title = "Jacobian lens (J-lens)"
+    description = "Each state carried to the last layer by the corpus-average Jacobian, then decoded."
+    config_cls = JacobianLensConfig
+    result_cls = JacobianLensResult
+
+    def run(
+        self,
+        session: ModelSession,
+        prompt: str,
+        config: JacobianLensConfig,
+        progress: Progress = NO_PROGRESS,
+    ) -> JacobianLensResult:
+        """Both grids for ``prompt`` and, when asked, the J-gap at one state."""
+        config.validate(session)
+        lens = lens_for(
+            session, config.auto_fit_prompts, lambda f, m="": progress(0.3 * f, f"quick fit: {m}")
+        )
+        layers = session.check_layers(config.layers)
+        tokens = session.tokenize(prompt)
+        names = [session.resid_name(layer) for layer in layers]
+        with session.lock:
+            run = session.run(tokens, names)
+            final_ids = run.logits[0].argmax(-1)
+            j_ids, j_probs, l_ids, l_probs = [], [], [], []
+            for i, layer in enumerate(layers):
+                h = run.activations[names[i]][0]
+                for logits, ids_out, probs_out in (
+                    (lens.logits(session, h, layer), j_ids, j_probs),
+                    (session.decode_resid(h), l_ids, l_probs),
+                ):
+                    values, ids = logits.float().softmax(-1).topk(config.k, dim=-1)
+                    ids_out.append(ids)
+                    probs_out.append(values)
+                progress(0.3 + 0.4 * (i + 1) / len(layers), f"decoded layer {layer}")
+        gap = self._gap(session, tokens, lens, config, progress) if config.gap else None
+        j_np = to_numpy(torch.stack(j_ids)).astype(np.int64)
+        l_np = to_numpy(torch.stack(l_ids)).astype(np.int64)
+        n = len(INSTANCES)
+        gap_layer, gap_position, frob, top1, overlap, inst, mean_tokens = gap or (
+            -1,
+            -1,
+            np.full(n, np.nan),
+            np.zeros(n, dtype=np.int64),
+            np.full(n, np.nan),
+            [[] for _ in range(n)],
+            [],
+        )
+        progress(1.0, "done")
+        return JacobianLensResult(
+            model_id=session.model_id,
+            prompt=prompt,
+            config=config,
+            tokens=session.decode_each(tokens[0].tolist()),
+            layers=np.asarray(layers, dtype=np.int64),
+            jlens_ids=j_np,
+            jlens_probs=to_numpy(torch.stack(j_probs)).astype(np.float32),
+            jlens_tokens=[[session.decode_each(cell) for cell in row] for row in j_np.tolist()],
+            logit_ids=l_np,
+            logit_probs=to_numpy(torch.stack(l_probs)).astype(np.float32),
+            logit_tokens=[[session.decode_each(cell) for cell in row] for row in l_np.tolist()],
+            final_ids=to_numpy(final_ids).astype(np.int64),
+            final_tokens=session.decode_each(final_ids.tolist()),
+            gap_layer=int(gap_layer),
+            gap_position=int(gap_position) if gap_layer >= 0 else -1,
+            gap_rel_frobenius=np.asarray(frob, dtype=np.float64),
+            gap_top1_agree=np.asarray(top1, dtype=np.int64),
+            gap_topk_overlap=np.asarray(overlap, dtype=np.float64),
+            gap_instance_tokens=inst,
+            gap_mean_tokens=mean_tokens,
+            lens=lens.describe(),
+            fit_curve=np.asarray(lens.rel_change, dtype=np.float64),
+        )
+
+    @staticmethod
+    def _gap(
+        session: ModelSession,
+        tokens: torch.Tensor,
+        lens: JacobianLens,
+        config: JacobianLensConfig,
+        progress: Progress,
+    ) -> tuple[int, int, list[float], list[int], list[float], list[list[str]], list[str]]:
+        """(layer, position, rel. Frobenius, same top-1, top-k overlap, instance tokens, J̄ tokens)."""
+        layer = session.n_layers // 2 if config.gap_layer == -1 else session.check_layer(config.gap_layer)
+        position = session.check_position(config.gap_position, int(tokens.shape[1]))
+        same, summed = instance_jacobians(
+            session, tokens, layer, position, progress=lambda f, m="": progress(0.7 + 0.3 * f, m)
+        )
+        mean = lens.jacobians[layer].double()
+        h = session.capture(tokens, [session.resid_name(layer)])[session.resid_name(layer)][
+            0, position
+        ].double()
+        mean_logits = session.decode_resid((mean @ h).to(session.dtype).to(session.device)).float()
+        mean_top = mean_logits.topk(config.k).indices
+        frob, top1, overlap, inst = [], [], [], []
+        for jac in (same, summed):
+            norm = float(torch.linalg.matrix_norm(jac))
+            frob.append(float(torch.linalg.matrix_norm(jac - mean)) / norm if norm > 0 else math.nan)
+            logits = session.decode_resid((jac @ h).to(session.dtype).to(session.device)).float()
+            top = logits.topk(config.k).indices
+            top1.append(int(top[0] == mean_top[0]))
+            overlap.append(len(set(top.tolist()) & set(mean_top.tolist())) / config.k)
+            inst.append(session.decode_each(top.tolist()))
+        return layer, position, frob, top1, overlap, inst, session.decode_each(mean_top.tolist())
+
+
+def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> JacobianLensResult:
+    config = JacobianLensConfig(k=10, layers=(ref.layer,), gap_layer=ref.layer, gap_position=ref.position)
+    return JacobianLensProbe().run(session, ref.prompt, config, progress)
+
+
+def _describe(result: JacobianLensResult, ref: StateRef) -> list[str]:
+    cell = zip(
+        result.jlens_tokens[0][ref.position], result.jlens_probs[0, ref.position].tolist(), strict=True
+    )
+    lines = ["J-lens tokens: " + ", ".join(f"{t!r} {p:.3f}" for t, p in cell)]
+    if result.gap_layer >= 0:
+        for i, name in enumerate(INSTANCES):
+            lines.append(
+                f"J-gap ({name}): ‖J−J̄‖/‖J‖ = {result.gap_rel_frobenius[i]:.3f}, top-{result.config.k} "
+                f"overlap {result.gap_topk_overlap[i]:.2f}; J·h reads "
+                + ", ".join(map(repr, result.gap_instance_tokens[i][:5]))
+            )
+    lines.append(result.lens)
+    return lines
+
+
+register_state_view(
+    StateView("jacobian_lens", "J-lens (average Jacobian)", _state_view, order=35, describe=_describe)
+)

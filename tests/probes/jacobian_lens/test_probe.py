@@ -1,0 +1,81 @@
+"""The J-lens probe on a tiny model: grids, J-gap identities, and the evaluation table."""
+
+import numpy as np
+import pytest
+import torch
+
+from lenslab.probes import get_probe
+from lenslab.probes.jacobian_lens.artefacts import JacobianLens
+from lenslab.probes.jacobian_lens.evaluation import evaluate_agreement
+from lenslab.probes.jacobian_lens.fit import FitSpec, fit_shard
+from lenslab.probes.jacobian_lens.probe import JacobianLensConfig
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Lists are mutable sequences, typically used to store collections.",
+    "A dictionary maps hashable keys to arbitrary values in Python.",
+]
+
+
+def test_probe_refuses_without_lens_then_reads_a_saved_one(tiny_gemma, lenslab_home):
+    probe = get_probe("jacobian_lens")
+    with pytest.raises(FileNotFoundError, match="Fit"):
+        probe.run(tiny_gemma, "Hello world, again", JacobianLensConfig())
+    state = fit_shard(tiny_gemma, [0, 1], FitSpec(seq_len=12, skip_first=3, dim_batch=16), texts=TEXTS)
+    JacobianLens.from_state(state).save()
+    last = tiny_gemma.n_layers - 1
+    result = probe.run(tiny_gemma, "Hello world, again", JacobianLensConfig(k=3, gap_layer=last))
+    # J̄ of the last layer is the identity, so the J-lens equals the logit lens there...
+    assert np.array_equal(result.jlens_ids[last], result.logit_ids[last])
+    # ...and the last layer's instance Jacobian is the identity too: no gap.
+    assert result.gap_rel_frobenius == pytest.approx([0.0, 0.0], abs=1e-6)
+    assert result.gap_top1_agree.tolist() == [1, 1]
+    assert "2 prompts" in result.lens and set(result.figures()) == {"jlens_grid", "logit_grid", "convergence"}
+
+
+def test_gap_is_zero_when_the_mean_is_the_instance(tiny_gemma, lenslab_home):
+    """A lens fitted on the probed prompt's own single position equals its summed instance term."""
+    prompt = TEXTS[2][:10]
+    tokens = tiny_gemma.tokenize(prompt)
+    seq = tokens.shape[1]
+    # one valid position (seq − 2) only: J̄ = that position's summed term (targets p' ∈ {seq − 2})
+    spec = FitSpec(seq_len=seq, skip_first=seq - 2, dim_batch=16)
+    state = fit_shard(tiny_gemma, [0], spec, texts=[prompt])
+    JacobianLens.from_state(state).save()
+    config = JacobianLensConfig(k=3, gap_layer=0, gap_position=seq - 2)
+    result = get_probe("jacobian_lens").run(tiny_gemma, prompt, config)
+    # summed term at t = seq−2 includes the last target p' = seq−1, which the fit excludes,
+    # so only the same-position Jacobian (targets {t}) is the fitted one
+    assert result.gap_rel_frobenius[0] == pytest.approx(0.0, abs=1e-5)
+    assert result.gap_rel_frobenius[1] > 1e-4
+
+
+def test_evaluation_identity_lens_equals_logit_lens(tiny_gemma):
+    d, n = tiny_gemma.d_model, tiny_gemma.n_layers
+    eye = JacobianLens("tiny", torch.eye(d).repeat(n, 1, 1), np.zeros(0), {"n_prompts": 0})
+    agreement = evaluate_agreement(tiny_gemma, eye, [0, 1, 2], TEXTS, seq_len=20, skip_first=4)
+    assert np.array_equal(agreement.rate[0], agreement.rate[1])
+    assert agreement.rate[0, -1] == 1.0  # the last layer's readout is the model's own prediction
+    assert agreement.n_documents == 3 and agreement.n_positions == 3 * 15
+    assert (agreement.ci[..., 0] <= agreement.rate + 1e-12).all()
+    assert "| 0 |" in agreement.table_markdown()
+
+
+def test_prepare_fits_within_budget_and_keeps_an_existing_lens(tiny_gemma, lenslab_home):
+    from lenslab.probes.jacobian_lens import lens_path, prepare_default_artefacts
+
+    first = prepare_default_artefacts(tiny_gemma, max_seconds=0.0)  # budget spent: exactly one prompt
+    assert first["n_prompts"] == 1 and lens_path(tiny_gemma.model_id).is_file()
+    lens = JacobianLens.load(tiny_gemma)
+    assert any("1 prompts" in d for d in lens.provenance["deviations"])
+    assert lens.provenance["seq_len"] == 16 and lens.provenance["skip_first"] == 4
+    assert prepare_default_artefacts(tiny_gemma)["n_prompts"] == 1  # kept, not refitted
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [({"seq_len": 2}, "seq_len"), ({"skip_first": 15}, "skip_first"), ({"min_prompts": 0}, "min_prompts")],
+)
+def test_fit_spec_rejects_bad_values(changes, field):
+    with pytest.raises(ValueError, match=field):
+        FitSpec(**{"seq_len": 16, "skip_first": 4, **changes}).validate()
