@@ -15,6 +15,7 @@ from lenslab.probes import (
     neurosymbolic,
     sae,
     shared_neurons,
+    sweep_result,  # noqa: F401  registers the sweep's Result (a sweep runs probes, it is not one)
 )
 from lenslab.probes.base import (
     Config,
