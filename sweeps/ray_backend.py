@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -131,42 +132,73 @@ class RayBackend:
         done: Callable[[Shard, State, int], None],
         retried: Callable[[Shard], None],
     ) -> None:
-        from ray.exceptions import RayActorError, WorkerCrashedError
+        """Stream results with ``ray.wait``; a dead worker's shards go back to the queue.
+
+        A worker whose process died is left out of the rotation while Ray restarts it (a ping to
+        its ``pid`` tells when it is back), so shards are never fired at an actor that is still
+        restarting; the shards it held are requeued and counted as retries.
+        """
+        from ray.exceptions import ActorUnavailableError, RayActorError, WorkerCrashedError
 
         queue: deque[Shard] = deque(shards)
         attempts = {shard.id: 0 for shard in shards}
         in_flight: dict[Any, tuple[Shard, int]] = {}
+        pings: dict[Any, int] = {}  # ping of a restarting worker → worker index
         load = [0] * len(self._actors)
+        alive = [True] * len(self._actors)
 
         def submit() -> None:
             while queue:
-                worker = min(range(len(self._actors)), key=load.__getitem__)
-                if load[worker] >= IN_FLIGHT_PER_WORKER:
+                ready = [w for w in range(len(self._actors)) if alive[w] and load[w] < IN_FLIGHT_PER_WORKER]
+                if not ready:
                     return
+                worker = min(ready, key=load.__getitem__)
                 shard = queue.popleft()
                 attempts[shard.id] += 1
                 in_flight[self._actors[worker].run.remote(shard)] = (shard, worker)
                 load[worker] += 1
 
+        def recover(worker: int) -> None:
+            if alive[worker] or worker in pings.values():
+                return
+            pings[self._actors[worker].pid.remote()] = worker
+
         submit()
-        while in_flight:
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+        while in_flight or (queue and pings):
+            ready, _ = ray.wait([*in_flight, *pings], num_returns=1, timeout=1.0)
             for ref in ready:
+                if ref in pings:
+                    worker = pings.pop(ref)
+                    try:
+                        pid = ray.get(ref)
+                    except ActorUnavailableError:  # still restarting: ask again shortly
+                        time.sleep(0.2)
+                        pings[self._actors[worker].pid.remote()] = worker
+                    except RayActorError:  # out of restarts: this worker is gone for good
+                        pass
+                    else:
+                        alive[worker] = True
+                        if worker < len(self._pids):
+                            self._pids[worker] = int(pid)
+                    continue
                 shard, worker = in_flight.pop(ref)
                 load[worker] -= 1
                 try:
                     state = ray.get(ref)
-                except (RayActorError, WorkerCrashedError) as exc:
+                except (RayActorError, WorkerCrashedError) as exc:  # died (or restarting) under the shard
                     if attempts[shard.id] > self.max_retries:
                         raise RuntimeError(
                             f"shard {shard.id} failed {attempts[shard.id]} times (its worker died): {exc}"
                         ) from exc
                     queue.appendleft(shard)
-                    self._refresh_pids(ray)
+                    alive[worker] = False
+                    recover(worker)
                     retried(shard)
                     continue
                 done(shard, state, attempts[shard.id])
             submit()
+            if queue and not in_flight and not pings:
+                raise RuntimeError("every worker died and none could be restarted; resume the sweep later")
 
     def _refresh_pids(self, ray: Any) -> None:
         with contextlib.suppress(Exception):  # a worker still restarting: keep the last known pids
