@@ -19,6 +19,7 @@ from lenslab.app.views import (
     reports,
     sae_features,
     shared_neurons,
+    sweeps,
 )
 
 PAGES: tuple[ModuleType, ...] = (
@@ -30,6 +31,7 @@ PAGES: tuple[ModuleType, ...] = (
     shared_neurons,
     neurosymbolic,
     reports,
+    sweeps,
 )
 
 DEFAULT_URL = "logit-lens"
