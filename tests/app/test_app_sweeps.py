@@ -18,7 +18,9 @@ def test_sweeps_page_lists_a_finished_sweep_and_opens_its_report(lenslab_home):
     (sweeps_dir()).mkdir(parents=True)
     empty_line_source = lenslab_home / "p.txt"
     empty_line_source.write_text("The cat sat\n\nHello there\n", encoding="utf-8")
-    sweep("logit_lens", str(empty_line_source), sweeps_dir() / "done", models=["tiny:gemma3"], backend="serial")
+    sweep(
+        "logit_lens", str(empty_line_source), sweeps_dir() / "done", models=["tiny:gemma3"], backend="serial"
+    )
     at = AppTest.from_string(SCRIPT, default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any("done" in e.label for e in at.expander)

@@ -188,3 +188,12 @@ def test_a_sigkilled_cli_driver_resumes_from_its_folder(tmp_path, lenslab_home):
     assert seen[-1].shards_run == 6 - done_before
     assert (result.status == OK).all() and result.status.size == 12
     assert json.loads((folder / "report" / "report.json").read_text())["results"][0]["probe"] == "sweep"
+
+
+def test_cli_sweep_needs_a_probe_and_a_source(capsys):
+    from lenslab.cli import main
+
+    assert main(["sweep", "--backend", "serial"]) == 2
+    assert "--source" in capsys.readouterr().err
+    assert main(["sweep", "--resume", "/nonexistent/sweep"]) == 2
+    assert "not a sweep folder" in capsys.readouterr().err
