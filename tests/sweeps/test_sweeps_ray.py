@@ -22,6 +22,15 @@ from lenslab.sweeps.job import SweepJob
 COMMON = {"models": [TINY], "limit": 8, "shard_size": 2}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_slow_probe():
+    """The test-only probe must not leak into suites that walk the registry."""
+    yield
+    from lenslab.probes.base import unregister
+
+    unregister("slow_lens")
+
+
 @pytest.fixture(scope="module")
 def serial_reference(tmp_path_factory):
     folder = tmp_path_factory.mktemp("serial") / "s"

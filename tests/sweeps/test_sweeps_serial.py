@@ -197,3 +197,26 @@ def test_cli_sweep_needs_a_probe_and_a_source(capsys):
     assert "--source" in capsys.readouterr().err
     assert main(["sweep", "--resume", "/nonexistent/sweep"]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+def test_register_result_refuses_clashes():
+    from dataclasses import dataclass
+
+    from lenslab.probes.base import register_result, result_class
+    from lenslab.probes.sweep_result import SweepResult
+
+    assert result_class("sweep") is SweepResult
+
+    @dataclass(frozen=True)
+    class Clash(Result):
+        probe = "sweep"
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_result(Clash)
+
+    @dataclass(frozen=True)
+    class Nameless(Result):
+        pass
+
+    with pytest.raises(ValueError, match="no probe name"):
+        register_result(Nameless)
