@@ -69,8 +69,9 @@ def main() -> None:
         "## Sweeps: items/s with 1 vs 2 local Ray workers",
         "",
         f"Measured on {machine()}; load average {load:.1f} at the end. Embedded Gemma 3 270M, logit "
-        f"lens (k=5, layers 0 and 17 decoded), {N_PROMPTS} `capitals` prompts, shards of {SHARD}. The machine has "
-        "2 cores shared with other jobs, so absolute rates are noisy; the efficiency is the figure to read.",
+        f"lens (k=5, layers 0 and 17 decoded), {N_PROMPTS} `capitals` prompts, shards of {SHARD}. "
+        "The machine has 2 cores shared with other jobs, so absolute rates are noisy; "
+        "the efficiency is the figure to read.",
         "",
         "| backend | items/s (steady, model load excluded) | items counted | wall incl. start-up (s) |",
         "| --- | --- | --- | --- |",
