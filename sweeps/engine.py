@@ -238,6 +238,7 @@ def execute(
         status.shards_done += 1
         status.shards_run += 1
         status.worker_pids = backend.worker_pids()
+        status.workers = backend.workers  # known once the backend has sized its pool
         publish()
 
     def retried(shard: Shard) -> None:
