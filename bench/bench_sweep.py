@@ -4,7 +4,8 @@ Each run is a logit-lens sweep over the built-in ``capitals`` prompts, shards of
 fresh local Ray with as many CPUs as workers (each actor: one CPU, one torch thread). Model
 loading is excluded: the clock starts once every worker has finished a shard (so all have loaded
 the model) and counts the items finished after that. Scaling efficiency = (items/s with 2) /
-(2 × items/s with 1).
+(2 × items/s with 1). The serial backend (in-process, this process's torch threads) is shown
+for reference.
 Writes bench/results/sweep.md.
 
 Run: .venv/bin/python bench/bench_sweep.py [n_prompts]
