@@ -1,4 +1,4 @@
-"""Shared pieces of the sweep tests: a tiny-model spec and one local Ray per test module."""
+"""Shared fixture of the sweep tests: one local Ray per test module."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import os
 import sys
 
 import pytest
-
-TINY = "tiny:gemma3"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 
 from lenslab.probes.future_lens.data import DataSettings, build_dataset
 from lenslab.probes.future_lens.linear import fit_linear_map, fit_linear_maps
@@ -16,6 +15,8 @@ from lenslab.probes.shared_neurons.units import unit_statistics
 from lenslab.sweeps.fits import collect_future_lens_data, fit_future_lens_linear, shared_neuron_unit_stats
 
 SETTINGS = DataSettings(n_examples=16, prefix_tokens=6, batch_size=4)
+
+TINY = "tiny:gemma3"  # the seeded tiny random model, loadable by name on every worker
 
 
 def test_merged_statistics_give_the_closed_form_fit():

@@ -9,7 +9,6 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import TINY
 
 from lenslab.probes.future_lens.data import DataSettings
 from lenslab.probes.sweep_result import OK
@@ -19,6 +18,7 @@ from lenslab.sweeps.engine import Status, shard_path
 from lenslab.sweeps.fits import fit_future_lens_linear
 from lenslab.sweeps.job import SweepJob
 
+TINY = "tiny:gemma3"  # the seeded tiny random model, loadable by name on every worker
 COMMON = {"models": [TINY], "limit": 8, "shard_size": 2}
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
 
 from lenslab.analyses.report import Report
 from lenslab.probes import Result
@@ -27,6 +26,8 @@ from lenslab.sweeps.job import SweepJob, grid_points
 from lenslab.sweeps.runner import read_manifest
 
 PROMPTS = ["The cat sat on the", "", "Paris is the capital of", "x" * 40, "One two three four", "Hello"]
+
+TINY = "tiny:gemma3"  # the seeded tiny random model, loadable by name on every worker
 
 
 def _prompt_file(tmp_path: Path) -> Path:
