@@ -12,4 +12,13 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+local"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "sweep"]
+
+
+def __getattr__(name: str):
+    """``lenslab.sweep``: imported on first use, so ``import lenslab`` stays light."""
+    if name == "sweep":
+        from lenslab.sweeps.runner import sweep
+
+        return sweep
+    raise AttributeError(f"module 'lenslab' has no attribute {name!r}")

@@ -190,6 +190,47 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover - execve does not return
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run (or resume) a sweep; progress on stderr, the report folder on stdout."""
+    from lenslab.sweeps.runner import new_sweep_folder, resume, sweep
+
+    def show(status) -> None:
+        sys.stderr.write(f"\rsweep: {status.line()[:110]:<110}")
+        sys.stderr.flush()
+
+    backend = {"backend": args.backend, "workers": args.workers, "address": args.address}
+    backend["gpus_per_worker"] = args.gpus_per_worker
+    if args.resume:
+        result = resume(args.resume, on_status=show, **backend)
+        folder = Path(args.resume)
+    else:
+        if not args.probe or not args.source:
+            raise ValueError("give a probe and --source (or --resume DIR)")
+        folder = Path(args.out) if args.out else new_sweep_folder()
+        result = sweep(
+            args.probe,
+            args.source,
+            folder,
+            models=args.model or (),
+            config=args.config or (),
+            grid=args.grid or (),
+            limit=args.limit,
+            shard_size=args.shard_size,
+            max_tokens=args.max_tokens,
+            dtype=args.dtype,
+            imports=args.imports or (),
+            title=args.title or "",
+            on_status=show,
+            **backend,
+        )
+    sys.stderr.write("\n")
+    failed = result.failures()
+    if failed:
+        print(f"{len(failed)} item(s) failed (listed in the report), e.g. {failed[0][2]}", file=sys.stderr)
+    print(folder / "report")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
     p = argparse.ArgumentParser(prog="lenslab", description=__doc__.splitlines()[0])
@@ -228,6 +269,27 @@ def parser() -> argparse.ArgumentParser:
     )
     jl.add_argument("--checkpoint", default=None, help="state file to resume from and save to")
     jl.set_defaults(func=cmd_fit_jlens)
+    swp = sub.add_parser("sweep", help="run probes over many prompts (locally or on Ray); resumable")
+    swp.add_argument("probe", nargs="?", help="probe name(s), comma-separated")
+    swp.add_argument("--source", help="tasks:<set>, corpus:pydoc, or a .txt / .jsonl file")
+    swp.add_argument("--model", action="append", help="model spec (repeatable; tiny:<family> to try)")
+    swp.add_argument("--config", action="append", metavar="KEY=VALUE")
+    swp.add_argument("--grid", action="append", metavar="KEY=V1,V2")
+    swp.add_argument("--limit", type=int, default=0, help="at most this many prompts")
+    swp.add_argument("--shard-size", type=int, default=8)
+    swp.add_argument("--max-tokens", type=int, default=512)
+    swp.add_argument("--dtype", default="float32")
+    swp.add_argument("--import", dest="imports", action="append", metavar="MODULE")
+    swp.add_argument(
+        "--out", default=None, help="sweep folder (default: a new one under LENSLAB_HOME/sweeps)"
+    )
+    swp.add_argument("--resume", default=None, metavar="DIR", help="finish the sweep in DIR")
+    swp.add_argument("--backend", choices=("ray", "serial"), default="ray")
+    swp.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per CPU / GPU)")
+    swp.add_argument("--address", default=None, help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    swp.add_argument("--gpus-per-worker", type=float, default=None)
+    swp.add_argument("--title", default=None)
+    swp.set_defaults(func=cmd_sweep)
     return p
 
 

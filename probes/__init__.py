@@ -19,6 +19,7 @@ from lenslab.probes import (
     patching,
     sae,
     shared_neurons,
+    sweep_result,  # noqa: F401  registers the sweep's Result (a sweep runs probes, it is not one)
 )
 from lenslab.probes.base import (
     Config,

@@ -166,6 +166,19 @@ def register(cls: type[Probe]) -> type[Probe]:
     return cls
 
 
+def register_result(cls: type[Result]) -> type[Result]:
+    """Class decorator registering a Result that no single probe run produces (e.g. a sweep).
+
+    Reports dispatch on ``cls.probe`` when they reload, so the name must not clash with a probe's.
+    """
+    if not cls.probe:
+        raise ValueError(f"{cls.__name__} has no probe name")
+    if cls.probe in _RESULTS and _RESULTS[cls.probe] is not cls:
+        raise ValueError(f"a result named {cls.probe!r} is already registered")
+    _RESULTS[cls.probe] = cls
+    return cls
+
+
 def unregister(name: str) -> None:
     """Remove a probe (tests register throwaway probes)."""
     _PROBES.pop(name, None)

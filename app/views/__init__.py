@@ -23,6 +23,7 @@ from lenslab.app.views import (
     reports,
     sae_features,
     shared_neurons,
+    sweeps,
 )
 
 PAGES: tuple[ModuleType, ...] = (
@@ -38,6 +39,7 @@ PAGES: tuple[ModuleType, ...] = (
     dla,
     patching,
     jacobian_lens,
+    sweeps,
 )
 
 DEFAULT_URL = "overview"

@@ -36,7 +36,8 @@ pytestmark = [
 PROMPT = 'The <b>Eiffel</b> Tower "><img src=x onerror="window.__xss=1"> is in the city of'
 FAKE_TOKEN = "hf_e2eFakeTokenDoNotLog0123456789"
 PREPARE_WORDS = re.compile(r"^\W*(fit|train|prepare)\b", re.IGNORECASE)
-PAGES = [m for m in discover() if m.URL != "reports"]
+# Reports and Sweeps have no prompt → run → figure → save flow (Sweeps: tests/app/test_app_sweeps.py).
+PAGES = [m for m in discover() if m.URL not in ("reports", "sweeps")]
 LOAD_TIMEOUT_S = 240
 RUN_TIMEOUT_S = 240
 

@@ -1,0 +1,323 @@
+"""Corpus-scale fits as sharded jobs: map shards → mergeable state → merge, on one machine or Ray.
+
+- :class:`FutureLensCollectJob` — the Future Lens dataset (greedy labels and hidden states of
+  every prefix), shards concatenated in order: the same arrays as ``build_dataset``;
+- :class:`FutureLensLinearJob` — the linear maps' sufficient statistics
+  (:class:`~lenslab.probes.future_lens.sufficient.LinearStats`) over the training prefixes,
+  summed across shards: the hidden states never leave the workers;
+- :class:`UnitStatsJob` — the shared-neuron unit scores' streamed sums
+  (:class:`~lenslab.probes.shared_neurons.units.UnitStats`), summed across shards.
+
+A new fit (for example a Jacobian lens with ``fit_shard`` / ``merge``) is one small class with
+``shards``, ``map_shard`` and ``merge``, run by :func:`run_job`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from lenslab.sweeps.engine import (
+    Backend,
+    Shard,
+    ShardedJob,
+    State,
+    Status,
+    StatusCallback,
+    execute,
+    write_json,
+)
+
+
+def contiguous_shards(model: str, n: int, shard_size: int, prefix: str = "s") -> list[Shard]:
+    """Shards of ``shard_size`` consecutive item indices 0..n-1 (the last may be shorter)."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be ≥ 1, got {shard_size}")
+    return [
+        Shard(f"{prefix}{i:06d}", model, tuple(range(begin, min(begin + shard_size, n))))
+        for i, begin in enumerate(range(0, n, shard_size))
+    ]
+
+
+def run_job(
+    job: ShardedJob,
+    folder: str | Path,
+    backend: str | Backend = "serial",
+    *,
+    workers: int | None = None,
+    address: str | None = None,
+    gpus_per_worker: float | None = None,
+    on_status: StatusCallback | None = None,
+    key: str = "",
+) -> tuple[State, Status]:
+    """Run (or finish) ``job`` in ``folder`` and return its merged state.
+
+    ``key`` identifies the job's inputs; a folder that holds shards of a job with another key is
+    refused, so a resume never merges shards of different data.
+    """
+    from lenslab.sweeps.runner import make_backend
+
+    folder = Path(folder)
+    shards = job.shards()
+    fingerprint = hashlib.sha256(
+        json.dumps([job.kind, key, [(s.id, s.model, list(s.items)) for s in shards]]).encode()
+    ).hexdigest()[:16]
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text(encoding="utf-8")).get("fingerprint")
+        if recorded != fingerprint:
+            raise ValueError(f"{folder} holds shards of another job ({recorded}); use a new folder")
+    else:
+        write_json(manifest, {"kind": job.kind, "fingerprint": fingerprint, "created": time.time()})
+    runner = make_backend(backend, workers, address, gpus_per_worker) if isinstance(backend, str) else backend
+    merged, _, status = execute(job, folder, runner, on_status)
+    status.state = "done"
+    write_json(folder / "status.json", status.to_dict())
+    return merged, status
+
+
+def _concatenate(states: Sequence[State], keys: Sequence[str]) -> State:
+    return {key: np.concatenate([s[key] for s in states]) for key in keys}
+
+
+# ------------------------------------------------------------------------------------ Future Lens
+@dataclass(frozen=True)
+class FutureLensCollectJob:
+    """Greedy labels and hidden states of every prefix (``data.collect``), shard by shard."""
+
+    kind: ClassVar[str] = "future_lens_data"
+    model: str
+    prefix_ids: np.ndarray = field(repr=False)
+    batch_size: int = 32
+    shard_size: int = 64
+    dtype: str = "float32"
+    max_tokens: int = 512
+    imports: tuple[str, ...] = ()
+
+    def shards(self) -> list[Shard]:
+        """Consecutive prefixes."""
+        return contiguous_shards(self.model, len(self.prefix_ids), self.shard_size)
+
+    def map_shard(self, session: Any, shard: Shard) -> State:
+        """Collect the shard's prefixes."""
+        from lenslab.probes.future_lens.data import collect
+
+        rows = np.asarray(shard.items, dtype=np.int64)
+        with session.lock:
+            labels, resid, final = collect(session, self.prefix_ids[rows], self.batch_size)
+        return {
+            "rows": rows,
+            "labels": labels,
+            "resid": resid,
+            "final": final,
+            "n_items": np.asarray(len(rows)),
+        }
+
+    def merge(self, states: Sequence[State]) -> State:
+        """Concatenate in shard order (= prefix order)."""
+        return _concatenate(states, ("rows", "labels", "resid", "final"))
+
+
+@dataclass(frozen=True)
+class FutureLensLinearJob:
+    """Sufficient statistics of the linear maps over the training prefixes, summed across shards."""
+
+    kind: ClassVar[str] = "future_lens_linear"
+    model: str
+    prefix_ids: np.ndarray = field(repr=False)  # training prefixes only
+    layers: tuple[int, ...]
+    batch_size: int = 32
+    shard_size: int = 64
+    dtype: str = "float32"
+    max_tokens: int = 512
+    imports: tuple[str, ...] = ()
+
+    def shards(self) -> list[Shard]:
+        """Consecutive training prefixes."""
+        return contiguous_shards(self.model, len(self.prefix_ids), self.shard_size)
+
+    def map_shard(self, session: Any, shard: Shard) -> State:
+        """Collect the shard's states and reduce them to their sums at once."""
+        from lenslab.probes.future_lens.data import collect
+        from lenslab.probes.future_lens.sufficient import LinearStats
+
+        rows = np.asarray(shard.items, dtype=np.int64)
+        with session.lock:
+            _, resid, final = collect(session, self.prefix_ids[rows], self.batch_size)
+        return {**LinearStats.of(resid, final, self.layers).to_state(), "n_items": np.asarray(len(rows))}
+
+    def merge(self, states: Sequence[State]) -> State:
+        """Add the statistics."""
+        from lenslab.probes.future_lens.sufficient import LinearStats
+
+        total = LinearStats.from_state(states[0])
+        for state in states[1:]:
+            total = total.merge(LinearStats.from_state(state))
+        return total.to_state()
+
+
+def _driver_session(model: str, dtype: str) -> Any:
+    from lenslab.sweeps.models import open_session
+
+    return open_session(model, dtype=dtype)
+
+
+def collect_future_lens_data(
+    model: str,
+    folder: str | Path,
+    settings: Any = None,
+    backend: str | Backend = "serial",
+    *,
+    session: Any = None,
+    shard_size: int = 64,
+    **backend_options: Any,
+) -> Any:
+    """The :class:`FutureLensData` of ``settings``, collected shard by shard (same as ``build_dataset``).
+
+    The prefixes are drawn on the driver (``session``, or ``model`` loaded here: the tokenizer is
+    needed), the forwards run on the workers.
+    """
+    from lenslab.probes.future_lens.data import DataSettings, FutureLensData, sample_windows
+
+    settings = settings or DataSettings()
+    settings.validate()
+    session = session or _driver_session(model, "float32")
+    prefix_ids, doc_ids, is_test = sample_windows(session, settings)
+    job = FutureLensCollectJob(model, prefix_ids, settings.batch_size, shard_size)
+    key = settings.key(session.model_id)
+    merged, _ = run_job(job, folder, backend, key=key, **backend_options)
+    return FutureLensData(
+        model_id=session.model_id,
+        key=key,
+        settings=settings,
+        prefix_ids=prefix_ids,
+        doc_ids=doc_ids,
+        is_test=is_test,
+        labels=merged["labels"],
+        resid=merged["resid"],
+        final=merged["final"],
+        meta={"n_train": int((~is_test).sum()), "n_test": int(is_test.sum())},
+    )
+
+
+def fit_future_lens_linear(
+    model: str,
+    folder: str | Path,
+    settings: Any = None,
+    backend: str | Backend = "serial",
+    *,
+    session: Any = None,
+    layers: Sequence[int] | None = None,
+    ridge: float | None = None,
+    toward_identity: bool = True,
+    shard_size: int = 64,
+    **backend_options: Any,
+) -> Any:
+    """Future Lens linear maps fitted from merged sufficient statistics.
+
+    They equal ``fit_linear_maps`` on the same data up to floating-point summation order.
+    """
+    from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT
+    from lenslab.probes.future_lens.data import HORIZONS, DataSettings, sample_windows
+    from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, LinearMaps
+    from lenslab.probes.future_lens.sufficient import LinearStats
+
+    settings = settings or DataSettings()
+    settings.validate()
+    ridge = DEFAULT_RIDGE if ridge is None else ridge
+    session = session or _driver_session(model, "float32")
+    chosen = tuple(session.check_layers(list(layers) if layers is not None else None))
+    prefix_ids, _, is_test = sample_windows(session, settings)
+    train = prefix_ids[~is_test]
+    job = FutureLensLinearJob(model, train, chosen, settings.batch_size, shard_size)
+    key = f"{settings.key(session.model_id)}|{chosen}"
+    merged, _ = run_job(job, folder, backend, key=key, **backend_options)
+    stats = LinearStats.from_state(merged)
+    weight, x_mean, y_mean = stats.solve(ridge, toward_identity=toward_identity, device=session.device)
+    meta = {
+        "format": ARTEFACT_FORMAT,
+        "kind": "linear",
+        "model_id": session.model_id,
+        "d_model": session.d_model,
+        "ridge": ridge,
+        "toward_identity": toward_identity,
+        "data_key": settings.key(session.model_id),
+        "n_train": stats.n,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "fitted_by": "sharded sufficient statistics",
+    }
+    return LinearMaps(list(chosen), list(range(HORIZONS)), weight, x_mean, y_mean, meta)
+
+
+# --------------------------------------------------------------------------------- shared neurons
+_UNIT_SUMS = ("abs_all", "signed_all", "abs_answer", "head_all", "head_answer")
+
+
+@dataclass(frozen=True)
+class UnitStatsJob:
+    """Per-unit sums of the shared-neuron scores (``units.unit_statistics``), summed across shards."""
+
+    kind: ClassVar[str] = "shared_neurons_unit_stats"
+    model: str
+    items: tuple[Any, ...]  # TaskItem
+    batch_size: int = 8
+    shard_size: int = 16
+    dtype: str = "float32"
+    max_tokens: int = 512
+    imports: tuple[str, ...] = ()
+
+    def shards(self) -> list[Shard]:
+        """Consecutive prompts."""
+        return contiguous_shards(self.model, len(self.items), self.shard_size)
+
+    def map_shard(self, session: Any, shard: Shard) -> State:
+        """The shard's sums (float64, moved to the CPU)."""
+        from lenslab.probes.shared_neurons.units import unit_statistics
+
+        stats = unit_statistics(session, [self.items[i] for i in shard.items], self.batch_size)
+        state = {name: getattr(stats, name).cpu().numpy() for name in _UNIT_SUMS}
+        state.update(
+            tokens_all=np.asarray(stats.tokens_all),
+            tokens_answer=np.asarray(stats.tokens_answer),
+            seconds=np.asarray(stats.seconds),
+            n_items=np.asarray(len(shard.items)),
+        )
+        return state
+
+    def merge(self, states: Sequence[State]) -> State:
+        """Add the sums and counts."""
+        keys = (*_UNIT_SUMS, "tokens_all", "tokens_answer", "seconds", "n_items")
+        return {key: sum(s[key] for s in states[1:]) + states[0][key] for key in keys}
+
+
+def shared_neuron_unit_stats(
+    model: str,
+    items: Sequence[Any],
+    folder: str | Path,
+    backend: str | Backend = "serial",
+    *,
+    batch_size: int = 8,
+    shard_size: int = 16,
+    **backend_options: Any,
+) -> Any:
+    """``UnitStats`` of ``items`` computed shard by shard (the same sums as ``unit_statistics``)."""
+    from lenslab.probes.shared_neurons.units import UnitStats
+
+    job = UnitStatsJob(model, tuple(items), batch_size, shard_size)
+    key = hashlib.sha256(json.dumps([[i.prompt, i.answer] for i in items]).encode()).hexdigest()[:16]
+    merged, _ = run_job(job, folder, backend, key=key, **backend_options)
+    sums = {name: torch.as_tensor(merged[name]) for name in _UNIT_SUMS}
+    return UnitStats(
+        **sums,
+        tokens_all=int(merged["tokens_all"]),
+        tokens_answer=int(merged["tokens_answer"]),
+        seconds=float(merged["seconds"]),
+    )
