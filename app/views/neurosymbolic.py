@@ -46,10 +46,14 @@ def render() -> None:
         if isinstance(exc, ValueError) and "older than" not in str(exc):
             st.error(str(exc))
             return
+        status = (
+            f"No encoders are fitted for {session.model_id} yet."
+            if isinstance(exc, FileNotFoundError)
+            else f"The encoders fitted for {session.model_id} are an older format: refit them."
+        )
         st.info(
-            f"No current encoders are fitted for {session.model_id} ({exc}). Fitting collects hidden "
-            "states for several hundred few-shot problems (train, calibration and test splits) and "
-            "solves ridge regressions (several minutes on a CPU)."
+            f"{status} Fitting collects hidden states for several hundred few-shot problems (train, "
+            "calibration and test splits) and solves ridge regressions (several minutes on a CPU)."
         )
         if st.button("Fit encoders", type="primary", key=f"{KEY}:fit"):
             folder = state.run_with_status(
