@@ -403,8 +403,10 @@ class NeurosymbolicResult(Result):
         }
 
     def figures(self) -> dict[str, go.Figure]:
-        """Operation scores, slot margins against the gate, each layer's read-out of this problem,
-        then the fitted maps' figures (:meth:`FitSummary.figures`: layer curve, evaluation)."""
+        """This problem's operation scores, slot margins and per-layer read-out, then the fit's figures.
+
+        The fit's figures (:meth:`FitSummary.figures`) travel with the result for reports.
+        """
         layers = [int(x) for x in self.fit.curve_layers]
         scores = go.Figure(
             go.Bar(
