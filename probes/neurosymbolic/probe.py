@@ -403,7 +403,7 @@ class NeurosymbolicResult(Result):
         }
 
     def figures(self) -> dict[str, go.Figure]:
-        """This problem's operation scores, slot margins and per-layer read-out, then the fit's figures.
+        """Operation scores, slot margins and per-layer read-out of this problem, then the fit's figures.
 
         The fit's figures (:meth:`FitSummary.figures`) travel with the result for reports.
         """
