@@ -159,6 +159,11 @@ class FitSummary:
         """One sentence: the merge's CE change with its interval, and whether it excludes 0."""
         est, low, high = self.cell(task, "merged_ce_change")
         n = int(self.evaluation_n[self.evaluation_tasks.index(task)])
+        if self.cell(task, "fired")[0] == 0.0:
+            return (
+                f"the system abstained on all {n} test problems, so the merge changed nothing (CE change "
+                "exactly 0); the oracle row shows what a right read-out could do"
+            )
         if not np.isfinite(low):
             return f"CE change {est:+.3g} nats (n = {n}: no interval)"
         if low > 0:
