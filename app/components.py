@@ -230,14 +230,16 @@ def _field_widget(f: ConfigField, start: Any, key: str, session: Any | None) -> 
     return start
 
 
-def show_result(result: Result, key: str) -> None:
-    """Summary metrics and every figure of ``result``."""
+def show_result(result: Result, key: str, skip: tuple[str, ...] = ()) -> None:
+    """Summary metrics and every figure of ``result`` (except those named in ``skip``: already shown)."""
     summary = result.summary()
     if summary:
         cols = st.columns(min(len(summary), 4))
         for col, (name, value) in zip(cols * 4, summary.items(), strict=False):
             col.metric(md(name), _fmt(value))
     for name, fig in result.figures().items():
+        if name in skip:
+            continue
         if name not in result.state_figures:
             st.plotly_chart(fig, key=f"{key}:{name}", width="stretch")
             continue

@@ -116,3 +116,17 @@ def bootstrap_by_group(
         draws[r] = statistic(values[np.concatenate([members[g] for g in chosen])])
     low, high = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
     return Interval(estimate, float(low), float(high), n_groups, method)
+
+
+def paired_difference(after: Float[np.ndarray, " n"], before: Float[np.ndarray, " n"]) -> Interval:
+    """Mean of ``after − before`` over paired units with a Student-t interval (the paired t-test's).
+
+    Pairing (the same problem under two conditions) removes the between-unit spread that an
+    interval on the difference of two separate means would carry.
+    """
+    a = np.asarray(after, dtype=np.float64).ravel()
+    b = np.asarray(before, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths, got {a.size} and {b.size}")
+    interval = mean_ci(a - b)
+    return Interval(interval.estimate, interval.low, interval.high, interval.n, "paired t")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 
 from lenslab.app import state
@@ -9,6 +11,7 @@ from lenslab.app.components import settings_and_run, show_result
 from lenslab.probes import get_probe
 from lenslab.probes.neurosymbolic.probe import (
     DEFAULT_PROBLEM,
+    FitSummary,
     fit_summary,
     load_artefact,
     prepare_default_artefacts,
@@ -20,6 +23,7 @@ ICON = "🧮"
 ORDER = 70
 URL = "neurosymbolic"
 KEY = "neurosymbolic"
+FIT_FIGURES = ("layer_curve", "evaluation", "evaluation_ce")  # drawn once, above the problem
 
 
 def render() -> None:
@@ -30,17 +34,26 @@ def render() -> None:
         "A linear encoder reads the last prompt token's hidden state as a vector-symbolic problem "
         "(operation + two operands bound to roles); the operands are unbound and the answer computed "
         "exactly, then decoded back into the residual stream: h ← (1−w)·h + w·decoded at every "
-        "answer digit (Dhanraj & Eliasmith 2025)."
+        "answer digit (Dhanraj & Eliasmith 2025). The system acts only where its read-out is "
+        "calibrated to be right; otherwise it abstains and the model answers alone."
     )
     session = state.session()
     if session is None:
         return
     try:
         artefact = load_artefact(session)
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError) as exc:
+        if isinstance(exc, ValueError) and "older than" not in str(exc):
+            st.error(str(exc))
+            return
+        status = (
+            f"No encoders are fitted for {session.model_id} yet."
+            if isinstance(exc, FileNotFoundError)
+            else f"The encoders fitted for {session.model_id} are an older format: refit them."
+        )
         st.info(
-            f"No encoders are fitted for {session.model_id} yet. Fitting collects hidden states for a "
-            "few hundred few-shot problems and solves ridge regressions (about 2 minutes on a CPU)."
+            f"{status} Fitting collects hidden states for several hundred few-shot problems (train, "
+            "calibration and test splits) and solves ridge regressions (several minutes on a CPU)."
         )
         if st.button("Fit encoders", type="primary", key=f"{KEY}:fit"):
             folder = state.run_with_status(
@@ -50,19 +63,9 @@ def render() -> None:
             if folder is not None:
                 st.rerun()
         return
-    except ValueError as exc:
-        st.error(str(exc))
-        return
 
     summary = fit_summary(artefact)
-    overview = summary.figures()
-    st.subheader("Where do hidden states hold the problem?")
-    st.plotly_chart(overview["layer_curve"], key=f"{KEY}:curve", width="stretch")
-    st.caption(
-        f"Encoders fitted on {summary.n_train} problems, scored on {summary.n_test} held-out ones "
-        f"(operand pairs never seen in training). Best layer: {summary.chosen_layer}; the decoder "
-        f"writes at layer {summary.merge_layer}."
-    )
+    _overview(summary)
 
     st.subheader("Try a problem")
     symbols = ", ".join(f"`{OPERATIONS[op][0]}`" for op in artefact.codebook.operations)
@@ -76,35 +79,67 @@ def render() -> None:
     result = settings_and_run(probe, KEY, session, problem)
     if result is not None:
         _explain(result)
-        show_result(result, KEY)
+        show_result(result, KEY, skip=FIT_FIGURES)
         state.save_report([result], session, KEY)
-    else:
-        st.subheader("Evaluation on the test split")
-        st.plotly_chart(overview["evaluation"], key=f"{KEY}:table", width="stretch")
-        st.plotly_chart(overview["evaluation_ce"], key=f"{KEY}:ce", width="stretch")
+
+
+def _overview(summary: FitSummary) -> None:
+    figures = summary.figures()
+    st.subheader("Where do hidden states hold the problem?")
+    st.plotly_chart(figures["layer_curve"], key=f"{KEY}:curve", width="stretch")
+    st.caption(
+        f"Encoders fitted on {summary.n_train} problems; gate thresholds chosen on "
+        f"{summary.n_calibration} calibration problems; everything scored on {summary.n_test} test "
+        f"problems (three disjoint sets of operand pairs). Best layer: {summary.chosen_layer}; the "
+        f"decoder writes at layer {summary.merge_layer}. Gate: {summary.gate_text()}."
+    )
+    st.subheader("Evaluation on the test split")
+    st.markdown(
+        f"Baseline: **{summary.baseline_name}**. A chain-of-thought baseline is not run: the "
+        "embedded 270M model does not produce usable chains of thought (see docs/neurosymbolic.md "
+        f"for where one plugs in). {summary.ce_change_verdict()}."
+    )
+    st.plotly_chart(figures["evaluation"], key=f"{KEY}:table", width="stretch")
+    st.plotly_chart(figures["evaluation_ce"], key=f"{KEY}:ce", width="stretch")
 
 
 def _explain(result) -> None:
-    symbol = OPERATIONS[result.decoded_operation][0]
     top = float(result.operation_scores.max())
-    action = (
-        f"score {top:.2f} ≥ {result.config.threshold:g}: the system acts and computes "
-        f"**{result.system_answer}**"
-        if result.fired
-        else f"score {top:.2f} — below {result.config.threshold:g} or no valid answer: no intervention"
+    decoded = f"**{result.decoded_text}**"
+    if result.fired:
+        action = (
+            f"confidence {result.confidence:.2f} ≥ calibrated {result.gate_threshold:.2f}, score "
+            f"{top:.2f} ≥ {result.config.threshold:g}: the system **acts** and computes "
+            f"**{result.system_answer}**"
+        )
+        if not result.config.calibrated_gate:
+            action += " (calibrated gate switched off: the paper's score gate alone)"
+    else:
+        action = f"the system **abstains**: {result.abstain_reason}"
+    right = (
+        result.decoded_operation == result.operation
+        and result.decoded_first == result.first
+        and result.decoded_second == result.second
     )
     st.markdown(
-        f"Layer {result.readout_layer}'s encoder reads **{result.decoded_first} {symbol} "
-        f"{result.decoded_second}** ({action}). Exact answer: **{result.exact_answer}**."
+        f"Layer {result.readout_layer}'s encoder reads {decoded} ({action}). Exact answer: "
+        f"**{result.exact_answer}**; the read-out is {'right' if right else 'wrong'}."
     )
+    if result.fired and math.isfinite(result.gate_threshold):
+        st.caption(f"Gate on held-out problems: {result.fit.gate_text(result.readout_layer)}.")
+    elif not result.fired:
+        st.caption(
+            "Abstaining leaves the model's own answer. Gate on held-out problems: "
+            f"{result.fit.gate_text(result.readout_layer)}."
+        )
     col1, col2 = st.columns(2)
     col1.markdown(
-        f"Model alone: `{result.baseline_answer.strip() or '∅'}` · CE of the exact answer "
-        f"{result.baseline_answer_ce:.3f} nats"
+        f"Model alone (few-shot): `{result.baseline_answer.strip() or '∅'}` · CE of the exact answer "
+        f"{result.baseline_answer_ce:.3g} nats"
     )
+    merged = "unchanged (no merge)" if not result.fired else f"`{result.merged_answer.strip() or '∅'}`"
     col2.markdown(
-        f"With merge (layer {result.merge_layer}): `{result.merged_answer.strip() or '∅'}` · CE "
-        f"{result.merged_answer_ce:.3f} nats"
+        f"With merge (layer {result.merge_layer}): {merged} · CE {result.merged_answer_ce:.3g} nats"
     )
     with st.expander("Prompt the model saw"):
         st.code(result.few_shot_prompt, language=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ from lenslab.models.paths import family_dir
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config
 from lenslab.probes.neurosymbolic.fit import LinearMap
+from lenslab.probes.neurosymbolic.gate import GateThreshold
 from lenslab.probes.neurosymbolic.tasks import ALL_OPERATIONS, OPERATIONS, TaskSet, generate_tasks
 from lenslab.probes.neurosymbolic.vsa import Codebook
 
-FORMAT = 3  # 3: encoders carry the radius of their training states (out-of-distribution gate)
+# 3: encoders carry the radius of their training states (out-of-distribution gate)
+# 4: a calibrated read-out confidence threshold per encoder layer; metrics with 95% intervals
+FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,11 @@ class TrainConfig(Config):
 
     operations: tuple[str, ...] = field(default=ALL_OPERATIONS, metadata={"help": "task types"})
     bound: int = field(default=100, metadata={"help": "operands are 0..bound-1", "min": 4, "max": 1000})
-    n_train_per_operation: int = field(default=20, metadata={"help": "training problems", "min": 4})
-    n_test_per_operation: int = field(default=6, metadata={"help": "test problems", "min": 2})
+    n_train_per_operation: int = field(default=24, metadata={"help": "training problems", "min": 4})
+    n_test_per_operation: int = field(default=20, metadata={"help": "test problems", "min": 2})
+    n_calibration_per_operation: int = field(
+        default=30, metadata={"help": "calibration problems (the gate's threshold)", "min": 2}
+    )
     shots: int = field(default=1, metadata={"help": "solved examples before the query", "min": 0, "max": 8})
     vsa_dim: int = field(default=2048, metadata={"help": "VSA dimension", "min": 64, "max": 16384})
     seed: int = field(default=0, metadata={"help": "codebook and task seed"})
@@ -43,6 +50,14 @@ class TrainConfig(Config):
         metadata={"help": "decoder layer (-1: best decoder R² at/after the encoder layer)", "min": -1},
     )
     threshold: float = field(default=0.8, metadata={"help": "evaluation: act above this score"})
+    gate_target: float = field(
+        default=0.95,
+        metadata={
+            "help": "gate: least precision (Wilson lower bound on calibration)",
+            "min": 0.5,
+            "max": 0.999,
+        },
+    )
     merge_weight: float = field(default=0.5, metadata={"help": "evaluation: w in (1-w)h + w·decoded"})
     batch_size: int = field(default=16, metadata={"help": "sequences per forward", "min": 1, "max": 256})
 
@@ -66,6 +81,7 @@ class TrainConfig(Config):
             self.n_test_per_operation,
             shots=self.shots,
             seed=self.seed,
+            n_calibration_per_operation=self.n_calibration_per_operation,
         )
 
     def key(self) -> str:
@@ -90,6 +106,11 @@ class Artefact:
     chosen_layer: int
     merge_layer: int
     metrics: dict[str, Any]  # layer curve + evaluation table (plain JSON)
+    gates: dict[int, GateThreshold] = field(default_factory=dict)  # calibrated per encoder layer
+
+    def gate(self, layer: int) -> float:
+        """The calibrated read-out confidence threshold at ``layer`` (``math.inf``: never acts)."""
+        return self.gates[layer].threshold if layer in self.gates else math.inf
 
     @property
     def operand_digits(self) -> int:
@@ -137,6 +158,7 @@ class Artefact:
             "decoder_alpha": self.decoder.alpha,
             "chosen_layer": self.chosen_layer,
             "merge_layer": self.merge_layer,
+            "gates": {str(k): v.to_json() for k, v in self.gates.items()},
             "metrics": self.metrics,
         }
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -152,7 +174,11 @@ class Artefact:
             raise FileNotFoundError(f"no neurosymbolic encoders in {folder} (meta.json/tensors.safetensors)")
         meta = json.loads((folder / "meta.json").read_text())
         if meta.get("format") != FORMAT:
-            raise ValueError(f"{folder} holds format {meta.get('format')}, expected {FORMAT}: refit")
+            raise ValueError(
+                f"the neurosymbolic encoders in {folder} are format {meta.get('format')}, older than this "
+                f"lenslab's format {FORMAT} (which adds the calibrated gate): refit them with "
+                "`lenslab prepare`, prepare_default_artefacts(session) or the page's 'Fit encoders' button"
+            )
         if session is not None and (
             meta["model_id"] != session.model_id or meta["d_model"] != session.d_model
         ):
@@ -190,6 +216,7 @@ class Artefact:
             chosen_layer=meta["chosen_layer"],
             merge_layer=meta["merge_layer"],
             metrics=meta["metrics"],
+            gates={int(k): GateThreshold.from_json(v) for k, v in meta["gates"].items()},
         )
 
 

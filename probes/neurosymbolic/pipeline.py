@@ -8,6 +8,8 @@ Pipeline (Dhanraj & Eliasmith 2025, scaled to a CPU and a 270M model):
    predict answer token ``j``.
 2. Encoder per layer: ridge map h(p0, layer) → VSA problem vector; penalty chosen on a held-out
    fifth of the training problems; metrics on the test split give the layer curve.
+   The gate's read-out confidence threshold per layer is chosen on a separate calibration split
+   (its own operand pairs, prompt only: one forward to the deepest layer) — see :mod:`.gate`.
 3. Decoder: ridge map from the answer-step VSA vectors (digit to write + step atom,
    :meth:`Codebook.answer_step_vectors`) to h(p0 + j, layer), fitted on training problems for
    every layer at once (reconstruction only: the optional cross-entropy fine-tune is left out,
@@ -39,14 +41,16 @@ import torch
 from lenslab.models.session import ModelSession
 from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig
 from lenslab.probes.neurosymbolic.fit import Collected, LinearMap, collect, mean_cosine, ridge_path
+from lenslab.probes.neurosymbolic.gate import GateThreshold, calibrate
 from lenslab.probes.neurosymbolic.readout import (
     Encoded,
     encode_prompts,
     evaluate,
+    fully_correct,
     read_out,
     readout_metrics,
 )
-from lenslab.probes.neurosymbolic.tasks import n_digits_for
+from lenslab.probes.neurosymbolic.tasks import Problem, n_digits_for
 from lenslab.probes.neurosymbolic.vsa import Codebook
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -66,6 +70,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         session.device,
     )
     problems = tasks.train + tasks.test
+    calibration_ids = [session.tokenize(prompt)[0].tolist() for prompt in tasks.calibration_prompts]
     encoded = encode_prompts(session, tasks.train_prompts + tasks.test_prompts, problems)
     n_train = len(tasks.train)
     test_rows = list(range(n_train, len(problems)))
@@ -78,7 +83,8 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         [encoded.answers[i] for i in test_rows],
         [encoded.starts[i] for i in test_rows],
     )
-    share = n_train / len(problems)
+    share = n_train / (len(problems) + len(calibration_ids))
+    test_share = len(test_rows) / (len(problems) + len(calibration_ids))
     with session.lock:
         train_pass = collect(
             session,
@@ -96,8 +102,17 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             layers,
             targets=test_encoded.answers,
             batch_size=config.batch_size,
-            progress=lambda f, m: progress(0.6 * (share + (1 - share) * f), m),
+            progress=lambda f, m: progress(0.6 * (share + test_share * f), m),
             message="collecting hidden states (test)",
+        )
+        calibration_pass = collect(
+            session,
+            calibration_ids,
+            [[len(ids) - 1] for ids in calibration_ids],
+            layers,
+            batch_size=config.batch_size,
+            progress=lambda f, m: progress(0.6 * (share + test_share + (1 - share - test_share) * f), m),
+            message="collecting hidden states (calibration)",
         )
         clean = Collected(
             states={layer: train_pass.states[layer] + test_pass.states[layer] for layer in layers}
@@ -112,6 +127,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         ops = [codebook.operation_index(p.operation) for p in problems]
         targets = codebook.encode_problems([p.first for p in problems], ops, [p.second for p in problems])
         encoders: dict[int, LinearMap] = {}
+        gates: dict[int, GateThreshold] = {}
         curve: dict[str, list[float]] = {}
         val_score: list[float] = []
         for layer in layers:
@@ -125,17 +141,28 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
                 [problems[i] for i in val_rows],
                 len(str(config.bound - 1)),
             )
-            val_score.append(val_metrics["operation_accuracy"] + val_metrics["digit_accuracy"])
+            val_score.append(
+                val_metrics["operation_accuracy"].estimate + val_metrics["digit_accuracy"].estimate
+            )
             encoder = ridge_path(x[:n_train], targets[:n_train], [alpha])[0].calibrate(x[:n_train])
             encoders[layer] = encoder
+            gates[layer] = _calibrate_gate(
+                codebook, encoder, calibration_pass.states[layer], tasks.calibration, config
+            )
             test_metrics = readout_metrics(
                 codebook,
-                read_out(codebook, encoder, x[test_rows], config.threshold),
+                read_out(codebook, encoder, x[test_rows], config.threshold, gates[layer].threshold),
                 [problems[i] for i in test_rows],
                 len(str(config.bound - 1)),
             )
-            for name, value in {**test_metrics, "alpha": alpha}.items():
-                curve.setdefault(name, []).append(value)
+            for name, interval in test_metrics.items():
+                curve.setdefault(name, []).append(interval.estimate)
+                curve.setdefault(f"{name}_low", []).append(interval.low)
+                curve.setdefault(f"{name}_high", []).append(interval.high)
+            curve.setdefault("alpha", []).append(alpha)
+            curve.setdefault("gate_threshold", []).append(
+                gates[layer].threshold if gates[layer].acts else None
+            )
             progress(0.6 + 0.1 * (layer + 1) / len(layers), f"fitted encoder for layer {layer}")
         chosen = int(np.argmax(val_score))
 
@@ -193,6 +220,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             chosen_layer=chosen,
             merge_layer=merge_layer,
             metrics={},
+            gates=gates,
         )
         test_problems = [problems[i] for i in test_rows]
         encoder_states = torch.stack([clean.states[chosen][i][0] for i in test_rows])
@@ -204,6 +232,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             encoder_states,
             threshold=config.threshold,
             weight=config.merge_weight,
+            min_confidence=artefact.gate(chosen),
             batch_size=config.batch_size,
             baseline=test_pass,
             progress=lambda f, m: progress(0.72 + 0.28 * f, m),
@@ -215,7 +244,23 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         "evaluation": table,
         "n_train": n_train,
         "n_test": len(test_rows),
+        "n_calibration": len(calibration_ids),
         "collect_seconds": collect_seconds,
         "fit_seconds": time.perf_counter() - started,
     }
     return artefact
+
+
+def _calibrate_gate(
+    codebook: Codebook,
+    encoder: LinearMap,
+    states: list[torch.Tensor],
+    problems: list[Problem],
+    config: TrainConfig,
+) -> GateThreshold:
+    """The layer's read-out confidence threshold, chosen on the calibration problems only."""
+    readout = read_out(codebook, encoder, torch.stack([s[0] for s in states]), config.threshold)
+    correct = np.asarray(fully_correct(codebook, readout, problems))
+    return calibrate(
+        np.asarray(readout.confidence), correct, np.asarray(readout.eligible), config.gate_target
+    )

@@ -23,18 +23,22 @@ instead of 1000 (CPU budget; configurable), a few hundred training problems inst
 thousands, ridge fits only (the decoder's optional cross-entropy fine-tune is not implemented),
 merge at every answer token rather than only the first (the first token alone cannot fix a
 multi-digit answer), operation "similarity" is the dot product with unit-norm atoms (the weight
-of the atom, ≈1 when present).
+of the atom, ≈1 when present), and the gate also requires the read-out confidence of every slot
+(operation and operand digits) to reach a threshold calibrated on held-out problems
+(:mod:`.gate`; ``calibrated_gate=False`` restores the paper's operation-score gate alone).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import torch
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register
@@ -44,16 +48,35 @@ from lenslab.probes.neurosymbolic.pipeline import fit_artefact
 from lenslab.probes.neurosymbolic.readout import answer_tokens, decoded_steps, greedy_answer, read_out
 from lenslab.probes.neurosymbolic.tasks import OPERATIONS, default_shots, few_shot_prompt, parse_problem
 from lenslab.probes.plotting import label
+from lenslab.probes.stats import format_interval
 from lenslab.progress import NO_PROGRESS, Progress
 
 DEFAULT_PROBLEM = "What is 48 * 7?"
 CURVE_METRICS = {
-    "operation_accuracy": "operation accuracy",
-    "digit_accuracy": "operand digit accuracy",
+    "operation_accuracy": "operation accuracy (1 − encoder classification error)",
+    "problem_accuracy": "whole problem read right (operation and both operands)",
     "number_accuracy": "operand accuracy (whole number)",
+    "digit_accuracy": "operand digit accuracy",
     "cosine": "cosine to target vector",
-    "fired": "share above threshold",
-    "decoder_r2": "decoder R² beyond step means (answer digit writable)",
+    "fired": "gate coverage (share the system acts on)",
+    "gate_precision": "gate precision (read right when it acts)",
+    "decoder_r2": "decoder R² beyond step means (validation, point estimate)",
+}
+# Evaluation columns: (key in the evaluation rows, header). The baseline is the model on the same
+# few-shot prompts; a chain-of-thought baseline would be one more row family here (see the doc).
+EVALUATION_COLUMNS = {
+    "fired": "acts (coverage)",
+    "gate_precision": "read right when acting",
+    "system_correct": "system answer right",
+    "few_shot_accuracy": "few-shot exact match",
+    "merged_accuracy": "merged exact match",
+    "oracle_accuracy": "oracle exact match",
+    "few_shot_ce": "few-shot CE (nats)",
+    "merged_ce": "merged CE (nats)",
+    "oracle_ce": "oracle CE (nats)",
+    "merged_ce_change": "merged − few-shot CE (paired)",
+    "oracle_ce_change": "oracle − few-shot CE (paired)",
+    "merged_accuracy_change": "merged − few-shot exact match",
 }
 _CACHE: dict[tuple[str, float], Artefact] = {}
 
@@ -72,6 +95,13 @@ class NeurosymbolicConfig(Config):
     merge_weight: float = field(
         default=0.5, metadata={"help": "w in h ← (1−w)·h + w·decoded", "min": 0.0, "max": 1.0}
     )
+    calibrated_gate: bool = field(
+        default=True,
+        metadata={
+            "help": "also require the read-out confidence calibrated on held-out problems "
+            "(off: the paper's operation-score gate alone)"
+        },
+    )
 
     def validate(self, session: ModelSession) -> None:
         """Check the layer against the model."""
@@ -80,77 +110,199 @@ class NeurosymbolicConfig(Config):
             session.check_layer(self.layer)
 
 
+def ci_text(estimate: float, low: float, high: float, digits: int = 2) -> str:
+    """``x [lo, hi]`` rounded to ``digits`` significant digits (— where undefined)."""
+    return format_interval(estimate, low, high, digits=digits)
+
+
 @dataclass(frozen=True)
 class FitSummary:
-    """What fitting measured: the layer curve (test split) and the evaluation table."""
+    """What fitting measured: the layer curve (test split, 95% intervals) and the evaluation table."""
 
     model_id: str
     chosen_layer: int
     merge_layer: int
     n_train: int
     n_test: int
+    n_calibration: int
+    shots: int
     curve_layers: np.ndarray
-    curve: dict[str, np.ndarray]  # CURVE_METRICS per layer
+    curve: dict[str, np.ndarray]  # CURVE_METRICS per layer (estimates)
+    curve_low: dict[str, np.ndarray]  # 95% interval per layer (NaN where none)
+    curve_high: dict[str, np.ndarray]
+    gate_thresholds: np.ndarray  # calibrated read-out confidence per layer (inf: never acts)
+    gate_target: float
     evaluation_columns: list[str]
     evaluation_tasks: list[str]
-    evaluation: np.ndarray  # [task, column]
+    evaluation: np.ndarray  # [task, column] estimates
+    evaluation_low: np.ndarray  # [task, column] 95% interval
+    evaluation_high: np.ndarray
+    evaluation_n: np.ndarray  # [task] problems
     evaluation_threshold: float
     evaluation_weight: float
 
+    @property
+    def baseline_name(self) -> str:
+        """What the baseline is."""
+        return f"few-shot ({self.shots}-shot prompt, no intervention)"
+
+    def cell(self, task: str, column: str) -> tuple[float, float, float]:
+        """``(estimate, low, high)`` of one evaluation cell."""
+        i, j = self.evaluation_tasks.index(task), self.evaluation_columns.index(column)
+        return (
+            float(self.evaluation[i, j]),
+            float(self.evaluation_low[i, j]),
+            float(self.evaluation_high[i, j]),
+        )
+
+    def ce_change_verdict(self, task: str = "all") -> str:
+        """One sentence: the merge's CE change with its interval, and whether it excludes 0."""
+        est, low, high = self.cell(task, "merged_ce_change")
+        n = int(self.evaluation_n[self.evaluation_tasks.index(task)])
+        if self.cell(task, "fired")[0] == 0.0:
+            return (
+                f"the system abstained on all {n} test problems, so the merge changed nothing (CE change "
+                "exactly 0); the oracle row shows what a right read-out could do"
+            )
+        if not np.isfinite(low):
+            return f"CE change {est:+.3g} nats (n = {n}: no interval)"
+        if low > 0:
+            verdict = "the 95% interval excludes 0: the merge raises the answer's cross-entropy"
+        elif high < 0:
+            verdict = "the 95% interval excludes 0: the merge lowers the answer's cross-entropy"
+        else:
+            verdict = "the 95% interval includes 0: no detectable change"
+        return (
+            f"merged − few-shot CE {ci_text(est, low, high, 3)} nats over n = {n} test problems "
+            f"(paired t); {verdict}"
+        )
+
+    def gate_text(self, layer: int | None = None) -> str:
+        """The gate's test-split precision and coverage at ``layer`` (default: the chosen layer)."""
+        layer = self.chosen_layer if layer is None else layer
+        if not np.isfinite(self.gate_thresholds[layer]):
+            return (
+                f"at layer {layer} no read-out confidence threshold reached a calibrated precision of "
+                f"{self.gate_target:g} on {self.n_calibration} calibration problems: the system "
+                "always abstains"
+            )
+        prec = [self.curve[k][layer] for k in ("gate_precision",)] + [
+            self.curve_low["gate_precision"][layer],
+            self.curve_high["gate_precision"][layer],
+        ]
+        cov = [self.curve["fired"][layer], self.curve_low["fired"][layer], self.curve_high["fired"][layer]]
+        return (
+            f"at layer {layer} (confidence ≥ {self.gate_thresholds[layer]:.2f}, calibrated for "
+            f"≥ {self.gate_target:g} on {self.n_calibration} problems) the system acts on "
+            f"{ci_text(*cov)} of {self.n_test} test problems and reads them right in "
+            f"{ci_text(*prec)} (Wilson)"
+        )
+
     def markdown(self) -> str:
-        """The evaluation table as Markdown (notes, bench, notebooks)."""
-        header = "| task | " + " | ".join(self.evaluation_columns) + " |"
-        rule = "|" + "---|" * (len(self.evaluation_columns) + 1)
+        """The evaluation table as Markdown, ``x [lo, hi]`` (notes, bench, notebooks)."""
+        header = (
+            "| task | n | " + " | ".join(EVALUATION_COLUMNS.get(c, c) for c in self.evaluation_columns) + " |"
+        )
+        rule = "|" + "---|" * (len(self.evaluation_columns) + 2)
         rows = [
-            f"| {task} | "
-            + " | ".join(_fmt_cell(c, v) for c, v in zip(self.evaluation_columns, row, strict=True))
+            f"| {task} | {int(self.evaluation_n[i])} | "
+            + " | ".join(self._fmt(i, j) for j in range(len(self.evaluation_columns)))
             + " |"
-            for task, row in zip(self.evaluation_tasks, self.evaluation.tolist(), strict=True)
+            for i, task in enumerate(self.evaluation_tasks)
         ]
         return "\n".join([header, rule, *rows])
 
+    def _fmt(self, i: int, j: int) -> str:
+        digits = 3 if self.evaluation_columns[j].endswith(("_ce", "_ce_change")) else 2
+        return ci_text(self.evaluation[i, j], self.evaluation_low[i, j], self.evaluation_high[i, j], digits)
+
     def figures(self) -> dict[str, go.Figure]:
-        """Layer curve, evaluation table and answer cross-entropy bars."""
+        """Layer curve with 95% intervals, evaluation table, and the CE change with its interval."""
         layers = [int(x) for x in self.curve_layers]
         curve = go.Figure()
         for key, name in CURVE_METRICS.items():
-            if key in self.curve:
-                curve.add_trace(go.Scatter(x=layers, y=self.curve[key], mode="lines+markers", name=name))
-        curve.add_vline(x=self.merge_layer, line_dash="dot", annotation_text="merge layer")
+            if key not in self.curve:
+                continue
+            y = np.asarray(self.curve[key], dtype=np.float64)
+            error = None
+            if key in self.curve_low:
+                low, high = np.asarray(self.curve_low[key]), np.asarray(self.curve_high[key])
+                error = {
+                    "type": "data",
+                    "array": np.nan_to_num(high - y),
+                    "arrayminus": np.nan_to_num(y - low),
+                }
+            curve.add_trace(
+                go.Scatter(
+                    x=layers,
+                    y=y,
+                    error_y=error,
+                    mode="lines+markers",
+                    name=name,
+                    hovertemplate="layer %{x}: %{y:.2f}<extra>" + name + "</extra>",
+                )
+            )
+        curve.add_vline(x=self.chosen_layer, line_dash="dash", annotation_text="encoder layer")
+        curve.add_vline(
+            x=self.merge_layer, line_dash="dot", annotation_text="merge layer", annotation_position="bottom"
+        )
+        finite = [float(np.nanmin(v)) for v in self.curve.values() if np.isfinite(v).any()]
         curve.update_layout(
-            title=f"Where are problems linearly readable as symbols? (test split, {self.n_test} problems)",
+            title=f"Where are problems linearly readable as symbols? (test split, n = {self.n_test} "
+            "problems; bars: 95% intervals)",
             xaxis_title="layer",
-            yaxis_title="accuracy / cosine",
-            yaxis_range=[min(0.0, *(float(np.min(v)) for v in self.curve.values())) - 0.02, 1.02],
+            yaxis_title="rate / cosine / R² (test split)",
+            yaxis_range=[min(0.0, *finite) - 0.02, 1.05],
             template="plotly_white",
         )
+        headers = ["task", "n", *[EVALUATION_COLUMNS.get(c, c) for c in self.evaluation_columns]]
         table = go.Figure(
             go.Table(
-                header={"values": ["task", *self.evaluation_columns]},
+                header={"values": headers},
                 cells={
                     "values": [
                         self.evaluation_tasks,
+                        [str(int(n)) for n in self.evaluation_n],
                         *[
-                            [_fmt_cell(c, v) for v in self.evaluation[:, j]]
-                            for j, c in enumerate(self.evaluation_columns)
+                            [self._fmt(i, j) for i in range(len(self.evaluation_tasks))]
+                            for j in range(len(self.evaluation_columns))
                         ],
                     ]
                 },
             )
         )
         table.update_layout(
-            title=f"Test split: baseline vs merge at layer {self.merge_layer} (threshold "
-            f"{self.evaluation_threshold:g}, w={self.evaluation_weight:g}); oracle = merge the true answer",
-            height=420,
+            title=f"Test split: {self.baseline_name} vs merge at layer {self.merge_layer} (score ≥ "
+            f"{self.evaluation_threshold:g}, calibrated confidence, w = {self.evaluation_weight:g}); "
+            "oracle = merge the true answer. x [95% interval]",
+            height=460,
         )
         bars = go.Figure()
-        for name in ("baseline", "merged", "oracle"):
-            column = f"{name}_ce"
+        for name, label_text in (
+            ("merged", "merged (acts only where the gate fires)"),
+            ("oracle", "oracle merge"),
+        ):
+            column = f"{name}_ce_change"
             if column in self.evaluation_columns:
                 j = self.evaluation_columns.index(column)
-                bars.add_trace(go.Bar(x=self.evaluation_tasks, y=self.evaluation[:, j], name=name))
+                bars.add_trace(
+                    go.Bar(
+                        x=self.evaluation_tasks,
+                        y=self.evaluation[:, j],
+                        error_y={
+                            "type": "data",
+                            "array": np.nan_to_num(self.evaluation_high[:, j] - self.evaluation[:, j]),
+                            "arrayminus": np.nan_to_num(self.evaluation[:, j] - self.evaluation_low[:, j]),
+                        },
+                        name=label_text,
+                    )
+                )
+        bars.add_hline(y=0.0, line_color="black", line_width=1)
         bars.update_layout(
-            title="Mean cross-entropy of the answer tokens (nats, lower is better)",
+            title="Change in the answer's cross-entropy against the few-shot baseline (paired per problem, "
+            "95% t interval; below 0 = better)",
+            xaxis_title="task",
+            yaxis_title="Δ mean CE of the answer tokens (nats)",
             barmode="group",
             template="plotly_white",
         )
@@ -160,21 +312,44 @@ class FitSummary:
 def fit_summary(artefact: Artefact) -> FitSummary:
     """The metrics of fitted maps as plain data (no tensors)."""
     evaluation = artefact.metrics["evaluation"]
-    columns = [c for c in evaluation["rows"][0] if c != "task"]
+    rows = evaluation["rows"]
+    columns = [c for c in EVALUATION_COLUMNS if c in rows[0]]
     curve = artefact.metrics["layer_curve"]
+
+    def triple(value: Any) -> tuple[float, float, float]:
+        return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),) * 3  # type: ignore[return-value]
+
+    cells = np.asarray([[triple(row[c]) for c in columns] for row in rows], dtype=np.float64)
     return FitSummary(
         model_id=artefact.model_id,
         chosen_layer=artefact.chosen_layer,
         merge_layer=artefact.merge_layer,
         n_train=int(artefact.metrics["n_train"]),
         n_test=int(artefact.metrics["n_test"]),
+        n_calibration=int(artefact.metrics["n_calibration"]),
+        shots=int(artefact.config.shots),
         curve_layers=np.arange(artefact.n_layers, dtype=np.int64),
-        curve={key: np.asarray(curve[key], dtype=np.float32) for key in CURVE_METRICS if key in curve},
-        evaluation_columns=columns,
-        evaluation_tasks=[row["task"] for row in evaluation["rows"]],
-        evaluation=np.asarray(
-            [[float(row[c]) for c in columns] for row in evaluation["rows"]], dtype=np.float64
+        curve={key: np.asarray(curve[key], dtype=np.float64) for key in CURVE_METRICS if key in curve},
+        curve_low={
+            key: np.asarray(curve[f"{key}_low"], dtype=np.float64)
+            for key in CURVE_METRICS
+            if f"{key}_low" in curve
+        },
+        curve_high={
+            key: np.asarray(curve[f"{key}_high"], dtype=np.float64)
+            for key in CURVE_METRICS
+            if f"{key}_high" in curve
+        },
+        gate_thresholds=np.asarray(
+            [artefact.gate(layer) for layer in range(artefact.n_layers)], dtype=np.float64
         ),
+        gate_target=float(artefact.config.gate_target),
+        evaluation_columns=columns,
+        evaluation_tasks=[row["task"] for row in rows],
+        evaluation=cells[..., 0],
+        evaluation_low=cells[..., 1],
+        evaluation_high=cells[..., 2],
+        evaluation_n=np.asarray([int(row["n"]) for row in rows], dtype=np.int64),
         evaluation_threshold=float(evaluation["threshold"]),
         evaluation_weight=float(evaluation["weight"]),
     )
@@ -200,6 +375,11 @@ class NeurosymbolicResult(Result):
     decoded_second: int
     fired: bool
     system_answer: int  # -1 when the decoded problem has no answer
+    confidence: float  # the weakest slot's margin at the readout layer
+    gate_threshold: float  # the calibrated threshold it was compared with (inf: never acts, -inf: gate off)
+    abstain_reason: str  # "" when the system acts
+    slot_names: list[str]  # operation, then each digit of each operand (units first)
+    slot_margins: np.ndarray  # [slot] winning minus runner-up score
     baseline_answer: str
     merged_answer: str
     baseline_answer_ce: float
@@ -208,20 +388,30 @@ class NeurosymbolicResult(Result):
     layer_first: np.ndarray
     layer_second: np.ndarray
     layer_top_score: np.ndarray
+    layer_confidence: np.ndarray
+    layer_fired: np.ndarray  # bool per layer: would the gate act there
     fit: FitSummary  # layer curve and evaluation table of the fitted maps
 
+    @property
+    def decoded_text(self) -> str:
+        """The decoded problem as written."""
+        return f"{self.decoded_first} {OPERATIONS[self.decoded_operation][0]} {self.decoded_second}"
+
     def summary(self) -> dict[str, Any]:
-        """The decoded problem and both answers."""
-        decoded = f"{self.decoded_first} {OPERATIONS[self.decoded_operation][0]} {self.decoded_second}"
+        """The decoded problem, whether the system acts, and both answers."""
         return {
-            "decoded problem": decoded,
+            "decoded problem": self.decoded_text,
+            "system": f"acts: {self.system_answer}" if self.fired else "abstains",
             "exact answer": self.exact_answer,
-            "model answer": self.baseline_answer.strip() or "∅",
+            "model answer (few-shot)": self.baseline_answer.strip() or "∅",
             "with merge": self.merged_answer.strip() or "∅",
         }
 
     def figures(self) -> dict[str, go.Figure]:
-        """Layer curve, this problem's operation scores, evaluation table and CE bars."""
+        """Operation scores, slot margins and per-layer read-out of this problem, then the fit's figures.
+
+        The fit's figures (:meth:`FitSummary.figures`) travel with the result for reports.
+        """
         layers = [int(x) for x in self.fit.curve_layers]
         scores = go.Figure(
             go.Bar(
@@ -230,18 +420,38 @@ class NeurosymbolicResult(Result):
                 marker_color=[
                     "#d62728" if op == self.operation else "#1f77b4" for op in self.operation_names
                 ],
-                hovertemplate="%{x}: %{y:.3f}<extra></extra>",
+                hovertemplate="%{x}: %{y:.2f}<extra></extra>",
             )
         )
-        scores.add_hline(y=self.config.threshold, line_dash="dash", annotation_text="threshold")
+        scores.add_hline(y=self.config.threshold, line_dash="dash", annotation_text="score threshold")
         scores.update_layout(
             title=f"Operation scores read from layer {self.readout_layer} (red: the true operation)",
+            xaxis_title="operation",
             yaxis_title="dot product with operation atom",
+            template="plotly_white",
+        )
+        margins = go.Figure(
+            go.Bar(
+                x=self.slot_names,
+                y=self.slot_margins,
+                marker_color=["#d62728" if m < self.gate_threshold else "#2ca02c" for m in self.slot_margins],
+                hovertemplate="%{x}: %{y:.2f}<extra></extra>",
+            )
+        )
+        if np.isfinite(self.gate_threshold):
+            margins.add_hline(y=self.gate_threshold, line_dash="dash", annotation_text="calibrated threshold")
+        margins.update_layout(
+            title=f"Read-out confidence per slot at layer {self.readout_layer} "
+            "(red: below the gate's threshold)",
+            xaxis_title="slot",
+            yaxis_title="margin: winning − runner-up score",
             template="plotly_white",
         )
         per_layer = go.Figure(
             go.Table(
-                header={"values": ["layer", "operation", "first", "second", "top score"]},
+                header={
+                    "values": ["layer", "operation", "first", "second", "top score", "confidence", "acts"]
+                },
                 cells={
                     "values": [
                         layers,
@@ -249,23 +459,22 @@ class NeurosymbolicResult(Result):
                         self.layer_first.tolist(),
                         self.layer_second.tolist(),
                         [f"{v:.2f}" for v in self.layer_top_score],
+                        [f"{v:.2f}" for v in self.layer_confidence],
+                        ["acts" if v else "abstains" for v in self.layer_fired.tolist()],
                     ]
                 },
             )
         )
-        per_layer.update_layout(title="What each layer's encoder reads for this problem")
-        fit = self.fit.figures()
+        per_layer.update_layout(title="What each layer's encoder reads for this problem, and its gate")
+        fit = self.fit.figures()  # the fitted maps' figures travel with the result (reports)
         return {
-            "layer_curve": fit["layer_curve"],
             "operation_scores": scores,
+            "slot_margins": margins,
             "per_layer_readout": per_layer,
+            "layer_curve": fit["layer_curve"],
             "evaluation": fit["evaluation"],
             "evaluation_ce": fit["evaluation_ce"],
         }
-
-
-def _fmt_cell(column: str, value: float) -> str:
-    return str(int(value)) if column == "n" else f"{value:.3f}"
 
 
 def load_artefact(
@@ -362,9 +571,17 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
         with session.lock:
             layers = list(range(session.n_layers))
             clean = collect(session, [prompt_ids + answer_ids], [[len(prompt_ids) - 1]], layers)
+
+            def gate(layer: int) -> float:
+                return artefact.gate(layer) if config.calibrated_gate else -math.inf
+
             per_layer = {
                 layer: read_out(
-                    artefact.codebook, artefact.encoders[layer], clean.states[layer][0], config.threshold
+                    artefact.codebook,
+                    artefact.encoders[layer],
+                    clean.states[layer][0],
+                    config.threshold,
+                    gate(layer),
                 )
                 for layer in layers
             }
@@ -400,6 +617,14 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
                 assert run.target_logprob is not None
                 ce[name] = float(-run.target_logprob[0].mean())
         answer = readout.system_answers[0]
+        decoded = readout.decoded
+        n_digits = artefact.codebook.n_digits
+        slot_names = ["operation"] + [
+            f"{which} {10**i}s" for which in ("first", "second") for i in range(n_digits)
+        ]
+        slot_margins = torch.cat(
+            [decoded.operation_margin[:1], decoded.first_margins[0], decoded.second_margins[0]]
+        )
         return NeurosymbolicResult(
             model_id=session.model_id,
             prompt=prompt,
@@ -418,6 +643,11 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
             decoded_second=int(readout.decoded.second[0]),
             fired=bool(readout.fired[0]),
             system_answer=-1 if answer is None else int(answer),
+            confidence=float(readout.confidence[0]),
+            gate_threshold=float(gate(readout_layer)),
+            abstain_reason=readout.reasons[0],
+            slot_names=slot_names,
+            slot_margins=slot_margins.cpu().numpy().astype(np.float32),
             baseline_answer=baseline,
             merged_answer=merged,
             baseline_answer_ce=ce["baseline"],
@@ -430,5 +660,9 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
                 [int(per_layer[layer].decoded.second[0]) for layer in layers], dtype=np.int64
             ),
             layer_top_score=np.asarray([per_layer[layer].top_score[0] for layer in layers], dtype=np.float32),
+            layer_confidence=np.asarray(
+                [per_layer[layer].confidence[0] for layer in layers], dtype=np.float32
+            ),
+            layer_fired=np.asarray([per_layer[layer].fired[0] for layer in layers], dtype=bool),
             fit=fit_summary(artefact),
         )

@@ -10,6 +10,7 @@ problem, and :func:`greedy_answer` (one forward per generated token) is for sing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +21,11 @@ from torch import Tensor
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.neurosymbolic.artefact import Artefact
-from lenslab.probes.neurosymbolic.fit import Collected, LinearMap, Merge, collect, mean_cosine
+from lenslab.probes.neurosymbolic.fit import Collected, LinearMap, Merge, collect
+from lenslab.probes.neurosymbolic.gate import gate_performance
 from lenslab.probes.neurosymbolic.tasks import Problem, solve
 from lenslab.probes.neurosymbolic.vsa import Codebook, ProblemReadout, digits_of
+from lenslab.probes.stats import Interval, mean_ci, paired_difference, wilson
 from lenslab.progress import NO_PROGRESS, Progress
 
 
@@ -75,24 +78,35 @@ class Readout:
     fired: list[bool]
     system_answers: list[int | None]
     in_distribution: list[bool]  # state within the encoder's training range (else it never fires)
+    confidence: list[float]  # the weakest slot's margin (see gate.py)
+    eligible: list[bool]  # passes the range gate, the operation score and has an answer
+    reasons: list[str]  # why the system abstains ("" where it acts)
 
 
 def read_out(
-    codebook: Codebook, encoder: LinearMap, states: Float[Tensor, "n d_model"], threshold: float
+    codebook: Codebook,
+    encoder: LinearMap,
+    states: Float[Tensor, "n d_model"],
+    threshold: float,
+    min_confidence: float = -math.inf,
 ) -> Readout:
     """Encode hidden states, decode operation and operands, and compute answers where confident.
 
-    Confident = the best operation score clears ``threshold`` *and* the state lies within the
-    encoder's training range: a non-arithmetic state gives scores ≫ 1 that would clear any threshold.
+    The system acts when (1) the state lies within the encoder's training range (a non-arithmetic
+    state gives scores ≫ 1 that would clear any threshold), (2) the best operation score clears
+    ``threshold`` (the paper's gate), (3) the decoded problem has an answer and (4) the read-out
+    confidence (weakest slot margin) reaches ``min_confidence``, the calibrated threshold of
+    :mod:`~lenslab.probes.neurosymbolic.gate` (``math.inf``: never; ``-math.inf``: no such gate).
     """
     vectors = encoder(states.to(encoder.weight.device)).float()
     covered = encoder.covers(states)
     decoded = codebook.decode_problems(vectors)
     top = decoded.operation_scores.max(-1).values.tolist()
+    confidence = decoded.confidence().tolist()
     operations = [codebook.operations[i] for i in decoded.operation.tolist()]
-    fired, answers = [], []
-    for op, first, second, score, inside in zip(
-        operations, decoded.first.tolist(), decoded.second.tolist(), top, covered, strict=True
+    fired, answers, eligible, reasons = [], [], [], []
+    for op, first, second, score, inside, sure in zip(
+        operations, decoded.first.tolist(), decoded.second.tolist(), top, covered, confidence, strict=True
     ):
         answer: int | None = None
         try:
@@ -102,8 +116,36 @@ def read_out(
         if answer is not None and answer > codebook.max_value:
             answer = None
         answers.append(answer)
-        fired.append(bool(inside and score >= threshold and answer is not None))
-    return Readout(vectors, decoded, operations, top, fired, answers, covered)
+        if not inside:
+            reason = "the state lies outside the encoder's training range"
+        elif score < threshold:
+            reason = f"operation score {score:.2f} < {threshold:g}"
+        elif answer is None:
+            reason = "the decoded problem has no answer"
+        elif not math.isfinite(min_confidence) and min_confidence > 0:
+            reason = "no confidence threshold reaches the target precision at this layer"
+        elif sure < min_confidence:
+            reason = f"read-out confidence {sure:.2f} < calibrated {min_confidence:.2f}"
+        else:
+            reason = ""
+        eligible.append(bool(inside and score >= threshold and answer is not None))
+        fired.append(reason == "")
+        reasons.append(reason)
+    return Readout(vectors, decoded, operations, top, fired, answers, covered, confidence, eligible, reasons)
+
+
+def fully_correct(codebook: Codebook, readout: Readout, problems: list[Problem]) -> list[bool]:
+    """Whether the operation and both whole operands were read right, per problem."""
+    return [
+        op == p.operation and first == p.first and second == p.second
+        for op, first, second, p in zip(
+            readout.operations,
+            readout.decoded.first.tolist(),
+            readout.decoded.second.tolist(),
+            problems,
+            strict=True,
+        )
+    ]
 
 
 def decoded_steps(artefact: Artefact, answers: list[int | None], fired: list[bool]) -> list[Tensor]:
@@ -119,29 +161,42 @@ def decoded_steps(artefact: Artefact, answers: list[int | None], fired: list[boo
 
 
 def readout_metrics(
-    artefact_codebook: Codebook, readout: Readout, problems: list[Problem], operand_digits: int
-) -> dict[str, float]:
-    """Operation accuracy, operand digit / whole-number accuracy, cosine to target, fired share."""
-    ops = torch.as_tensor([artefact_codebook.operation_index(p.operation) for p in problems])
+    codebook: Codebook, readout: Readout, problems: list[Problem], operand_digits: int
+) -> dict[str, Interval]:
+    """Per-layer read-out quality with 95% intervals over ``len(problems)`` independent problems.
+
+    Rates over problems (operation, both operands, the whole problem, the share the system acts
+    on, and its precision there) take Wilson intervals; digit and whole-operand accuracy are
+    averaged within each problem first (its digits are not independent) and take a t interval
+    over problems, as does the cosine to the target vector.
+    """
+    ops = torch.as_tensor([codebook.operation_index(p.operation) for p in problems])
     first = torch.as_tensor([p.first for p in problems])
     second = torch.as_tensor([p.second for p in problems])
-    target = artefact_codebook.encode_problems(first, ops, second)
+    target = codebook.encode_problems(first, ops, second)
     decoded = readout.decoded
     digits_true = torch.cat([digits_of(first, operand_digits), digits_of(second, operand_digits)], 1)
     digits_read = torch.cat(
         [decoded.first_digits[:, :operand_digits].cpu(), decoded.second_digits[:, :operand_digits].cpu()], 1
     )
+    op_right = (decoded.operation.cpu() == ops).numpy()
+    first_right = (decoded.first.cpu() == first).numpy()
+    second_right = (decoded.second.cpu() == second).numpy()
+    correct = op_right & first_right & second_right
+    cosines = torch.nn.functional.cosine_similarity(
+        readout.vectors.cpu().float(), target.cpu().float(), dim=-1
+    )
+    precision, coverage = gate_performance(np.asarray(readout.fired), correct)
+    n = len(problems)
     return {
-        "operation_accuracy": float((decoded.operation.cpu() == ops).float().mean()),
-        "digit_accuracy": float((digits_true == digits_read).float().mean()),
-        "number_accuracy": float(
-            torch.cat([decoded.first.cpu() == first, decoded.second.cpu() == second]).float().mean()
-        ),
-        "both_operands_accuracy": float(
-            ((decoded.first.cpu() == first) & (decoded.second.cpu() == second)).float().mean()
-        ),
-        "cosine": mean_cosine(readout.vectors.cpu(), target.cpu()),
-        "fired": float(np.mean(readout.fired)) if readout.fired else 0.0,
+        "operation_accuracy": wilson(int(op_right.sum()), n),
+        "digit_accuracy": mean_ci((digits_true == digits_read).float().mean(1).numpy()),
+        "number_accuracy": mean_ci((first_right.astype(float) + second_right) / 2),
+        "both_operands_accuracy": wilson(int((first_right & second_right).sum()), n),
+        "problem_accuracy": wilson(int(correct.sum()), n),
+        "cosine": mean_ci(cosines.numpy()),
+        "fired": coverage,
+        "gate_precision": precision,
     }
 
 
@@ -154,61 +209,125 @@ def evaluate(
     *,
     threshold: float,
     weight: float,
+    min_confidence: float = -math.inf,
     batch_size: int = 16,
     baseline: Collected | None = None,
     progress: Progress = NO_PROGRESS,
 ) -> dict[str, Any]:
-    """Exact match and answer-token cross-entropy per task: baseline, merge, and oracle merge.
+    """Exact match and answer-token cross-entropy per task: few-shot baseline, merge, oracle merge.
 
-    The oracle merge writes the *true* answer's decoded vectors into every problem: it separates
-    "the encoder read the problem wrong" from "the decoder cannot steer the model". ``baseline``
-    may pass an unmodified run of the same sequences with ``targets`` (saves one pass).
+    The baseline is the model on the same few-shot prompts without intervention. The merge acts
+    only where the gate fires; elsewhere the system abstains and the model's output is the
+    baseline's by definition, so only the acting problems are re-run. The oracle merge writes the
+    *true* answer's decoded vectors into every problem: it separates "the encoder read the
+    problem wrong" from "the decoder cannot steer the model". ``baseline`` may pass an unmodified
+    run of the same sequences with ``targets`` (saves one pass).
+
+    Changes (merge − baseline) are paired per problem: cross-entropy with a paired-t interval,
+    exact match with a t interval on the per-problem differences (−1, 0, +1). Every rate carries
+    a Wilson interval; ``per_problem`` keeps the raw values so any statistic can be recomputed.
     """
-    readout = read_out(artefact.codebook, artefact.encoders[artefact.chosen_layer], encoder_states, threshold)
-    runs: dict[str, Collected] = {} if baseline is None else {"baseline": baseline}
-    merges = {
-        **({"baseline": None} if baseline is None else {}),
-        "merged": decoded_steps(artefact, readout.system_answers, readout.fired),
-        "oracle": decoded_steps(artefact, [p.answer for p in problems], [True] * len(problems)),
+    readout = read_out(
+        artefact.codebook, artefact.encoders[artefact.chosen_layer], encoder_states, threshold, min_confidence
+    )
+    acting = [i for i, fired in enumerate(readout.fired) if fired]
+    runs: dict[str, Collected] = {} if baseline is None else {"few_shot": baseline}
+    oracle_vectors = decoded_steps(artefact, [p.answer for p in problems], [True] * len(problems))
+    merged_vectors = decoded_steps(artefact, readout.system_answers, readout.fired)
+    jobs: dict[str, tuple[list[int], list[Tensor] | None]] = {
+        **({"few_shot": (list(range(len(problems))), None)} if baseline is None else {}),
+        "merged": (acting, [merged_vectors[i] for i in acting]),
+        "oracle": (list(range(len(problems))), oracle_vectors),
     }
-    for k, (name, vectors) in enumerate(merges.items()):
-        merge = None if vectors is None else Merge(artefact.merge_layer, weight, vectors, encoded.starts)
+    for k, (name, (rows, vectors)) in enumerate(jobs.items()):
+        if not rows:
+            runs[name] = Collected(states={}, target_logprob=[], argmax=[])
+            continue
+        merge = (
+            None
+            if vectors is None
+            else Merge(artefact.merge_layer, weight, vectors, [encoded.starts[i] for i in rows])
+        )
         runs[name] = collect(
             session,
-            encoded.sequences,
-            encoded.positions(),
+            [encoded.sequences[i] for i in rows],
+            [encoded.positions()[i] for i in rows],
             [artefact.merge_layer],
-            targets=encoded.answers,
+            targets=[encoded.answers[i] for i in rows],
             merge=merge,
             batch_size=batch_size,
-            progress=lambda f, m, k=k: progress((k + f) / len(merges), m),
+            progress=lambda f, m, k=k: progress((k + f) / len(jobs), m),
             message=f"evaluating ({name})",
         )
-    runs = {name: runs[name] for name in ("baseline", "merged", "oracle")}
-    table: dict[str, Any] = {"threshold": threshold, "weight": weight, "merge_layer": artefact.merge_layer}
+
+    def scores(run: Collected, rows: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        assert run.argmax is not None and run.target_logprob is not None
+        exact = [
+            bool((run.argmax[j].cpu() == torch.as_tensor(encoded.answers[i])).all())
+            for j, i in enumerate(rows)
+        ]
+        ce = [float(-run.target_logprob[j].mean()) for j in range(len(rows))]
+        return np.asarray(exact, dtype=bool), np.asarray(ce, dtype=np.float64)
+
+    every = list(range(len(problems)))
+    few_exact, few_ce = scores(runs["few_shot"], every)
+    oracle_exact, oracle_ce = scores(runs["oracle"], every)
+    merged_exact, merged_ce = few_exact.copy(), few_ce.copy()  # abstaining: the model's own answer
+    if acting:
+        merged_exact[acting], merged_ce[acting] = scores(runs["merged"], acting)
+    correct = np.asarray(fully_correct(artefact.codebook, readout, problems), dtype=bool)
+    fired = np.asarray(readout.fired, dtype=bool)
+    system_right = np.asarray([a == p.answer for a, p in zip(readout.system_answers, problems, strict=True)])
+    per_problem = {
+        "task": [p.operation for p in problems],
+        "fired": fired.tolist(),
+        "decoded_correct": correct.tolist(),
+        "confidence": [float(c) for c in readout.confidence],
+        "few_shot_exact": few_exact.tolist(),
+        "few_shot_ce": few_ce.tolist(),
+        "merged_exact": merged_exact.tolist(),
+        "merged_ce": merged_ce.tolist(),
+        "oracle_exact": oracle_exact.tolist(),
+        "oracle_ce": oracle_ce.tolist(),
+    }
+    table: dict[str, Any] = {
+        "threshold": threshold,
+        "min_confidence": min_confidence if math.isfinite(min_confidence) else None,
+        "weight": weight,
+        "merge_layer": artefact.merge_layer,
+        "per_problem": per_problem,
+    }
     groups = {
         op: [i for i, p in enumerate(problems) if p.operation == op] for op in artefact.codebook.operations
     }
-    groups["all"] = list(range(len(problems)))
-    rows = []
+    groups["all"] = every
+    rows_out = []
     for op, members in groups.items():
         if not members:
             continue
-        row: dict[str, Any] = {"task": op, "n": len(members)}
-        row["fired"] = float(np.mean([readout.fired[i] for i in members]))
-        row["system_correct"] = float(
-            np.mean([readout.system_answers[i] == problems[i].answer for i in members])
-        )
-        for name, run in runs.items():
-            assert run.argmax is not None and run.target_logprob is not None
-            exact = [
-                bool((run.argmax[i].cpu() == torch.as_tensor(encoded.answers[i])).all()) for i in members
-            ]
-            ce = [float(-run.target_logprob[i].mean()) for i in members]
-            row[f"{name}_accuracy"] = float(np.mean(exact))
-            row[f"{name}_ce"] = float(np.mean(ce))
-        rows.append(row)
-    table["rows"] = rows
+        m = np.asarray(members)
+        precision, coverage = gate_performance(fired[m], correct[m])
+        row: dict[str, Any] = {
+            "task": op,
+            "n": len(members),
+            "fired": list(coverage.as_tuple()),
+            "gate_precision": list(precision.as_tuple()),
+            "system_correct": list(wilson(int(system_right[m].sum()), len(members)).as_tuple()),
+        }
+        for name, exact, ce in (
+            ("few_shot", few_exact, few_ce),
+            ("merged", merged_exact, merged_ce),
+            ("oracle", oracle_exact, oracle_ce),
+        ):
+            row[f"{name}_accuracy"] = list(wilson(int(exact[m].sum()), len(members)).as_tuple())
+            row[f"{name}_ce"] = list(mean_ci(ce[m]).as_tuple())
+        for name, exact, ce in (("merged", merged_exact, merged_ce), ("oracle", oracle_exact, oracle_ce)):
+            row[f"{name}_ce_change"] = list(paired_difference(ce[m], few_ce[m]).as_tuple())
+            row[f"{name}_accuracy_change"] = list(
+                paired_difference(exact[m].astype(float), few_exact[m].astype(float)).as_tuple()
+            )
+        rows_out.append(row)
+    table["rows"] = rows_out
     return table
 
 

@@ -5,8 +5,9 @@ the same operation followed by the query line up to ``"= "``, so the model's nex
 answer's digits (Gemma's tokenizer writes every digit as its own token, after a lone space token
 that the prompt already ends with) and then a newline.
 
-Train and test are split by *unordered operand pair*: a pair {a, b} used by any test problem
-never occurs in a training problem (of any operation) or in any shot.
+Train, calibration and test are split by *unordered operand pair*: a pair {a, b} used by a
+test problem never occurs in a calibration or training problem (of any operation) or in any
+shot, and a calibration pair never occurs in training, a shot or the test split.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import random
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Operation = Callable[[int, int], int]
 
@@ -109,12 +110,14 @@ def n_digits_for(operations: tuple[str, ...], bound: int) -> int:
 
 @dataclass(frozen=True)
 class TaskSet:
-    """Few-shot prompts for a train and a test split of problems."""
+    """Few-shot prompts for a train, a test and (optionally) a calibration split of problems."""
 
     train: list[Problem]
     test: list[Problem]
     train_prompts: list[str]
     test_prompts: list[str]
+    calibration: list[Problem] = field(default_factory=list)
+    calibration_prompts: list[str] = field(default_factory=list)
 
 
 def generate_tasks(
@@ -125,8 +128,14 @@ def generate_tasks(
     shots: int = 2,
     seed: int = 0,
     test_fraction: float = 0.25,
+    n_calibration_per_operation: int = 0,
 ) -> TaskSet:
-    """Sample problems per operation with operands in ``0..bound-1``, split by operand pair."""
+    """Sample problems per operation with operands in ``0..bound-1``, split by operand pair.
+
+    With ``n_calibration_per_operation`` a third pool of operand pairs (as large as the test
+    pool) holds the calibration problems: data for choosing a gate's threshold that is disjoint
+    from both the fitted maps' training data and the test split the gate is scored on.
+    """
     for op in operations:
         if op not in OPERATIONS:
             raise ValueError(f"unknown operation {op!r}; choose from {list(OPERATIONS)}")
@@ -138,7 +147,14 @@ def generate_tasks(
     pairs = [(a, b) for a in range(bound) for b in range(a, bound)]  # unordered pairs
     rng.shuffle(pairs)
     n_test_pairs = max(1, int(len(pairs) * test_fraction))
-    test_pairs, train_pairs = pairs[:n_test_pairs], pairs[n_test_pairs:]
+    n_calibration_pairs = n_test_pairs if n_calibration_per_operation > 0 else 0
+    if n_test_pairs + n_calibration_pairs >= len(pairs):
+        raise ValueError(
+            f"operands below {bound} leave no training pairs; raise bound or lower test_fraction"
+        )
+    test_pairs = pairs[:n_test_pairs]
+    calibration_pairs = pairs[n_test_pairs : n_test_pairs + n_calibration_pairs]
+    train_pairs = pairs[n_test_pairs + n_calibration_pairs :]
 
     def sample(op: str, pool: list[tuple[int, int]], n: int, seen: set[Problem]) -> list[Problem]:
         out: list[Problem] = []
@@ -159,6 +175,8 @@ def generate_tasks(
     test: list[Problem] = []
     train_prompts: list[str] = []
     test_prompts: list[str] = []
+    calibration: list[Problem] = []
+    calibration_prompts: list[str] = []
     for op in operations:
         seen: set[Problem] = set()
         op_train = sample(op, train_pairs, n_train_per_operation, seen)
@@ -170,7 +188,18 @@ def generate_tasks(
         for problem in op_test:
             test.append(problem)
             test_prompts.append(few_shot_prompt(problem, _shots(rng, shot_pool, problem, shots)))
-    return TaskSet(train=train, test=test, train_prompts=train_prompts, test_prompts=test_prompts)
+        if n_calibration_per_operation > 0:  # pairs of their own: never in train, test or shots
+            for problem in sample(op, calibration_pairs, n_calibration_per_operation, seen):
+                calibration.append(problem)
+                calibration_prompts.append(few_shot_prompt(problem, _shots(rng, shot_pool, problem, shots)))
+    return TaskSet(
+        train=train,
+        test=test,
+        train_prompts=train_prompts,
+        test_prompts=test_prompts,
+        calibration=calibration,
+        calibration_prompts=calibration_prompts,
+    )
 
 
 def _shots(rng: random.Random, pool: list[Problem], query: Problem, shots: int) -> list[Problem]:

@@ -199,11 +199,21 @@ class Codebook:
 
         Returns the values, the digits (units first) and each digit's winning dot product.
         """
+        values, digits, best, _ = self._clean_up_numbers(vectors)
+        return values, digits, best
+
+    def _clean_up_numbers(
+        self, vectors: Float[Tensor, "n dim"]
+    ) -> tuple[
+        Int[Tensor, " n"], Int[Tensor, "n n_digits"], Float[Tensor, "n n_digits"], Float[Tensor, "n n_digits"]
+    ]:
+        """:meth:`decode_numbers` plus each digit slot's margin (winning minus runner-up score)."""
         unbound = unbind(vectors[:, None, :], self.positions[None])  # n, n_digits, dim
         scores = unbound @ self.digit_atoms.T  # n, n_digits, 10
-        best, digits = scores.max(-1)
+        top2 = scores.topk(2, dim=-1)
+        best, digits = top2.values[..., 0], top2.indices[..., 0]
         scale = 10 ** torch.arange(self.n_digits, device=self.device)
-        return (digits * scale).sum(-1), digits, best
+        return (digits * scale).sum(-1), digits, best, best - top2.values[..., 1]
 
     def operation_scores(self, vectors: Float[Tensor, "n dim"]) -> Float[Tensor, "n n_ops"]:
         """Dot product of each vector with each operation atom.
@@ -218,8 +228,12 @@ class Codebook:
     def decode_problems(self, vectors: Float[Tensor, "n dim"]) -> ProblemReadout:
         """Operation by largest score, operands by unbinding the roles and cleaning up digits."""
         scores = self.operation_scores(vectors)
-        first, first_digits, _ = self.decode_numbers(unbind(vectors, self.roles[0][None]))
-        second, second_digits, _ = self.decode_numbers(unbind(vectors, self.roles[1][None]))
+        first, first_digits, _, first_margins = self._clean_up_numbers(unbind(vectors, self.roles[0][None]))
+        second, second_digits, _, second_margins = self._clean_up_numbers(
+            unbind(vectors, self.roles[1][None])
+        )
+        top2 = scores.topk(min(2, scores.shape[-1]), dim=-1).values
+        operation_margin = top2[:, 0] - top2[:, 1] if scores.shape[-1] > 1 else top2[:, 0]
         return ProblemReadout(
             operation_scores=scores,
             operation=scores.argmax(-1),
@@ -227,6 +241,9 @@ class Codebook:
             second=second,
             first_digits=first_digits,
             second_digits=second_digits,
+            operation_margin=operation_margin,
+            first_margins=first_margins,
+            second_margins=second_margins,
         )
 
 
@@ -240,3 +257,14 @@ class ProblemReadout:
     second: Int[Tensor, " n"]
     first_digits: Int[Tensor, "n n_digits"]
     second_digits: Int[Tensor, "n n_digits"]
+    # Read-out confidence per slot: winning minus runner-up score (the operation among the
+    # operation atoms, each digit of each operand among the ten digit atoms). A clean problem
+    # vector gives ≈1 in every slot; a slot near 0 is a coin toss between two symbols.
+    operation_margin: Float[Tensor, " n"]
+    first_margins: Float[Tensor, "n n_digits"]
+    second_margins: Float[Tensor, "n n_digits"]
+
+    def confidence(self) -> Float[Tensor, " n"]:
+        """The weakest slot's margin: the problem is read only as surely as its least sure symbol."""
+        slots = torch.cat([self.operation_margin[:, None], self.first_margins, self.second_margins], 1)
+        return slots.min(-1).values

@@ -1,9 +1,10 @@
 """Neurosymbolic readout of ANY hidden state (the VSA lens of the state inspector).
 
 Applies the fitted encoder of the state's layer to the state and decodes the VSA vector: the
-operation scores, the two operands and, when the best score clears the threshold, the exact
-answer the symbolic system would compute. For states that are not arithmetic problems this
-shows what the encoder "sees" — typically low operation scores.
+operation scores, the two operands and, when the gate lets it act (range, operation score and
+the layer's calibrated read-out confidence), the exact answer the symbolic system would compute.
+For states that are not arithmetic problems this shows what the encoder "sees" — typically low
+operation scores.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class VSAReadoutResult(Result):
     fired: bool
     answer: int  # -1 when the system would not act
     in_distribution: bool = True  # within the encoder's training states (False: not a problem state)
+    confidence: float = float("nan")  # the weakest slot's margin (see gate.py)
+    gate_threshold: float = float("inf")  # the layer's calibrated threshold (inf: never acts)
+    reason: str = ""  # why the system abstains ("" when it acts)
 
     def summary(self) -> dict[str, Any]:
         """Decoded problem and whether the system would act (and why not)."""
@@ -62,12 +66,13 @@ class VSAReadoutResult(Result):
         if self.fired:
             answer: Any = self.answer
         elif not self.in_distribution:
-            answer = "— (not an arithmetic-problem state: outside the encoder's training range)"
+            answer = "abstains (not an arithmetic-problem state: outside the encoder's training range)"
         else:
-            answer = "— (below threshold)"
+            answer = f"abstains ({self.reason or 'below threshold'})"
         return {
             "decoded problem": f"{self.first} {symbol} {self.second}",
-            "best operation score": float(self.operation_scores.max()),
+            "best operation score": round(float(self.operation_scores.max()), 2),
+            "read-out confidence": round(self.confidence, 2),
             "system answer": answer,
         }
 
@@ -79,7 +84,8 @@ class VSAReadoutResult(Result):
         fig.add_hline(y=self.config.threshold, line_dash="dash", annotation_text="threshold")
         fig.update_layout(
             title=f"VSA operation scores, layer {self.layer}, at {label(self.tokens[self.position])}",
-            yaxis_title="score",
+            xaxis_title="operation",
+            yaxis_title="dot product with operation atom",
             template="plotly_white",
         )
         return {"operation_scores": fig}
@@ -103,7 +109,13 @@ class VSAReadout(Probe[VSAReadoutConfig, VSAReadoutResult]):
         artefact = load_artefact(session)
         layer = session.check_layer(config.layer)
         state = read_state(session, prompt, session.resid_name(layer), config.position)
-        readout = read_out(artefact.codebook, artefact.encoders[layer], state.vector[None], config.threshold)
+        readout = read_out(
+            artefact.codebook,
+            artefact.encoders[layer],
+            state.vector[None],
+            config.threshold,
+            artefact.gate(layer),
+        )
         answer = readout.system_answers[0]
         progress(1.0, "done")
         return VSAReadoutResult(
@@ -121,6 +133,9 @@ class VSAReadout(Probe[VSAReadoutConfig, VSAReadoutResult]):
             fired=bool(readout.fired[0]),
             answer=int(answer) if readout.fired[0] and answer is not None else -1,
             in_distribution=bool(readout.in_distribution[0]),
+            confidence=float(readout.confidence[0]),
+            gate_threshold=float(artefact.gate(layer)),
+            reason=readout.reasons[0],
         )
 
 

@@ -25,6 +25,7 @@ TINY_FIT = functools.partial(
     bound=20,
     n_train_per_operation=6,
     n_test_per_operation=2,
+    n_calibration_per_operation=2,
     vsa_dim=512,
     batch_size=32,
 )
@@ -50,7 +51,12 @@ def test_page_fits_shows_curve_and_answers_a_problem(lenslab_home, monkeypatch):
     at.text_input(key="neurosymbolic:prompt").set_value("What is 12 * 3?")
     next(b for b in at.button if b.label == "Run").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    assert len(at.get("plotly_chart")) == 1 + 5  # curve above + the result's figures
+    # the fit's three figures once (not again with the result) + the problem's three
+    assert len(at.get("plotly_chart")) == 3 + 3
+    titles = [c.proto.spec for c in at.get("plotly_chart")]
+    assert sum("linearly readable" in t for t in titles) == 1  # the layer curve is drawn once
+    assert any(m.label == "system" and m.value == "abstains" for m in at.metric)
+    assert any("the system **abstains**" in m.value for m in at.markdown)
     assert any(m.label == "exact answer" and m.value == "36" for m in at.metric)
     assert any("Exact answer: **36**" in m.value for m in at.markdown)
 

@@ -30,7 +30,14 @@ from lenslab.probes.neurosymbolic.tasks import (
     solve,
 )
 
-SMALL = TrainConfig(bound=20, n_train_per_operation=6, n_test_per_operation=2, vsa_dim=256, shots=1)
+SMALL = TrainConfig(
+    bound=20,
+    n_train_per_operation=6,
+    n_test_per_operation=2,
+    n_calibration_per_operation=2,
+    vsa_dim=256,
+    shots=1,
+)
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -76,6 +83,22 @@ def test_tasks_split_by_operand_pair_and_have_exact_answers():
         assert max(problem.first, problem.second) < 30
     again = generate_tasks(ALL_OPERATIONS, 30, 12, 4, shots=2, seed=3)
     assert again.test_prompts == tasks.test_prompts
+
+
+def test_calibration_split_is_disjoint_from_train_test_and_shots():
+    tasks = generate_tasks(ALL_OPERATIONS, 30, 12, 4, shots=2, seed=3, n_calibration_per_operation=5)
+    assert len(tasks.calibration) == len(tasks.calibration_prompts) == 5 * len(ALL_OPERATIONS)
+    pairs = {
+        name: {frozenset((p.first, p.second)) for p in getattr(tasks, name)}
+        for name in ("train", "test", "calibration")
+    }
+    assert not pairs["calibration"] & pairs["train"] and not pairs["calibration"] & pairs["test"]
+    assert not pairs["train"] & pairs["test"]
+    for prompt in tasks.calibration_prompts + tasks.test_prompts:
+        for line in prompt.splitlines()[:-1]:  # the shots
+            a, symbol, b = line.split(" = ")[0].split(" ")
+            shot = parse_problem(f"{a} {symbol} {b}")
+            assert frozenset((shot.first, shot.second)) not in pairs["calibration"] | pairs["test"]
 
 
 def test_parse_problem_reads_typed_forms():
@@ -187,9 +210,17 @@ def test_prepare_fits_saves_and_is_idempotent(tiny_gemma, fitted):
     assert all(0.0 <= v <= 1.0 for v in curve["operation_accuracy"])
     rows = meta["metrics"]["evaluation"]["rows"]
     assert rows[-1]["task"] == "all" and rows[-1]["n"] == 2 * len(ALL_OPERATIONS)
+    assert meta["metrics"]["n_calibration"] == 2 * len(ALL_OPERATIONS)
+    per_problem = meta["metrics"]["evaluation"]["per_problem"]
+    for key in ("few_shot_ce", "merged_ce", "oracle_ce"):  # each row's mean is its problems' mean
+        assert rows[-1][key][0] == pytest.approx(np.mean(per_problem[key]))
     for row in rows:  # an intervention that never fires cannot change anything
-        if row["fired"] == 0.0:
-            assert row["merged_ce"] == pytest.approx(row["baseline_ce"], abs=1e-5)
+        if row["fired"][0] == 0.0:
+            assert row["merged_ce"][0] == row["few_shot_ce"][0]
+            assert row["merged_ce_change"][0] == 0.0
+    # 20 calibration problems cannot show a 0.95 precision (a Wilson lower bound needs ≥ 73): the
+    # gate never acts on this fit, and says so with a threshold of None.
+    assert all(gate["threshold"] is None for gate in meta["gates"].values())
     stamp = (fitted / "meta.json").stat().st_mtime
     calls = []
     assert prepare_default_artefacts(tiny_gemma, lambda f, m: calls.append(m), SMALL) == fitted
@@ -217,7 +248,7 @@ def test_probe_reads_a_typed_problem_and_round_trips(tiny_gemma, fitted, tmp_pat
     assert "neurosymbolic" in registered_probes()
     assert isinstance(get_probe("neurosymbolic"), NeurosymbolicProbe)
     probe = NeurosymbolicProbe(train_config=SMALL)
-    config = NeurosymbolicConfig(layer=1, threshold=-10.0, merge_weight=1.0)  # always act
+    config = NeurosymbolicConfig(layer=1, threshold=-10.0, merge_weight=1.0, calibrated_gate=False)  # act
     result = probe.run(tiny_gemma, "What is 12 * 3?", config)
     assert (result.operation, result.first, result.second, result.exact_answer) == ("mul", 12, 3, 36)
     assert result.readout_layer == 1 and result.fired
@@ -232,17 +263,50 @@ def test_probe_reads_a_typed_problem_and_round_trips(tiny_gemma, fitted, tmp_pat
     assert set(figures) == {
         "layer_curve",
         "operation_scores",
+        "slot_margins",
         "per_layer_readout",
         "evaluation",
         "evaluation_ce",
     }
+    for name, figure in figures.items():  # every chart names its axes
+        if name not in ("per_layer_readout", "evaluation"):
+            assert figure.layout.xaxis.title.text and figure.layout.yaxis.title.text, name
     path = Report([result]).save(tmp_path / "ns")
     again = Report.load(path).results[0]
     assert isinstance(again, NeurosymbolicResult)
-    assert np.array_equal(again.fit.evaluation, result.fit.evaluation)
+    assert np.array_equal(again.fit.evaluation, result.fit.evaluation, equal_nan=True)
     assert again.fit.curve.keys() == result.fit.curve.keys()
     assert again.summary() == result.summary()
+    assert np.array_equal(again.fit.evaluation_low, result.fit.evaluation_low, equal_nan=True)
     assert tiny_gemma.active_hook_count() == 0
+
+
+def test_probe_abstains_where_the_gate_was_not_calibrated_to_act(tiny_gemma, fitted):
+    """Random weights: nothing is readable, so the calibrated gate abstains and nothing is merged."""
+    probe = NeurosymbolicProbe(train_config=SMALL)
+    forced = probe.run(
+        tiny_gemma, "What is 12 * 3?", NeurosymbolicConfig(threshold=-10.0, calibrated_gate=False)
+    )
+    result = probe.run(tiny_gemma, "What is 12 * 3?", NeurosymbolicConfig(threshold=-10.0))
+    assert forced.fired and not result.fired  # only the calibrated gate stops it
+    assert result.summary()["system"] == "abstains" and "no confidence threshold" in result.abstain_reason
+    assert (
+        result.merged_answer == result.baseline_answer
+        and result.merged_answer_ce == result.baseline_answer_ce
+    )
+    assert result.slot_margins.shape == (1 + 2 * 3,) and result.slot_names[0] == "operation"
+
+
+def test_old_artefact_format_is_refused_with_a_refit_message(tiny_gemma, fitted, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(fitted, old)
+    meta = json.loads((old / "meta.json").read_text())
+    meta["format"] = 3
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="refit them with `lenslab prepare`"):
+        Artefact.load(old, tiny_gemma)
 
 
 def test_probe_rejects_bad_input(tiny_gemma, fitted):
