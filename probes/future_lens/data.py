@@ -172,6 +172,7 @@ class FutureLensData:
     resid: Float[np.ndarray, "example layer d_model"]  # h_t^ℓ (hooknames.resid(ℓ) at t)
     final: Float[np.ndarray, "example horizon d_model"]  # last block's output at t+N
     meta: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[int, str] | None = None  # document id → content hash (see document_fingerprints)
 
     @property
     def n_layers(self) -> int:
@@ -184,6 +185,11 @@ class FutureLensData:
         return int(self.resid.shape[2])
 
     @property
+    def positions(self) -> Int[np.ndarray, " example"]:
+        """The sequence position of t (the prefix's last token; BOS is position 0) per example."""
+        return np.full(len(self.prefix_ids), self.prefix_ids.shape[1] - 1, dtype=np.int64)
+
+    @property
     def current_ids(self) -> Int[np.ndarray, " example"]:
         """The token at position t (the prefix's last token), the bigram baseline's input."""
         return self.prefix_ids[:, -1]
@@ -191,6 +197,30 @@ class FutureLensData:
     def split(self, test: bool) -> np.ndarray:
         """Indices of the test (or train) examples."""
         return np.flatnonzero(self.is_test == test)
+
+
+def fingerprint(text: str) -> str:
+    """A short content hash of one document (what artefact provenance records)."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def document_fingerprints(data: FutureLensData) -> dict[int, str]:
+    """Content hash of every document ``data`` draws examples from, by document id.
+
+    Hashes name documents independently of the source's order or file, so an artefact fitted on
+    one dataset can be checked against the test documents of any other. Computed once per data
+    object (the source is read again) and kept on it.
+    """
+    if data.fingerprints is None:
+        docs = load_documents(data.settings.source)
+        wanted = sorted({int(d) for d in data.doc_ids})
+        if wanted and wanted[-1] >= len(docs):
+            raise ValueError(
+                f"the source {data.settings.source!r} now has {len(docs)} documents, the data uses document "
+                f"{wanted[-1]}: it changed since the data was collected; collect again"
+            )
+        data.fingerprints = {d: fingerprint(docs[d]) for d in wanted}
+    return data.fingerprints
 
 
 def cache_dir(model_id: str) -> Path:
