@@ -25,7 +25,7 @@ from lenslab.probes.future_lens.data import FutureLensData, cache_dir, document_
 ARTEFACT_FORMAT = 1
 REFIT_HINT = (
     "refit it on this data's training documents: `lenslab run future_lens_eval refit=true` "
-    "(or tick *Refit artefacts* on the Future Lens page), or evaluate another seed/source whose "
+    "(or tick `refit` in the Future Lens page's evaluation form), or evaluate another seed/source whose "
     "test documents it never saw"
 )
 

@@ -140,6 +140,15 @@ class FutureLensEvalConfig(Config):
         default=320, metadata={"help": "examples in total (train + test)", "min": 8, "max": 20000}
     )
     prefix_tokens: int = field(default=16, metadata={"help": "prefix length incl. BOS", "min": 4, "max": 256})
+    min_prefix_tokens: int | None = field(
+        default=4,
+        metadata={
+            "help": "shortest prefix incl. BOS (lengths drawn uniformly up to prefix_tokens; empty: all "
+            "prefix_tokens long)",
+            "min": 2,
+            "max": 256,
+        },
+    )
     test_fraction: float = field(
         default=0.25, metadata={"help": "share held out, by document", "min": 0.05, "max": 0.9}
     )
@@ -194,6 +203,7 @@ class FutureLensEvalConfig(Config):
             prefix_tokens=self.prefix_tokens,
             test_fraction=self.test_fraction,
             seed=self.seed,
+            min_prefix_tokens=self.min_prefix_tokens,
         )
 
     def layer_list(self, session: ModelSession) -> list[int]:

@@ -269,6 +269,8 @@ def fit_linear_maps(
         scores.append(scores_n)
         progress((i + 1) / len(layers), f"fitted linear maps for layer {layer}")
     positions = data.positions[train]
+    if data.settings.min_prefix_tokens is not None:  # the range the lengths were drawn from
+        positions = np.asarray([data.settings.min_prefix_tokens - 1, data.settings.prefix_tokens - 1])
     meta = {
         "format": ARTEFACT_FORMAT,
         "kind": "linear",

@@ -43,6 +43,9 @@ from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
 from lenslab.progress import NO_PROGRESS, Progress
 
+# The page's dataset: prefixes of 4..16 tokens, so the linear maps cover positions 3..15 of a prompt.
+PAGE_DATA = DataSettings(min_prefix_tokens=4)
+
 
 @dataclass(frozen=True)
 class FutureLensConfig(Config):
@@ -363,14 +366,14 @@ def prepare_default_artefacts(
     session: ModelSession,
     progress: Progress = NO_PROGRESS,
     settings: DataSettings | None = None,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
 ) -> dict[str, object]:
     """Build the default dataset and fit (or reuse) the linear maps of every layer for N = 0..3.
 
     What the Future Lens page needs to show the linear method at once. Learned prompts are
     trained per layer from the page (they take minutes on a CPU).
     """
-    data = build_dataset(session, settings or DataSettings(), lambda f, m="": progress(0.9 * f, m))
+    data = build_dataset(session, settings or PAGE_DATA, lambda f, m="": progress(0.9 * f, m))
     maps = ensure_linear(session, data, ridge, progress=lambda f, m="": progress(0.9 + 0.1 * f, m))
     progress(1.0, "Future Lens artefacts ready")
     return {"data": data.key, "n_train": maps.meta.get("n_train"), "layers": maps.layers, "ridge": ridge}
@@ -385,7 +388,7 @@ def train_learned_prompt(
 ) -> SoftPrompt:
     """Train the learned prompt for ``layer`` on the (cached) dataset and save it for the page."""
     layer = session.check_layer(layer)
-    data = build_dataset(session, settings or DataSettings(), lambda f, m="": progress(0.3 * f, m))
+    data = build_dataset(session, settings or PAGE_DATA, lambda f, m="": progress(0.3 * f, m))
     prompt = train_soft_prompt(session, data, layer, training, lambda f, m="": progress(0.3 + 0.7 * f, m))
     prompt.save(soft_prompt_path(session.model_id, layer))
     return prompt

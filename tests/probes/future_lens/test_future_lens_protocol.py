@@ -234,3 +234,34 @@ def test_linear_maps_apply_only_at_fitted_positions(tiny_gemma, corpus, lenslab_
     fitted = _future_view(session, StateRef(prompt=prompt, layer=1, position=9), lambda *a: None)
     elsewhere = _future_view(session, StateRef(prompt=prompt, layer=1, position=3), lambda *a: None)
     assert fitted.method == "linear" and elsewhere.method == "fixed"
+
+
+def test_prefixes_of_several_lengths_fit_maps_across_positions(tiny_gemma, corpus, lenslab_home):
+    """Variable-length prefixes: each example equals a plain forward of its own prefix, and the
+    maps record (and the grid uses) the whole position range."""
+    session = tiny_gemma
+    settings = DataSettings(source=str(corpus), n_examples=80, prefix_tokens=10, min_prefix_tokens=4)
+    data = build_dataset(session, settings)
+    positions = data.positions
+    assert positions.min() >= 3 and positions.max() <= 9 and len(set(positions.tolist())) >= 4
+    assert settings.key(session.model_id) != DataSettings(
+        source=str(corpus), n_examples=80, prefix_tokens=10
+    ).key(session.model_id)
+    names = [session.resid_name(0), session.resid_name(session.n_layers - 1)]
+    for i in (int(np.argmin(positions)), int(np.argmax(positions))):
+        t = int(positions[i])
+        prefix = data.prefix_ids[i, : t + 1]
+        assert (prefix >= 0).all() and (data.prefix_ids[i, t + 1 :] == -1).all()
+        assert data.current_ids[i] == prefix[-1]
+        sequence = torch.as_tensor(np.concatenate([prefix, data.labels[i, :3]])[None])
+        run = session.run(sequence, names)
+        assert run.logits[0, t:].argmax(-1).tolist() == data.labels[i].tolist()
+        assert np.allclose(run.activations[names[0]][0, t].numpy(), data.resid[i, 0], atol=1e-4)
+        assert np.allclose(run.activations[names[1]][0, t:].numpy(), data.final[i], atol=1e-4)
+    maps = fit_linear_maps(session, data, ridge=0.0)
+    assert maps.positions == (3, 9)
+    maps.save(linear_path(session.model_id))
+    result = FutureLens().run(session, "a small grey cat walks", FutureLensConfig(method="linear", horizon=1))
+    assert result.applied.tolist() == [3 <= p <= 9 for p in range(len(result.tokens))]
+    with pytest.raises(ValueError, match="min_prefix_tokens"):
+        DataSettings(prefix_tokens=8, min_prefix_tokens=9).validate()
