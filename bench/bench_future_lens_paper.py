@@ -80,6 +80,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--layers", default="3,6,9,12,15", help="layers evaluated")
     parser.add_argument("--causal-layers", default="9", help="layers for fixed/learned (empty: --layers)")
     parser.add_argument("--prompt-examples", type=int, default=192, help="examples per learned prompt")
+    parser.add_argument(
+        "--fixed-ridge-layers",
+        default="9",
+        help="layers also evaluated with the old fixed ridge 0.3 (comparison)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--collect-only", action="store_true", help="stop after collecting the data")
     return parser.parse_args()
@@ -172,10 +177,15 @@ def main() -> None:
                 f"{prompt.meta['losses'][-1]:.2f}, {prompt.meta['seconds']:.0f} s"
             )
         job(f"learned_L{layer}", "learned", layer, Artefacts(prompts={layer: prompt}))
-    report(work, data, maps, layers, causal, training)
+    fixed_ridge = ints(args.fixed_ridge_layers)
+    for layer in fixed_ridge:
+        if not (work / f"linear-ridge0.3_L{layer}.npz").is_file():
+            old = fit_linear_maps(session, data, [layer], 0.3)
+            job(f"linear-ridge0.3_L{layer}", "linear", layer, Artefacts(linear=old))
+    report(work, data, maps, layers, causal, training, fixed_ridge)
 
 
-def report(work: Path, data, maps, layers: list[int], causal: list[int], training) -> None:
+def report(work: Path, data, maps, layers: list[int], causal: list[int], training, fixed_ridge=()) -> None:
     """Tables (top-1 and p@10 with 95% intervals, paired differences) from the saved hits."""
     import numpy as np
 
@@ -224,14 +234,24 @@ def report(work: Path, data, maps, layers: list[int], causal: list[int], trainin
         "then refitted on all training examples; identity shrinkage. Learned prompts: "
         f"{training.n_prompt} vectors, 1 epoch on {training.max_examples} training examples, "
         f"batch {training.batch_size}, AdamW lr {training.lr}. "
-        f"Reduced from the paper: direct/linear at layers {layers}, fixed/learned at layers {causal} only.",
+        f"Reduced from the paper: direct/linear at layers {layers}, fixed/learned at layers {causal} only. "
+        "`linear-ridge0.3`: the same maps with the previous fixed ridge 0.3 instead of the validated one. "
+        f"Linear fit (validation + refit, {len(maps.layers)} layers): "
+        f"{maps.meta.get('seconds', float('nan')):.0f} s.",
         "",
         "| method | layer | " + " | ".join(f"N={n} top-1" for n in range(4)) + " | N=1 p@10 | seconds |",
         "| --- | --- | " + " | ".join("---" for _ in range(4)) + " | --- | --- |",
     ]
     record: dict[str, object] = {"n_test": n_test, "n_test_documents": n_docs, "n_train": n_train, "rows": []}
-    for method in ("direct", "linear", "fixed", "learned"):
-        for layer in layers if method in ("direct", "linear") else causal:
+    where = {
+        "direct": layers,
+        "linear": layers,
+        "fixed": causal,
+        "learned": causal,
+        "linear-ridge0.3": fixed_ridge,
+    }
+    for method, method_layers in where.items():
+        for layer in method_layers:
             got = hits(f"{method}_L{layer}")
             if got is None:
                 continue
@@ -253,8 +273,13 @@ def report(work: Path, data, maps, layers: list[int], causal: list[int], trainin
         "| comparison | layer | " + " | ".join(f"N={n}" for n in range(4)) + " |",
         "| --- | --- | " + " | ".join("---" for _ in range(4)) + " |",
     ]
-    for better, worse, where in (("linear", "direct", layers), ("learned", "fixed", causal)):
-        for layer in where:
+    pairs = (
+        ("linear", "direct", layers),
+        ("learned", "fixed", causal),
+        ("linear", "linear-ridge0.3", fixed_ridge),
+    )
+    for better, worse, pair_layers in pairs:
+        for layer in pair_layers:
             a, b = hits(f"{better}_L{layer}"), hits(f"{worse}_L{layer}")
             if a is None or b is None:
                 continue

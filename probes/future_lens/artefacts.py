@@ -24,7 +24,7 @@ from lenslab.probes.future_lens.data import FutureLensData, cache_dir, document_
 
 ARTEFACT_FORMAT = 1
 REFIT_HINT = (
-    "refit it on this data's training documents: `lenslab run future_lens_eval refit=true` "
+    "refit it on this data's training documents: add `--config refit=true` to `lenslab run future_lens_eval` "
     "(or tick `refit` in the Future Lens page's evaluation form), or evaluate another seed/source whose "
     "test documents it never saw"
 )
