@@ -79,7 +79,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--prefix-tokens", type=int, default=16)
     parser.add_argument("--layers", default="3,6,9,12,15", help="layers evaluated")
     parser.add_argument("--causal-layers", default="9", help="layers for fixed/learned (empty: --layers)")
-    parser.add_argument("--prompt-examples", type=int, default=192, help="examples per learned prompt")
+    parser.add_argument("--prompt-examples", type=int, default=160, help="examples per learned prompt")
     parser.add_argument(
         "--fixed-ridge-layers",
         default="9",
@@ -87,6 +87,7 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--collect-only", action="store_true", help="stop after collecting the data")
+    parser.add_argument("--report-only", action="store_true", help="only tabulate the jobs already done")
     return parser.parse_args()
 
 
@@ -138,6 +139,11 @@ def main() -> None:
         maps.meta["seconds"] = time.perf_counter() - started
         maps.save(maps_path)
     log(f"linear maps: ridge chosen {maps.meta['ridge_chosen']}")
+    training = PromptTraining(epochs=1, batch_size=16, max_examples=args.prompt_examples)
+    fixed_ridge = ints(args.fixed_ridge_layers)
+    if args.report_only:
+        report(work, data, maps, layers, causal, training, fixed_ridge)
+        return
 
     def job(name: str, method: str, layer: int, artefacts: Artefacts) -> None:
         out = work / f"{name}.npz"
@@ -164,7 +170,6 @@ def main() -> None:
         job(f"linear_L{layer}", "linear", layer, plain)
     for layer in causal:
         job(f"fixed_L{layer}", "fixed", layer, plain)
-    training = PromptTraining(epochs=1, batch_size=16, max_examples=args.prompt_examples)
     for layer in causal:
         path = work / f"soft_prompt_L{layer}.safetensors"
         if path.is_file():
@@ -177,7 +182,6 @@ def main() -> None:
                 f"{prompt.meta['losses'][-1]:.2f}, {prompt.meta['seconds']:.0f} s"
             )
         job(f"learned_L{layer}", "learned", layer, Artefacts(prompts={layer: prompt}))
-    fixed_ridge = ints(args.fixed_ridge_layers)
     for layer in fixed_ridge:
         if not (work / f"linear-ridge0.3_L{layer}.npz").is_file():
             old = fit_linear_maps(session, data, [layer], 0.3)

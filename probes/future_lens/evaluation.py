@@ -337,6 +337,7 @@ class FutureLensEvalResult(Result):
         layers = self.layers.tolist()
         ci = 100 * self.precision_ci  # type: ignore[operator]
         for m, method in enumerate(self.methods):
+            shown = f"{method} ({self.protocol} N ≥ 1)" if method in ("fixed", "learned") else method
             for n in range(horizons):
                 values = 100 * self.precision[m, :, n, 0]
                 low, high = ci[m, :, n, 0, 0], ci[m, :, n, 0, 1]
@@ -345,7 +346,7 @@ class FutureLensEvalResult(Result):
                         x=layers,
                         y=values,
                         mode="lines+markers",
-                        name=method,
+                        name=shown,
                         legendgroup=method,
                         showlegend=n == 0,
                         line={"color": COLOURS.get(method)},
@@ -357,7 +358,7 @@ class FutureLensEvalResult(Result):
                             "thickness": 1,
                         },
                         customdata=np.stack([low, high, 100 * self.precision[m, :, n, -1]], -1),
-                        hovertemplate=f"{method}<br>layer %{{x}}<br>top-1 %{{y:.1f}}% "
+                        hovertemplate=f"{shown}<br>layer %{{x}}<br>top-1 %{{y:.1f}}% "
                         "[%{customdata[0]:.1f}, %{customdata[1]:.1f}]<br>"
                         f"p@{int(self.ks[-1])} %{{customdata[2]:.1f}}%<extra></extra>",
                     ),

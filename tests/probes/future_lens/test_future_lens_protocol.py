@@ -265,3 +265,38 @@ def test_prefixes_of_several_lengths_fit_maps_across_positions(tiny_gemma, corpu
     assert result.applied.tolist() == [3 <= p <= 9 for p in range(len(result.tokens))]
     with pytest.raises(ValueError, match="min_prefix_tokens"):
         DataSettings(prefix_tokens=8, min_prefix_tokens=9).validate()
+
+
+def test_teacher_forced_numbers_are_labelled_everywhere(tiny_gemma, corpus, lenslab_home):
+    """Table rows, legend, hover, titles, summary, grid and inspector line name the protocol."""
+    from lenslab.probes.future_lens.probe import _future_describe
+    from lenslab.probes.inspector import StateRef
+
+    session = tiny_gemma
+    config = FutureLensEvalConfig(
+        source=str(corpus),
+        n_examples=40,
+        prefix_tokens=8,
+        layers=(1,),
+        learned_prompt=False,
+        protocol="teacher-forced",
+        ridge=0.0,
+    )
+    result = run_evaluation(session, config)
+    rows = {row["method"] for row in result.table_rows()}
+    assert rows == {"direct", "linear", "fixed (teacher-forced N ≥ 1)", "bigram"}
+    figures = result.figures()
+    names = {trace.name for trace in figures["accuracy"].data}
+    assert "fixed (teacher-forced N ≥ 1)" in names and "direct" in names
+    assert all(
+        "teacher-forced" in t.hovertemplate for t in figures["accuracy"].data if t.name.startswith("fixed")
+    )
+    assert "teacher-forced" in figures["table"].layout.title.text
+    assert "teacher-forced" in result.summary()["protocol"]
+    grid = FutureLens().run(
+        session, "a grey cat", FutureLensConfig(method="fixed", protocol="teacher-forced")
+    )
+    assert "teacher-forced" in grid.figures()["grid"].layout.title.text
+    assert grid.summary()["protocol (N ≥ 1)"] == "teacher-forced"
+    line = _future_describe(grid, StateRef(prompt="a grey cat", layer=0, position=2))[0]
+    assert "teacher-forced N ≥ 1" in line
