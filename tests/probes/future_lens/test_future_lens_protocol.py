@@ -289,7 +289,9 @@ def test_teacher_forced_numbers_are_labelled_everywhere(tiny_gemma, corpus, lens
     names = {trace.name for trace in figures["accuracy"].data}
     assert "fixed (teacher-forced N ≥ 1)" in names and "direct" in names
     assert all(
-        "teacher-forced" in t.hovertemplate for t in figures["accuracy"].data if t.name.startswith("fixed")
+        "teacher-forced" in t.hovertemplate
+        for t in figures["accuracy"].data
+        if (t.name or "").startswith("fixed")
     )
     assert "teacher-forced" in figures["table"].layout.title.text
     assert "teacher-forced" in result.summary()["protocol"]
