@@ -117,7 +117,7 @@ def test_evaluation_refuses_a_saved_prompt_until_refit(tiny_gemma, corpus, lensl
     result = run_evaluation(session, config.replace(refit=True))
     assert np.isfinite(result.top1("learned")).all()
     retrained = SoftPrompt.load(soft_prompt_path(session.model_id, 1), session)
-    second = _data(session, corpus, seed=1)
+    second = build_dataset(session, config.data_settings())
     assert retrained.meta["provenance"]["data_key"] == second.key
     assert retrained.meta["training"]["max_examples"] == 32  # the old settings are kept
     check_disjoint(retrained.meta, second, "the retrained prompt")
