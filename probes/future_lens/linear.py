@@ -41,7 +41,7 @@ from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, cache_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
 # Relative ridges tried per (layer, N) on held-out training documents; None = choose from them.
-RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 DEFAULT_RIDGE: float | None = None
 VALIDATION_FRACTION = 0.2  # share of the training documents held out to choose the ridge
 
