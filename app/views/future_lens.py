@@ -157,9 +157,17 @@ def _train_panel(session, artefacts: Artefacts) -> None:
     st.markdown("#### Trained artefacts")
     if artefacts.linear is not None:
         meta = artefacts.linear.meta
+        chosen = sorted({v for row in meta.get("ridge_chosen") or [[meta.get("ridge")]] for v in row})
+        how = (
+            f"ridge chosen per layer and N from {meta['ridge_grid']} on "
+            f"{meta['validation']['n_examples']} held-out training examples: {chosen}"
+            if meta.get("ridge_grid")
+            else f"ridge fixed at {chosen}"
+        )
         st.write(
             f"Linear maps: layers {artefacts.linear.layers[0]}–{artefacts.linear.layers[-1]}, "
-            f"N = 0..3, {meta.get('n_train')} training examples, ridge {meta.get('ridge')}."
+            f"N = 0..3, {meta.get('n_train')} training examples, {how}; applied at positions "
+            f"{artefacts.linear.positions} (where they were fitted)."
         )
     else:
         st.write("Linear maps: none yet.")
@@ -229,6 +237,7 @@ def _evaluation_panel(session) -> None:
         st.caption(
             f"{md(result.split_text())}; "
             + (f"{result.causal_note}." if result.causal_note else "no causal method.")
+            + (f" Linear ridge: {result.ridge_text()}." if result.ridge_text() else "")
         )
         st.dataframe([{k: str(v) for k, v in row.items()} for row in result.table_rows()], hide_index=True)
         for note in result.notes:

@@ -3,6 +3,11 @@
 Trained artefacts (linear maps, soft prompts) live under ``artefacts_dir()/future_lens/<model>``.
 Each file carries ``{"format", "kind", "model_id", "d_model", ...}`` in its metadata, so loading
 checks what the file is and whom it belongs to before any tensor reaches the model.
+
+Both kinds also carry their **provenance** (:func:`training_provenance`): the data key, source,
+seed and split they were fitted on and a fingerprint of every training document. An evaluation
+calls :func:`check_disjoint` for each artefact it uses and refuses (``ValueError``) to test on a
+document the artefact was fitted on.
 """
 
 from __future__ import annotations
@@ -11,12 +16,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import Tensor
 
 from lenslab.models.session import ModelSession
-from lenslab.probes.future_lens.data import cache_dir
+from lenslab.probes.future_lens.data import FutureLensData, cache_dir, document_fingerprints
 
 ARTEFACT_FORMAT = 1
+REFIT_HINT = (
+    "refit it on this data's training documents: add `--config refit=true` to `lenslab run future_lens_eval` "
+    "(or tick `refit` in the Future Lens page's evaluation form), or evaluate another seed/source whose "
+    "test documents it never saw"
+)
 
 
 def _check_owner(meta: dict[str, Any], session: ModelSession, path: Path) -> None:
@@ -80,3 +91,50 @@ def artefact_signature(session: ModelSession) -> tuple[tuple[str, int], ...]:
     if not folder.is_dir():
         return ()
     return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.safetensors")))
+
+
+# ------------------------------------------------------------------------------- provenance
+def training_provenance(data: FutureLensData, examples: np.ndarray) -> dict[str, Any]:
+    """What an artefact fitted on ``data``'s rows ``examples`` was fitted on, for its metadata.
+
+    Records the data key, source, seed and split, the example and document counts and the
+    fingerprint (:func:`data.document_fingerprints`) of every document the rows come from, so
+    any later evaluation can tell whether it would test on one of them.
+    """
+    docs = sorted({int(d) for d in data.doc_ids[examples]})
+    prints = document_fingerprints(data)
+    return {
+        "data_key": data.key,
+        "source": data.settings.source,
+        "seed": data.settings.seed,
+        "split": "train",
+        "test_fraction": data.settings.test_fraction,
+        "n_examples": len(examples),
+        "n_documents": len(docs),
+        "documents": sorted({prints[d] for d in docs}),
+    }
+
+
+def check_disjoint(meta: dict[str, Any], data: FutureLensData, what: str) -> None:
+    """Refuse (``ValueError``) when ``data``'s test documents include one ``what`` was fitted on.
+
+    ``meta`` is the artefact's metadata; its ``provenance`` lists fingerprints of the training
+    documents. Artefacts without provenance (older files) are refused too: nothing shows they
+    never saw the test documents.
+    """
+    provenance = meta.get("provenance")
+    if not isinstance(provenance, dict) or "documents" not in provenance:
+        raise ValueError(
+            f"{what} records no training documents, so it may have seen the test set: {REFIT_HINT}"
+        )
+    prints = document_fingerprints(data)
+    test_docs = sorted({int(d) for d in data.doc_ids[data.split(test=True)]})
+    fitted = set(provenance["documents"])
+    overlap = [d for d in test_docs if prints[d] in fitted]
+    if overlap:
+        shown = ", ".join(str(d) for d in overlap[:8]) + (" …" if len(overlap) > 8 else "")
+        raise ValueError(
+            f"{what} was fitted on {len(overlap)} of the {len(test_docs)} test documents of this evaluation "
+            f"(document {shown} of {data.settings.source!r}; it was fitted on data "
+            f"{provenance.get('data_key')} with seed {provenance.get('seed')}): {REFIT_HINT}"
+        )

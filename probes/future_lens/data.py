@@ -139,6 +139,10 @@ class DataSettings:
     test_fraction: float = 0.25
     seed: int = 0
     batch_size: int = 32
+    # Shortest prefix (incl. BOS); None: every prefix is prefix_tokens long. Otherwise each example's
+    # length is drawn uniformly from [min_prefix_tokens, prefix_tokens], so t (and what is fitted on
+    # it) spans the positions min_prefix_tokens − 1 .. prefix_tokens − 1.
+    min_prefix_tokens: int | None = None
 
     def validate(self) -> None:
         """Reject settings that cannot produce a train and a test split."""
@@ -150,10 +154,17 @@ class DataSettings:
             raise ValueError(f"test_fraction must be between 0.05 and 0.9, got {self.test_fraction}")
         if not 1 <= self.batch_size <= 1024:
             raise ValueError(f"batch_size must be between 1 and 1024, got {self.batch_size}")
+        if self.min_prefix_tokens is not None and not 2 <= self.min_prefix_tokens <= self.prefix_tokens:
+            raise ValueError(
+                f"min_prefix_tokens must be between 2 and prefix_tokens={self.prefix_tokens}, "
+                f"got {self.min_prefix_tokens}"
+            )
 
     def key(self, model_id: str) -> str:
         """Hash of (model id, source content, settings) naming the cache entry."""
         payload = {k: v for k, v in asdict(self).items() if k != "batch_size"}
+        if self.min_prefix_tokens is None:  # fixed-length data keeps the key it had before the field
+            payload.pop("min_prefix_tokens")
         payload.update(model=model_id, source=source_fingerprint(self.source), format=DATA_FORMAT)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -172,6 +183,7 @@ class FutureLensData:
     resid: Float[np.ndarray, "example layer d_model"]  # h_t^ℓ (hooknames.resid(ℓ) at t)
     final: Float[np.ndarray, "example horizon d_model"]  # last block's output at t+N
     meta: dict[str, Any] = field(default_factory=dict)
+    fingerprints: dict[int, str] | None = None  # document id → content hash (see document_fingerprints)
 
     @property
     def n_layers(self) -> int:
@@ -184,13 +196,45 @@ class FutureLensData:
         return int(self.resid.shape[2])
 
     @property
+    def positions(self) -> Int[np.ndarray, " example"]:
+        """The sequence position of t (the prefix's last token; BOS is position 0) per example.
+
+        Shorter prefixes are padded with -1 (``DataSettings.min_prefix_tokens``).
+        """
+        return (self.prefix_ids >= 0).sum(1).astype(np.int64) - 1
+
+    @property
     def current_ids(self) -> Int[np.ndarray, " example"]:
         """The token at position t (the prefix's last token), the bigram baseline's input."""
-        return self.prefix_ids[:, -1]
+        return self.prefix_ids[np.arange(len(self.prefix_ids)), self.positions]
 
     def split(self, test: bool) -> np.ndarray:
         """Indices of the test (or train) examples."""
         return np.flatnonzero(self.is_test == test)
+
+
+def fingerprint(text: str) -> str:
+    """A short content hash of one document (what artefact provenance records)."""
+    return hashlib.sha256(text.strip().encode("utf-8")).hexdigest()[:16]
+
+
+def document_fingerprints(data: FutureLensData) -> dict[int, str]:
+    """Content hash of every document ``data`` draws examples from, by document id.
+
+    Hashes name documents independently of the source's order or file, so an artefact fitted on
+    one dataset can be checked against the test documents of any other. Computed once per data
+    object (the source is read again) and kept on it.
+    """
+    if data.fingerprints is None:
+        docs = load_documents(data.settings.source)
+        wanted = sorted({int(d) for d in data.doc_ids})
+        if wanted and wanted[-1] >= len(docs):
+            raise ValueError(
+                f"the source {data.settings.source!r} now has {len(docs)} documents, the data uses document "
+                f"{wanted[-1]}: it changed since the data was collected; collect again"
+            )
+        data.fingerprints = {d: fingerprint(docs[d]) for d in wanted}
+    return data.fingerprints
 
 
 def cache_dir(model_id: str) -> Path:
@@ -202,7 +246,11 @@ def cache_dir(model_id: str) -> Path:
 def sample_windows(
     session: ModelSession, settings: DataSettings
 ) -> tuple[Int[np.ndarray, "example prefix"], Int[np.ndarray, " example"], np.ndarray]:
-    """Draw prefixes (BOS + ``prefix_tokens - 1`` document tokens) split by document."""
+    """Draw prefixes (BOS + ``prefix_tokens - 1`` document tokens) split by document.
+
+    With ``min_prefix_tokens`` each prefix's length is drawn from [min_prefix_tokens,
+    prefix_tokens] and the rows are padded with -1 to ``prefix_tokens``.
+    """
     docs = load_documents(settings.source)
     body = settings.prefix_tokens - 1
     tokenized = [session.tokenizer(d, add_special_tokens=False)["input_ids"] for d in docs]
@@ -237,7 +285,11 @@ def sample_windows(
             )
         for j in rng.choice(len(starts), size=count, replace=False):
             doc, start = starts[int(j)]
-            prefixes.append([bos, *tokenized[doc][start : start + body]])
+            length = body
+            if settings.min_prefix_tokens is not None:
+                length = int(rng.integers(settings.min_prefix_tokens, settings.prefix_tokens + 1)) - 1
+            window = tokenized[doc][start : start + length]
+            prefixes.append([bos, *window] + [-1] * (body - length))
             doc_ids.append(doc)
             is_test.append(test)
     return np.asarray(prefixes, dtype=np.int64), np.asarray(doc_ids, dtype=np.int64), np.asarray(is_test)
@@ -284,16 +336,24 @@ def collect(
         state["prefill"] = False
 
     hooks = [(name, keep) for name in names]
-    for begin in range(0, n, batch_size):
-        tokens = torch.as_tensor(prefix_ids[begin : begin + batch_size], device=session.device)
-        rows = slice(begin, begin + len(tokens))
+    lengths = (prefix_ids >= 0).sum(1)  # rows padded with -1 are batched with rows of their length
+    batches = [
+        rows[begin : begin + batch_size]
+        for length in np.unique(lengths)
+        for rows in [np.flatnonzero(lengths == length)]
+        for begin in range(0, len(rows), batch_size)
+    ]
+    done = 0
+    for rows in batches:
+        tokens = torch.as_tensor(prefix_ids[rows, : lengths[rows[0]]], device=session.device)
         state["prefill"] = True
         final_states.clear()
         chosen, _ = session.generate_greedy(tokens, HORIZONS, hooks=hooks, on_prefill=prefill_done)
         resid[rows] = to_numpy(torch.stack([prefill_states[name] for name in names], 1)).astype(np.float32)
         final[rows] = to_numpy(torch.stack(final_states, 1)).astype(np.float32)
         labels[rows] = to_numpy(chosen)
-        progress(rows.stop / n, f"collected {rows.stop}/{n} examples")
+        done += len(rows)
+        progress(done / n, f"collected {done}/{n} examples")
     return labels, resid, final
 
 

@@ -17,7 +17,7 @@ and saves into reports like any other result.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import plotly.graph_objects as go
@@ -27,6 +27,7 @@ from plotly.subplots import make_subplots
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register
+from lenslab.probes.future_lens.artefacts import check_disjoint
 from lenslab.probes.future_lens.data import (
     HORIZONS,
     DataSettings,
@@ -34,11 +35,20 @@ from lenslab.probes.future_lens.data import (
     build_dataset,
     load_documents,
 )
-from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, ensure_linear
+from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, RIDGE_GRID, LinearMaps, ensure_linear
 from lenslab.probes.future_lens.methods import Artefacts, method_topk
-from lenslab.probes.future_lens.prompts import DEFAULT_PROTOCOL, PROTOCOLS
+from lenslab.probes.future_lens.prompts import (
+    DEFAULT_PROTOCOL,
+    PROTOCOLS,
+    PromptTraining,
+    SoftPrompt,
+    soft_prompt_path,
+    train_soft_prompt,
+)
 from lenslab.probes.stats import bootstrap_by_group, format_interval
 from lenslab.progress import NO_PROGRESS, Progress
+
+PROMPT_FIELDS = {f.name for f in fields(PromptTraining)}
 
 COLOURS = {"direct": "#7f7f7f", "linear": "#1f77b4", "fixed": "#ff7f0e", "learned": "#2ca02c"}
 
@@ -130,6 +140,15 @@ class FutureLensEvalConfig(Config):
         default=320, metadata={"help": "examples in total (train + test)", "min": 8, "max": 20000}
     )
     prefix_tokens: int = field(default=16, metadata={"help": "prefix length incl. BOS", "min": 4, "max": 256})
+    min_prefix_tokens: int | None = field(
+        default=4,
+        metadata={
+            "help": "shortest prefix incl. BOS (lengths drawn uniformly up to prefix_tokens; empty: all "
+            "prefix_tokens long)",
+            "min": 2,
+            "max": 256,
+        },
+    )
     test_fraction: float = field(
         default=0.25, metadata={"help": "share held out, by document", "min": 0.05, "max": 0.9}
     )
@@ -149,9 +168,21 @@ class FutureLensEvalConfig(Config):
         },
     )
     k: int = field(default=10, metadata={"help": "largest k of precision@k", "min": 1, "max": 10})
-    ridge: float = field(
+    ridge: float | None = field(
         default=DEFAULT_RIDGE,
-        metadata={"help": "relative ridge of the linear fit (0: least squares)", "min": 0.0, "max": 100.0},
+        metadata={
+            "help": f"relative ridge of the linear fit (0: least squares; empty: chosen per layer and N "
+            f"from {list(RIDGE_GRID)} on held-out training documents)",
+            "min": 0.0,
+            "max": 100.0,
+        },
+    )
+    refit: bool = field(
+        default=False,
+        metadata={
+            "help": "retrain saved learned prompts that were fitted on a test document of this evaluation "
+            "(else such an evaluation is refused)"
+        },
     )
     toward_identity: bool = field(
         default=True, metadata={"help": "shrink the linear maps toward the identity (else toward zero)"}
@@ -172,6 +203,7 @@ class FutureLensEvalConfig(Config):
             prefix_tokens=self.prefix_tokens,
             test_fraction=self.test_fraction,
             seed=self.seed,
+            min_prefix_tokens=self.min_prefix_tokens,
         )
 
     def layer_list(self, session: ModelSession) -> list[int]:
@@ -204,6 +236,12 @@ class FutureLensEvalResult(Result):
     n_documents: int = 0  # test documents behind the intervals (0: not recorded)
     n_train_documents: int = 0
     bigram_pairs: int = 0  # (token, token at t+N+1) training pairs the bigram counts (0: not recorded)
+    # Linear maps' relative ridge per evaluated layer and N, and its validation score (MSE after the
+    # final norm on held-out training documents); NaN score: the ridge was fixed, not chosen.
+    ridge_chosen: Float[np.ndarray, "layer horizon"] | None = None
+    ridge_validation: Float[np.ndarray, "layer horizon"] | None = None
+    ridge_grid: tuple[float, ...] = ()
+    validation_examples: int = 0
 
     def __post_init__(self) -> None:
         """Old reports: NaN intervals, and a config that states the protocol actually computed."""
@@ -213,6 +251,19 @@ class FutureLensEvalResult(Result):
             object.__setattr__(self, "bigram_ci", np.full((*self.bigram.shape, 2), np.nan))
         if self.config.protocol != self.protocol:
             object.__setattr__(self, "config", self.config.replace(protocol=self.protocol))
+
+    def ridge_text(self) -> str:
+        """How the linear maps' ridge was set, in one line (empty when not recorded)."""
+        if self.ridge_chosen is None or "linear" not in self.methods:
+            return ""
+        values = sorted({float(v) for v in np.ravel(self.ridge_chosen)})
+        shown = ", ".join(f"{v:g}" for v in values)
+        if not self.ridge_grid:
+            return f"fixed at {shown}"
+        return (
+            f"chosen per layer and N from {list(self.ridge_grid)} on {self.validation_examples} held-out "
+            f"training examples (validation MSE after the final norm): {shown}"
+        )
 
     @property
     def causal_note(self) -> str:
@@ -242,7 +293,9 @@ class FutureLensEvalResult(Result):
         ci = self.precision_ci
         for m, method in enumerate(self.methods):
             for i, layer in enumerate(self.layers.tolist()):
-                row: dict[str, object] = {"method": method, "layer": layer}
+                causal = method in ("fixed", "learned")
+                name = f"{method} ({self.protocol} N ≥ 1)" if causal else method
+                row: dict[str, object] = {"method": name, "layer": layer}
                 for n in range(self.precision.shape[2]):
                     row[f"N={n} top-1"] = _cell(self.precision[m, i, n, 0], ci[m, i, n, 0])  # type: ignore[index]
                     row[f"N={n} p@{k_max}"] = _cell(self.precision[m, i, n, -1], ci[m, i, n, -1])  # type: ignore[index]
@@ -268,6 +321,8 @@ class FutureLensEvalResult(Result):
                 out[f"{method} best N={n} top-1"] = f"{interval} (L{int(self.layers[best])})"
         out[f"bigram N={n} top-1"] = _cell(self.bigram[n, 0], self.bigram_ci[n, 0])  # type: ignore[index]
         out["test split"] = self.split_text()
+        if self.ridge_text():
+            out["linear ridge"] = self.ridge_text()
         return out
 
     def figures(self) -> dict[str, go.Figure]:
@@ -282,6 +337,7 @@ class FutureLensEvalResult(Result):
         layers = self.layers.tolist()
         ci = 100 * self.precision_ci  # type: ignore[operator]
         for m, method in enumerate(self.methods):
+            shown = f"{method} ({self.protocol} N ≥ 1)" if method in ("fixed", "learned") else method
             for n in range(horizons):
                 values = 100 * self.precision[m, :, n, 0]
                 low, high = ci[m, :, n, 0, 0], ci[m, :, n, 0, 1]
@@ -290,7 +346,7 @@ class FutureLensEvalResult(Result):
                         x=layers,
                         y=values,
                         mode="lines+markers",
-                        name=method,
+                        name=shown,
                         legendgroup=method,
                         showlegend=n == 0,
                         line={"color": COLOURS.get(method)},
@@ -302,7 +358,7 @@ class FutureLensEvalResult(Result):
                             "thickness": 1,
                         },
                         customdata=np.stack([low, high, 100 * self.precision[m, :, n, -1]], -1),
-                        hovertemplate=f"{method}<br>layer %{{x}}<br>top-1 %{{y:.1f}}% "
+                        hovertemplate=f"{shown}<br>layer %{{x}}<br>top-1 %{{y:.1f}}% "
                         "[%{customdata[0]:.1f}, %{customdata[1]:.1f}]<br>"
                         f"p@{int(self.ks[-1])} %{{customdata[2]:.1f}}%<extra></extra>",
                     ),
@@ -392,6 +448,9 @@ class Evaluation:
     notes: list[str]
     n_documents: int
     bigram_pairs: int
+    hits: Bool[np.ndarray, "method layer example horizon k"]  # per test example, for paired comparisons
+    bigram_hits: Bool[np.ndarray, "example horizon k"]
+    doc_ids: Int[np.ndarray, " example"]  # the test examples' documents (the bootstrap's groups)
 
 
 def evaluate(
@@ -409,16 +468,21 @@ def evaluate(
     """Precision ``[method, layer, N, ks]`` and the bigram ``[N, ks]`` on the test split, with CIs.
 
     Methods lacking an artefact for a layer get NaN there and a line in the notes. ``protocol``
-    chooses how fixed and learned reach N ≥ 1; the intervals resample test documents.
+    chooses how fixed and learned reach N ≥ 1; the intervals resample test documents. Linear
+    maps and learned prompts fitted on any of the test documents are refused (``ValueError``)
+    before anything runs; the linear maps are applied only if fitted at the examples' position.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {PROTOCOLS}")
+    artefacts.check_disjoint(data, methods, layers)
+    _check_positions(artefacts.linear if "linear" in methods else None, data)
     ks = _ks(k)
     test = data.split(test=True)
     labels = data.labels[test]
     docs = data.doc_ids[test]
     precision = np.full((len(methods), len(layers), HORIZONS, len(ks)), np.nan)
     precision_ci = np.full((*precision.shape, 2), np.nan)
+    all_hits = np.zeros((len(methods), len(layers), len(test), HORIZONS, len(ks)), dtype=bool)
     notes: list[str] = []
     teacher = torch.as_tensor(data.labels[test, : HORIZONS - 1], device=session.device)
     jobs = [(m, i) for m in range(len(methods)) for i in range(len(layers))]
@@ -442,11 +506,13 @@ def evaluate(
                 teacher=teacher if protocol == "teacher-forced" else None,
             )
             hits = hits_at_ks(top_ids.numpy(), labels, ks)
+            all_hits[m, i] = hits
             precision[m, i], precision_ci[m, i] = document_intervals(hits, docs, seed)
             progress((done + 1) / len(jobs), f"evaluated {method} at layer {layer}")
     current, following = bigram_training_pairs(session, data)
     bigram_ids = bigram_top_ids(current, following, data.current_ids[test], max(ks))
-    bigram, bigram_ci = document_intervals(hits_at_ks(bigram_ids, labels, ks), docs, seed)
+    bigram_hits = hits_at_ks(bigram_ids, labels, ks)
+    bigram, bigram_ci = document_intervals(bigram_hits, docs, seed)
     return Evaluation(
         precision=precision,
         precision_ci=precision_ci,
@@ -455,7 +521,57 @@ def evaluate(
         notes=notes,
         n_documents=len(np.unique(docs)),
         bigram_pairs=len(current),
+        hits=all_hits,
+        bigram_hits=bigram_hits,
+        doc_ids=docs,
     )
+
+
+def _check_positions(linear: LinearMaps | None, data: FutureLensData) -> None:
+    """Refuse linear maps fitted at other positions t than the test examples'."""
+    if linear is None:
+        return
+    outside = sorted({int(p) for p in data.positions[data.split(test=True)] if not linear.fitted_at(int(p))})
+    if outside:
+        raise ValueError(
+            f"the linear maps were fitted at positions {linear.positions}, the test examples sit at "
+            f"{outside}: fit them on data with the same prefix lengths"
+        )
+
+
+def learned_prompts(
+    session: ModelSession,
+    data: FutureLensData,
+    layers: list[int],
+    refit: bool,
+    progress: Progress = NO_PROGRESS,
+) -> dict[int, SoftPrompt]:
+    """The saved learned prompts of ``layers``, retrained where ``refit`` asks for it.
+
+    With ``refit``, prompts fitted on a test document of ``data`` (or recording no training
+    documents) are retrained on its training split, with their old settings, and saved.
+    """
+    prompts = Artefacts.saved(session).prompts
+    stale = []
+    for layer in layers:
+        if layer in prompts:
+            try:
+                check_disjoint(prompts[layer].meta, data, f"the learned prompt of layer {layer}")
+            except ValueError:
+                stale.append(layer)
+    if refit:
+        for i, layer in enumerate(stale):
+            old = prompts[layer].meta.get("training", {})
+            training = PromptTraining(
+                **{k: (tuple(v) if k == "horizons" else v) for k, v in old.items() if k in PROMPT_FIELDS}
+            )
+
+            def step(fraction: float, message: str = "", i: int = i) -> None:
+                progress((i + fraction) / len(stale), message)
+
+            prompts[layer] = train_soft_prompt(session, data, layer, training, step)
+            prompts[layer].save(soft_prompt_path(session.model_id, layer))
+    return prompts
 
 
 def bigram_training_pairs(
@@ -493,12 +609,12 @@ def run_evaluation(
     def part(start: float, stop: float) -> Progress:
         return lambda fraction, message="": progress(start + (stop - start) * fraction, message)
 
-    data = build_dataset(session, config.data_settings(), part(0.0, 0.5))
+    data = build_dataset(session, config.data_settings(), part(0.0, 0.45))
     linear = ensure_linear(
-        session, data, config.ridge, progress=part(0.5, 0.55), toward_identity=config.toward_identity
+        session, data, config.ridge, progress=part(0.45, 0.5), toward_identity=config.toward_identity
     )
-    saved = Artefacts.saved(session)
-    artefacts = Artefacts(linear=linear, prompts=saved.prompts)
+    prompts = learned_prompts(session, data, layers, config.refit and config.learned_prompt, part(0.5, 0.55))
+    artefacts = Artefacts(linear=linear, prompts=prompts)
     methods = ["direct", "linear"]
     if config.fixed_prompt:
         methods.append("fixed")
@@ -526,7 +642,29 @@ def run_evaluation(
         n_documents=scores.n_documents,
         n_train_documents=len(np.unique(data.doc_ids[train])),
         bigram_pairs=scores.bigram_pairs,
+        **ridge_record(linear, layers),
     )
+
+
+def ridge_record(linear: LinearMaps, layers: list[int]) -> dict[str, object]:
+    """The ridge each evaluated layer's maps were fitted with and its validation MSE (result fields)."""
+    rows = [linear.layers.index(layer) for layer in layers]
+    chosen = linear.meta.get("ridge_chosen")
+    if chosen is None:  # maps saved before the ridge was recorded per map
+        chosen = [[linear.meta.get("ridge", np.nan)] * HORIZONS for _ in linear.layers]
+    grid = tuple(float(g) for g in linear.meta.get("ridge_grid") or ())
+    scores = (linear.meta.get("validation") or {}).get("scores") or []
+    validation = np.full((len(layers), HORIZONS), np.nan)
+    for i, row in enumerate(rows):
+        if grid and row < len(scores) and scores[row]:
+            for n in range(HORIZONS):
+                validation[i, n] = scores[row][n][grid.index(float(chosen[row][n]))]
+    return {
+        "ridge_chosen": np.asarray([chosen[row] for row in rows], dtype=np.float64),
+        "ridge_validation": validation,
+        "ridge_grid": grid,
+        "validation_examples": int((linear.meta.get("validation") or {}).get("n_examples", 0)),
+    }
 
 
 @register

@@ -4,27 +4,46 @@ One d_model×d_model map per layer and horizon N = 0..3, fitted in closed form (
 data, float64, shrunk toward the identity by default) on the training split, then decoded through
 final norm + unembed. The maps are saved as an artefact per model and reused while the data and
 settings match.
+
+- **Ridge chosen on validation**: by default the relative ridge of each (layer, N) map is chosen
+  from ``RIDGE_GRID`` on held-out *training* documents (:func:`validation_split`; the score is
+  the validation MSE after the final norm, i.e. of what the unembedding reads), then the map is
+  refitted on all training documents. The grid, the scores and the chosen values are stored in
+  the artefact. A fixed ``ridge`` skips the selection.
+- **Provenance**: the artefact records the training documents (``artefacts.training_provenance``);
+  evaluations refuse maps fitted on one of their test documents.
+- **Positions**: the maps are fitted on states at the examples' positions t (``positions`` in the
+  metadata, e.g. [15, 15] for 16-token prefixes); the grid applies them only there.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from lenslab.models.session import ModelSession
-from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT, load_artefact, save_artefact
+from lenslab.probes.future_lens.artefacts import (
+    ARTEFACT_FORMAT,
+    load_artefact,
+    save_artefact,
+    training_provenance,
+)
 from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, cache_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
-# Relative ridge of the linear fit, chosen on the embedded model from 0.03 / 0.3 / 3 (docs/future_lens.md).
-DEFAULT_RIDGE = 0.3
+# Relative ridges tried per (layer, N) on held-out training documents; None = choose from them.
+RIDGE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+DEFAULT_RIDGE: float | None = None
+VALIDATION_FRACTION = 0.2  # share of the training documents held out to choose the ridge
 
 
 @dataclass
@@ -37,6 +56,17 @@ class LinearMaps:
     x_mean: Float[Tensor, "layer d_model"]
     y_mean: Float[Tensor, "horizon d_model"]
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def positions(self) -> tuple[int, int] | None:
+        """(first, last) position t the maps were fitted at; None for maps saved without it."""
+        span = self.meta.get("positions")
+        return (int(span[0]), int(span[1])) if span else None
+
+    def fitted_at(self, position: int) -> bool:
+        """Whether states at sequence ``position`` are in the range the maps were fitted on."""
+        span = self.positions
+        return span is None or span[0] <= position <= span[1]
 
     def predict(
         self, resid: Float[Tensor, "batch d_model"], layer: int
@@ -107,43 +137,159 @@ def fit_linear_map(
     return weight.float(), x_mean.float(), y_mean.float()
 
 
+def validation_split(
+    data: FutureLensData, fraction: float = VALIDATION_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
+    """Training examples split by document into (fit, validation); never touches the test split.
+
+    Whole training documents (seeded by the data's seed) go to validation until it holds
+    ``fraction`` of the training examples. With fewer than two training documents the
+    validation part is empty.
+    """
+    train = data.split(test=False)
+    docs = np.unique(data.doc_ids[train])
+    if len(docs) < 2:
+        return train, train[:0]
+    order = np.random.default_rng(data.settings.seed + 1).permutation(docs)
+    held: list[int] = []
+    count = 0
+    for doc in order[:-1]:
+        if count >= fraction * len(train):
+            break
+        held.append(int(doc))
+        count += int((data.doc_ids[train] == doc).sum())
+    is_val = np.isin(data.doc_ids[train], held)
+    return train[~is_val], train[is_val]
+
+
+def ridge_path(
+    x: Float[Tensor, "n d"], y: Float[Tensor, "n d_out"], ridges: tuple[float, ...], *, toward_identity: bool
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """:func:`fit_linear_map` for several relative ridges > 0 at once (one eigendecomposition)."""
+    if any(r <= 0 or not math.isfinite(r) for r in ridges):
+        raise ValueError(f"every ridge of a path must be a finite number > 0, got {ridges}")
+    if toward_identity and x.shape[1] != y.shape[1]:
+        raise ValueError("shrinking toward the identity needs d_in == d_out")
+    x64, y64 = x.double(), y.double()
+    x_mean, y_mean = x64.mean(0), y64.mean(0)
+    xc, yc = x64 - x_mean, y64 - y_mean
+    gram = xc.T @ xc
+    values, vectors = torch.linalg.eigh(gram)
+    cross = vectors.T @ (xc.T @ yc)
+    scale = torch.trace(gram) / gram.shape[0]
+    out = []
+    for ridge in ridges:
+        lam = ridge * scale
+        rhs = cross + lam * vectors.T if toward_identity else cross
+        weight = vectors @ (rhs / (values.clamp_min(0) + lam)[:, None])
+        out.append((weight.float(), x_mean.float(), y_mean.float()))
+    return out
+
+
+def choose_ridge(
+    fit: tuple[Tensor, Tensor],
+    validation: tuple[Tensor, Tensor],
+    grid: tuple[float, ...] = RIDGE_GRID,
+    *,
+    toward_identity: bool = True,
+    transform: Callable[[Tensor], Tensor] | None = None,
+) -> tuple[int, list[float]]:
+    """Index of the ridge in ``grid`` with the lowest validation MSE, and every validation MSE.
+
+    Maps are fitted on ``fit = (x, y)`` and scored on ``validation = (x, y)``; ``transform``
+    (e.g. the model's final norm) is applied to predictions and targets before the MSE.
+    """
+    x_val, y_val = validation
+    if x_val.shape[0] == 0:
+        raise ValueError("the validation split is empty")
+    transform = transform or (lambda t: t)
+    target = transform(y_val.float())
+    scores = []
+    for weight, x_mean, y_mean in ridge_path(*fit, grid, toward_identity=toward_identity):
+        pred = (x_val.float() - x_mean) @ weight + y_mean
+        scores.append(float((transform(pred) - target).pow(2).mean()))
+    return int(np.argmin(scores)), scores
+
+
 def fit_linear_maps(
     session: ModelSession,
     data: FutureLensData,
     layers: list[int] | None = None,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
     progress: Progress = NO_PROGRESS,
     *,
     toward_identity: bool = True,
+    grid: tuple[float, ...] = RIDGE_GRID,
 ) -> LinearMaps:
     """Fit h_t^ℓ → last-block state at t+N on the training split for each layer and N = 0..3.
 
-    ``toward_identity`` (default) shrinks the ridge toward W = I (see :func:`fit_linear_map`).
+    ``ridge=None`` (default) chooses each map's relative ridge from ``grid`` on held-out
+    training documents (:func:`validation_split`, score: MSE after the final norm) and refits
+    on the whole training split; a number fixes it. ``toward_identity`` (default) shrinks the
+    ridge toward W = I (see :func:`fit_linear_map`). The test split is never read.
     """
     layers = session.check_layers(layers)
+    if ridge is not None and (ridge < 0 or not math.isfinite(ridge)):
+        raise ValueError(f"ridge must be a finite number ≥ 0 or None (choose on validation), got {ridge}")
+    if ridge is None and (not grid or any(r <= 0 or not math.isfinite(r) for r in grid)):
+        raise ValueError(f"the ridge grid must hold finite numbers > 0, got {grid}")
     train = data.split(test=False)
+    fit_rows, val_rows = validation_split(data)
+    select = ridge is None and len(val_rows) > 0
     device = session.device
-    weights, x_means = [], []
+    weights, x_means, chosen, scores = [], [], [], []
+
+    def final_norm(t: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return session.final_norm(t.to(session.dtype)).float()
+
     y_mean = torch.as_tensor(data.final[train].mean(0), device=device)
     for i, layer in enumerate(layers):
         x = torch.as_tensor(data.resid[train, layer], device=device)
-        per_n = []
+        x_fit = torch.as_tensor(data.resid[fit_rows, layer], device=device)
+        x_val = torch.as_tensor(data.resid[val_rows, layer], device=device)
+        per_n, chosen_n, scores_n = [], [], []
         for n in range(HORIZONS):
             y = torch.as_tensor(data.final[train, n], device=device)
-            weight, x_mean, _ = fit_linear_map(x, y, ridge, toward_identity=toward_identity)
+            value = ridge if ridge is not None else grid[len(grid) // 2]
+            if select:
+                fit = (x_fit, torch.as_tensor(data.final[fit_rows, n], device=device))
+                val = (x_val, torch.as_tensor(data.final[val_rows, n], device=device))
+                best, mse = choose_ridge(
+                    fit, val, grid, toward_identity=toward_identity, transform=final_norm
+                )
+                value = grid[best]
+                scores_n.append(mse)
+            weight, x_mean, _ = fit_linear_map(x, y, value, toward_identity=toward_identity)
             per_n.append(weight)
+            chosen_n.append(value)
         weights.append(torch.stack(per_n))
         x_means.append(x_mean)
+        chosen.append(chosen_n)
+        scores.append(scores_n)
         progress((i + 1) / len(layers), f"fitted linear maps for layer {layer}")
+    positions = data.positions[train]
+    if data.settings.min_prefix_tokens is not None:  # the range the lengths were drawn from
+        positions = np.asarray([data.settings.min_prefix_tokens - 1, data.settings.prefix_tokens - 1])
     meta = {
         "format": ARTEFACT_FORMAT,
         "kind": "linear",
         "model_id": session.model_id,
         "d_model": session.d_model,
-        "ridge": ridge,
+        "ridge": ridge,  # None: chosen per (layer, N) on validation
+        "ridge_chosen": chosen,  # [layer][N], the relative ridge each map was refitted with
+        "ridge_grid": list(grid) if ridge is None else [],
+        "validation": {
+            "score": "MSE after the final norm (lower is better)",
+            "scores": scores,  # [layer][N][grid]
+            "n_examples": len(val_rows) if select else 0,
+            "n_documents": len(np.unique(data.doc_ids[val_rows])) if select else 0,
+        },
         "toward_identity": toward_identity,
         "data_key": data.key,
         "n_train": len(train),
+        "positions": [int(positions.min()), int(positions.max())],
+        "provenance": training_provenance(data, train),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     return LinearMaps(layers, list(range(HORIZONS)), torch.stack(weights), torch.stack(x_means), y_mean, meta)
@@ -163,7 +309,7 @@ def load_linear(session: ModelSession) -> LinearMaps | None:
 def ensure_linear(
     session: ModelSession,
     data: FutureLensData,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
     layers: list[int] | None = None,
     progress: Progress = NO_PROGRESS,
     *,
@@ -176,7 +322,9 @@ def ensure_linear(
         saved is not None
         and saved.meta.get("data_key") == data.key
         and saved.meta.get("ridge") == ridge
+        and (ridge is not None or saved.meta.get("ridge_grid") == list(RIDGE_GRID))
         and saved.meta.get("toward_identity") == toward_identity
+        and "provenance" in saved.meta
         and set(wanted) <= set(saved.layers)
     ):
         return saved

@@ -26,6 +26,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from lenslab.models.session import ModelSession
+from lenslab.probes.future_lens.artefacts import check_disjoint
+from lenslab.probes.future_lens.data import FutureLensData
 from lenslab.probes.future_lens.linear import (
     LinearMaps,
     load_linear,
@@ -75,6 +77,18 @@ class Artefacts:
             if lacking:
                 return f"no learned prompt for layer(s) {lacking}: train one per layer (Train / evaluate)"
         return None
+
+    def check_disjoint(self, data: FutureLensData, methods: list[str], layers: list[int]) -> None:
+        """Refuse (``ValueError``) artefacts fitted on one of ``data``'s test documents.
+
+        Checks what ``methods`` would use at ``layers``: one provenance check for maps and prompts.
+        """
+        if "linear" in methods and self.linear is not None:
+            check_disjoint(self.linear.meta, data, "the linear maps")
+        if "learned" in methods:
+            for layer in layers:
+                if layer in self.prompts:
+                    check_disjoint(self.prompts[layer].meta, data, f"the learned prompt of layer {layer}")
 
 
 def method_logits(

@@ -43,6 +43,9 @@ from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
 from lenslab.progress import NO_PROGRESS, Progress
 
+# The page's dataset: prefixes of 4..16 tokens, so the linear maps cover positions 3..15 of a prompt.
+PAGE_DATA = DataSettings(min_prefix_tokens=4)
+
 
 @dataclass(frozen=True)
 class FutureLensConfig(Config):
@@ -96,6 +99,8 @@ class FutureLensResult(Result):
     artefact: str  # which trained artefact was used (empty for untrained methods)
     # How fixed/learned reached N ≥ 1. Reports saved before this field existed were teacher-forced.
     protocol: str = "teacher-forced"
+    # Linear method: the positions t its maps were fitted at; cells elsewhere are left blank.
+    fitted_positions: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         """Keep the config's protocol equal to the one computed (old reports load today's default)."""
@@ -111,21 +116,42 @@ class FutureLensResult(Result):
         """What a cell is, in words, for titles and captions."""
         if self.causal:
             return f"each state transplanted, N ≥ 1 {self.protocol}"
+        if self.fitted_positions is not None:
+            return f"mapped from each single state at the fitted positions {self.fitted_positions}"
         return "decoded from each single state"
+
+    @property
+    def applied(self) -> np.ndarray:
+        """Whether the method was applied at each position (linear maps: only where fitted)."""
+        positions = np.arange(len(self.tokens))
+        if self.fitted_positions is None:
+            return np.ones(len(positions), dtype=bool)
+        first, last = self.fitted_positions
+        return (positions >= first) & (positions <= last)
 
     @property
     def matches(self) -> np.ndarray:
         """Whether each cell's top-1 equals the model's actual token, ``[layer, pos, horizon]``."""
-        return self.top_ids[..., 0] == self.actual_ids[None]
+        return (self.top_ids[..., 0] == self.actual_ids[None]) & self.applied[None, :, None]
 
     def summary(self) -> dict[str, object]:
         """How often the single-state predictions agree with the actual continuation."""
-        agree = self.matches.mean(axis=(0, 1))
+        applied = self.applied
+        agree = (
+            self.matches[:, applied].mean(axis=(0, 1))
+            if applied.any()
+            else np.full(self.matches.shape[2], np.nan)
+        )
         out: dict[str, object] = {"method": self.method}
         if self.causal:
             out["protocol (N ≥ 1)"] = self.protocol
+        if self.fitted_positions is not None:
+            first, last = self.fitted_positions
+            out["linear maps fitted at"] = (
+                f"positions {first}–{last} ({int(applied.sum())} of {len(applied)} shown)"
+            )
         for n, value in enumerate(agree):
-            out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%"
+            out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%" if np.isfinite(value) else "—"
         return out
 
     def state_at(self, figure: str, point: dict[str, Any]) -> tuple[int, int] | None:
@@ -141,11 +167,18 @@ class FutureLensResult(Result):
         horizon = self.top_ids.shape[2]
         x = unique_labels(self.tokens)
         y = [f"L{layer}" for layer in self.layers.tolist()]
+        applied = self.applied.tolist()
+        blank = f"not shown: the linear maps were fitted at positions {self.fitted_positions} only"
         text, hover = [], []
         for row_tokens, row_probs, row_match in zip(
             self.top_tokens, self.top_probs.tolist(), self.matches.tolist(), strict=True
         ):
-            text.append([" · ".join(label(cell[n][0]) for n in range(horizon)) for cell in row_tokens])
+            text.append(
+                [
+                    " · ".join(label(cell[n][0]) for n in range(horizon)) if shown else ""
+                    for cell, shown in zip(row_tokens, applied, strict=True)
+                ]
+            )
             hover.append(
                 [
                     "<br>".join(
@@ -153,13 +186,18 @@ class FutureLensResult(Result):
                         + ", ".join(f"{label(t)} {p:.2f}" for t, p in zip(cell[n], probs[n], strict=True))
                         for n in range(horizon)
                     )
-                    for cell, probs, match in zip(row_tokens, row_probs, row_match, strict=True)
+                    if shown
+                    else blank
+                    for cell, probs, match, shown in zip(
+                        row_tokens, row_probs, row_match, applied, strict=True
+                    )
                 ]
             )
         # One heatmap holds the layers and, on top, the model's actual continuation (a row without a
         # colour value, on a tinted band): two heatmaps on one categorical axis drift apart.
         actual_text = ["<br>".join(label(t) for t in cell) for cell in self.actual_tokens]
-        values = np.vstack([self.top_probs[..., 0].mean(-1), np.full((1, len(x)), np.nan)])
+        shown_values = np.where(self.applied[None], self.top_probs[..., 0].mean(-1), np.nan)
+        values = np.vstack([shown_values, np.full((1, len(x)), np.nan)])
         rows = [*y, "actual"]
         font = 11 if len(x) <= 16 else 9
         fig = go.Figure(
@@ -311,8 +349,10 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
         top_ids_np = to_numpy(torch.stack(top_ids)).astype(np.int64)
         actual_np = to_numpy(actual).astype(np.int64)
         artefact = ""
+        fitted = None
         if config.method == "linear" and artefacts.linear is not None:
             artefact = f"linear maps fitted on {artefacts.linear.meta.get('n_train')} examples"
+            fitted = artefacts.linear.positions
         elif config.method == "learned":
             artefact = ", ".join(str(soft_prompt_path(session.model_id, layer).name) for layer in layers)
         return FutureLensResult(
@@ -331,6 +371,7 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
             actual_tokens=[session.decode_each(row) for row in actual_np.tolist()],
             artefact=artefact,
             protocol=config.protocol,
+            fitted_positions=fitted,
         )
 
 
@@ -338,14 +379,14 @@ def prepare_default_artefacts(
     session: ModelSession,
     progress: Progress = NO_PROGRESS,
     settings: DataSettings | None = None,
-    ridge: float = DEFAULT_RIDGE,
+    ridge: float | None = DEFAULT_RIDGE,
 ) -> dict[str, object]:
     """Build the default dataset and fit (or reuse) the linear maps of every layer for N = 0..3.
 
     What the Future Lens page needs to show the linear method at once. Learned prompts are
     trained per layer from the page (they take minutes on a CPU).
     """
-    data = build_dataset(session, settings or DataSettings(), lambda f, m="": progress(0.9 * f, m))
+    data = build_dataset(session, settings or PAGE_DATA, lambda f, m="": progress(0.9 * f, m))
     maps = ensure_linear(session, data, ridge, progress=lambda f, m="": progress(0.9 + 0.1 * f, m))
     progress(1.0, "Future Lens artefacts ready")
     return {"data": data.key, "n_train": maps.meta.get("n_train"), "layers": maps.layers, "ridge": ridge}
@@ -360,7 +401,7 @@ def train_learned_prompt(
 ) -> SoftPrompt:
     """Train the learned prompt for ``layer`` on the (cached) dataset and save it for the page."""
     layer = session.check_layer(layer)
-    data = build_dataset(session, settings or DataSettings(), lambda f, m="": progress(0.3 * f, m))
+    data = build_dataset(session, settings or PAGE_DATA, lambda f, m="": progress(0.3 * f, m))
     prompt = train_soft_prompt(session, data, layer, training, lambda f, m="": progress(0.3 + 0.7 * f, m))
     prompt.save(soft_prompt_path(session.model_id, layer))
     return prompt
@@ -368,11 +409,13 @@ def train_learned_prompt(
 
 # ------------------------------------------------------------------------ inspector view
 def _future_view(session: ModelSession, ref: StateRef, progress: Progress) -> FutureLensResult:
+    """Linear maps where they were fitted for this layer and position, else the fixed prompt."""
     config = FutureLensConfig(method="linear", horizon=3, layers=(ref.layer,))
-    try:
-        return FutureLens().run(session, ref.prompt, config, progress)
-    except FileNotFoundError:  # no linear maps fitted yet: the untrained fixed-prompt method
-        return FutureLens().run(session, ref.prompt, config.replace(method="fixed"), progress)
+    artefacts = Artefacts.saved(session)
+    linear = artefacts.linear
+    if linear is None or ref.layer not in linear.layers or not linear.fitted_at(ref.position):
+        config = config.replace(method="fixed")
+    return FutureLens().run(session, ref.prompt, config, progress, artefacts=artefacts)
 
 
 def _future_describe(result: FutureLensResult, ref: StateRef) -> list[str]:
@@ -380,7 +423,7 @@ def _future_describe(result: FutureLensResult, ref: StateRef) -> list[str]:
     probs = result.top_probs[0, ref.position]
     predicted = ", ".join(f"t+{n + 1}: {cell[n][0]!r} ({probs[n, 0]:.2f})" for n in range(len(cell)))
     actual = " ".join(repr(t) for t in result.actual_tokens[ref.position])
-    how = f" ({result.protocol})" if result.causal else ""
+    how = f" ({result.protocol} N ≥ 1)" if result.causal else ""
     return [f"{result.method} method{how} — {predicted}", f"model's actual continuation: {actual}"]
 
 

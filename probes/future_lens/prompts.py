@@ -28,7 +28,12 @@ from torch import Tensor
 
 from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
-from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT, load_artefact, save_artefact
+from lenslab.probes.future_lens.artefacts import (
+    ARTEFACT_FORMAT,
+    load_artefact,
+    save_artefact,
+    training_provenance,
+)
 from lenslab.probes.future_lens.data import HORIZONS, FutureLensData, bos_id, cache_dir
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -254,8 +259,9 @@ def train_soft_prompt(
     settings.validate()
     layer = session.check_layer(layer)
     train = data.split(test=False)
-    if settings.max_examples is not None:
-        train = train[: settings.max_examples]
+    if settings.max_examples is not None:  # a seeded sample, so that every training document can appear
+        keep = np.random.default_rng(settings.seed).permutation(len(train))[: settings.max_examples]
+        train = np.sort(train[keep])
     if len(train) == 0:
         raise ValueError("the training split is empty")
     generator = torch.Generator().manual_seed(settings.seed)
@@ -306,6 +312,7 @@ def train_soft_prompt(
         "multiplier": multiplier,
         "data_key": data.key,
         "n_train": len(train),
+        "provenance": training_provenance(data, train),
         "training": {**asdict(settings), "horizons": horizons},
         "losses": losses,
         "seconds": seconds,
