@@ -214,6 +214,13 @@ def top_k_decode(
     return TopKDecode(top_ids, top_probs, torch.cat(target_prob), torch.cat(target_rank))
 
 
+def lens_probs(
+    session: ModelSession, resid: Float[torch.Tensor, "pos d_model"]
+) -> Float[torch.Tensor, "pos vocab"]:
+    """Softmax of the logit-lens logits over the whole vocabulary, in float32 for stable ranks."""
+    return session.decode_resid(resid).float().softmax(-1)
+
+
 def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> LogitLensResult:
     return LogitLens().run(session, ref.prompt, LogitLensConfig(k=10, layers=(ref.layer,)), progress)
 
