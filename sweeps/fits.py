@@ -8,8 +8,11 @@
 - :class:`UnitStatsJob` — the shared-neuron unit scores' streamed sums
   (:class:`~lenslab.probes.shared_neurons.units.UnitStats`), summed across shards.
 
-A new fit (for example a Jacobian lens with ``fit_shard`` / ``merge``) is one small class with
-``shards``, ``map_shard`` and ``merge``, run by :func:`run_job`.
+- :class:`JacobianLensJob` — the Jacobian lens' running sums of per-prompt Jacobians
+  (:class:`~lenslab.probes.jacobian_lens.fit.FitState`), added across shards (an exact,
+  count-weighted mean).
+
+A new fit is one small class with ``shards``, ``map_shard`` and ``merge``, run by :func:`run_job`.
 """
 
 from __future__ import annotations
@@ -221,36 +224,62 @@ def fit_future_lens_linear(
     shard_size: int = 64,
     **backend_options: Any,
 ) -> Any:
-    """Future Lens linear maps fitted from merged sufficient statistics.
+    """Future Lens linear maps fitted on data collected shard by shard.
 
-    They equal ``fit_linear_maps`` on the same data up to floating-point summation order.
+    ``ridge=None`` (the default, as in ``fit_linear_maps``) chooses each map's ridge on held-out
+    training documents by the MSE after the final norm, which no sum of moments gives: the
+    dataset is collected on the workers (:func:`collect_future_lens_data`) and fitted on the
+    driver by ``fit_linear_maps`` itself, so the artefact is the single-process one. A fixed
+    ``ridge`` needs only sufficient statistics: each worker reduces its prefixes' states to
+    XᵀX, XᵀY and sums (:class:`FutureLensLinearJob`), so the states never leave the workers;
+    those maps equal ``fit_linear_maps(ridge=...)`` up to summation order.
     """
-    from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT
-    from lenslab.probes.future_lens.data import HORIZONS, DataSettings, sample_windows
-    from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, LinearMaps
+    from lenslab.probes.future_lens.artefacts import ARTEFACT_FORMAT, training_provenance
+    from lenslab.probes.future_lens.data import HORIZONS, DataSettings, FutureLensData, sample_windows
+    from lenslab.probes.future_lens.linear import LinearMaps, fit_linear_maps
     from lenslab.probes.future_lens.sufficient import LinearStats
 
     settings = settings or DataSettings()
     settings.validate()
-    ridge = DEFAULT_RIDGE if ridge is None else ridge
     session = session or _driver_session(model, "float32")
     chosen = tuple(session.check_layers(list(layers) if layers is not None else None))
-    prefix_ids, _, is_test = sample_windows(session, settings)
+    if ridge is None:
+        data = collect_future_lens_data(
+            model, folder, settings, backend, session=session, shard_size=shard_size, **backend_options
+        )
+        return fit_linear_maps(session, data, list(chosen), None, toward_identity=toward_identity)
+    prefix_ids, doc_ids, is_test = sample_windows(session, settings)
     train = prefix_ids[~is_test]
     job = FutureLensLinearJob(model, train, chosen, settings.batch_size, shard_size)
-    key = f"{settings.key(session.model_id)}|{chosen}"
+    key = f"{settings.key(session.model_id)}|{chosen}|ridge={ridge}"
     merged, _ = run_job(job, folder, backend, key=key, **backend_options)
     stats = LinearStats.from_state(merged)
     weight, x_mean, y_mean = stats.solve(ridge, toward_identity=toward_identity, device=session.device)
+    empty = np.zeros((0,), dtype=np.float32)
+    index = FutureLensData(  # the split alone (no states): what the provenance record needs
+        model_id=session.model_id,
+        key=settings.key(session.model_id),
+        settings=settings,
+        prefix_ids=prefix_ids,
+        doc_ids=doc_ids,
+        is_test=is_test,
+        labels=empty,
+        resid=empty,
+        final=empty,
+        meta={},
+    )
     meta = {
         "format": ARTEFACT_FORMAT,
         "kind": "linear",
         "model_id": session.model_id,
         "d_model": session.d_model,
         "ridge": ridge,
+        "ridge_chosen": [[ridge] * HORIZONS for _ in chosen],
+        "ridge_grid": [],
         "toward_identity": toward_identity,
         "data_key": settings.key(session.model_id),
         "n_train": stats.n,
+        "provenance": training_provenance(index, np.flatnonzero(~is_test)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "fitted_by": "sharded sufficient statistics",
     }
@@ -319,5 +348,91 @@ def shared_neuron_unit_stats(
         **sums,
         tokens_all=int(merged["tokens_all"]),
         tokens_answer=int(merged["tokens_answer"]),
+        seconds=float(merged["seconds"]),
+    )
+
+
+# ---------------------------------------------------------------------------------- Jacobian lens
+_JLENS_LISTS = ("documents", "skipped")
+
+
+@dataclass(frozen=True)
+class JacobianLensJob:
+    """Per-prompt Jacobian sums of the lens fit (``jacobian_lens.fit.fit_shard``), added across shards.
+
+    Shards are runs of the fit's training documents; each worker fits its documents exactly as
+    the single-process fit would and returns the float64 sums, counts and document lists.
+    """
+
+    kind: ClassVar[str] = "jacobian_lens"
+    model: str
+    documents: tuple[int, ...]
+    spec: Any  # FitSpec
+    shard_size: int = 4
+    dtype: str = "float32"
+    max_tokens: int = 512
+    imports: tuple[str, ...] = ()
+
+    def shards(self) -> list[Shard]:
+        """Consecutive training documents (items are positions in ``documents``)."""
+        return contiguous_shards(self.model, len(self.documents), self.shard_size)
+
+    def map_shard(self, session: Any, shard: Shard) -> State:
+        """The shard's fit state as arrays."""
+        from lenslab.probes.jacobian_lens.fit import fit_shard
+
+        state = fit_shard(session, [self.documents[i] for i in shard.items], self.spec)
+        return {
+            "jacobian_sum": state.jacobian_sum.cpu().numpy(),
+            "n_prompts": np.asarray(state.n_prompts),
+            "n_positions": np.asarray(state.n_positions),
+            "documents": np.asarray(state.documents, dtype=np.int64),
+            "skipped": np.asarray(state.skipped, dtype=np.int64),
+            "seconds": np.asarray(state.seconds),
+            "n_items": np.asarray(len(shard.items)),
+        }
+
+    def merge(self, states: Sequence[State]) -> State:
+        """Add sums and counts; concatenate the document lists in shard order."""
+        merged = {k: sum(s[k] for s in states[1:]) + states[0][k] for k in ("jacobian_sum", "n_prompts")}
+        merged.update({k: sum(s[k] for s in states[1:]) + states[0][k] for k in ("n_positions", "seconds")})
+        merged["n_items"] = sum(s["n_items"] for s in states)
+        for key in _JLENS_LISTS:
+            merged[key] = np.concatenate([s[key] for s in states])
+        return merged
+
+
+def fit_jacobian_lens(
+    model: str,
+    folder: str | Path,
+    documents: Sequence[int],
+    spec: Any = None,
+    backend: str | Backend = "serial",
+    *,
+    session: Any = None,
+    shard_size: int = 4,
+    **backend_options: Any,
+) -> Any:
+    """The Jacobian lens fit state of ``documents``, fitted shard by shard (same sums as ``fit_shard``).
+
+    Every document is fitted (no early stop: a convergence rule needs the prompts in one order);
+    the result has no convergence curve, as :func:`~lenslab.probes.jacobian_lens.fit.merge` says.
+    """
+    from lenslab.probes.jacobian_lens.fit import FitSpec, FitState
+
+    spec = spec or FitSpec()
+    spec.validate()
+    session = session or _driver_session(model, "float32")
+    job = JacobianLensJob(model, tuple(int(d) for d in documents), spec, shard_size)
+    key = json.dumps([session.model_id, list(job.documents), list(spec.shape_key())])
+    merged, _ = run_job(job, folder, backend, key=key, **backend_options)
+    return FitState(
+        model_id=session.model_id,
+        spec=spec,
+        jacobian_sum=torch.as_tensor(merged["jacobian_sum"]),
+        n_prompts=int(merged["n_prompts"]),
+        n_positions=int(merged["n_positions"]),
+        documents=[int(d) for d in merged["documents"]],
+        skipped=[int(d) for d in merged["skipped"]],
         seconds=float(merged["seconds"]),
     )

@@ -64,8 +64,19 @@ def test_sharded_future_lens_data_and_linear_maps_equal_the_single_process_ones(
     np.testing.assert_allclose(maps.weight.numpy(), single.weight.numpy(), rtol=1e-3, atol=1e-4)
     np.testing.assert_allclose(maps.x_mean.numpy(), single.x_mean.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(maps.y_mean.numpy(), single.y_mean.numpy(), rtol=1e-5, atol=1e-5)
+    assert maps.meta["ridge_chosen"] == single.meta["ridge_chosen"]  # chosen on validation, as single
+    assert maps.meta["provenance"] == single.meta["provenance"]
+
+    fixed = fit_future_lens_linear(
+        TINY, tmp_path / "stats", SETTINGS, "serial", session=tiny_gemma, ridge=0.3, shard_size=5
+    )
+    single_fixed = fit_linear_maps(tiny_gemma, reference, ridge=0.3)
+    np.testing.assert_allclose(fixed.weight.numpy(), single_fixed.weight.numpy(), rtol=1e-3, atol=1e-4)
+    assert fixed.meta["provenance"] == single_fixed.meta["provenance"]
     with pytest.raises(ValueError, match="another job"):
-        fit_future_lens_linear(TINY, tmp_path / "data", SETTINGS, "serial", session=tiny_gemma, shard_size=5)
+        fit_future_lens_linear(
+            TINY, tmp_path / "data", SETTINGS, "serial", session=tiny_gemma, ridge=0.3, shard_size=5
+        )
 
 
 def test_sharded_unit_statistics_equal_one_pass(tmp_path, tiny_gemma):
@@ -75,3 +86,19 @@ def test_sharded_unit_statistics_equal_one_pass(tmp_path, tiny_gemma):
     assert (merged.tokens_all, merged.tokens_answer) == (whole.tokens_all, whole.tokens_answer)
     for name in ("abs_all", "signed_all", "abs_answer", "head_all", "head_answer"):
         np.testing.assert_allclose(getattr(merged, name).numpy(), getattr(whole, name).numpy(), rtol=1e-5)
+
+
+def test_sharded_jacobian_lens_fit_equals_one_shard(tmp_path, tiny_gemma):
+    from lenslab.probes.jacobian_lens.fit import FitSpec, fit_shard
+    from lenslab.sweeps.fits import fit_jacobian_lens
+
+    spec = FitSpec(seq_len=8, skip_first=2, min_prompts=1, max_prompts=10, dim_batch=16)
+    documents = [0, 1, 2, 3, 5]
+    whole = fit_shard(tiny_gemma, documents, spec)
+    merged = fit_jacobian_lens(
+        TINY, tmp_path / "jlens", documents, spec, "serial", session=tiny_gemma, shard_size=2
+    )
+    assert len(list((tmp_path / "jlens" / "shards").glob("*.npz"))) == 3
+    assert (merged.n_prompts, merged.n_positions) == (whole.n_prompts, whole.n_positions)
+    assert merged.documents == whole.documents and merged.skipped == whole.skipped
+    torch.testing.assert_close(merged.mean(), whole.mean(), rtol=1e-10, atol=1e-12)
