@@ -307,6 +307,8 @@ def test_deep_link_opens_the_page_with_its_state(module, page, server):
         assert module.TITLE.lower() in title.lower(), title
         if module.URL in ("reports", "shared-neurons", "neurosymbolic"):  # pages without a prompt box
             return
+        if module.URL == "sae-features" and page.get_by_text("No SAE has been trained").count():
+            return  # its prompt box sits in a tab shown once an SAE is loaded
         box = page.locator("textarea").first  # drawn once the model is loaded
         box.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
         assert box.input_value() == DEEP_PROMPT, f"/{module.URL} ignored the prompt in its link"
