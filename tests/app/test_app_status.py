@@ -61,3 +61,12 @@ def test_a_run_alone_reports_no_wait_and_slow_runs_get_an_estimate(monkeypatch, 
     hint = [c.value for c in at.caption if "Expected" in c.value]
     assert hint and "35 s" in hint[0] and "3 earlier runs" in hint[0], hint
     state._run_history().clear()
+
+
+def test_overview_lists_every_page():
+    from lenslab.app.views import discover
+
+    at = AppTest.from_string("from lenslab.app.views import home\nhome.render()\n", default_timeout=60).run()
+    assert not at.exception
+    shown = " ".join(m.value for m in at.markdown)
+    assert all(module.TITLE in shown for module in discover())

@@ -306,13 +306,13 @@ def test_deep_link_opens_the_page_with_its_state(module, page, server):
         assert page.url.split("?")[0].rstrip("/").endswith(f"/{module.URL}"), page.url
         title = page.locator("h1").first.inner_text()
         assert module.TITLE.lower() in title.lower(), title
-        boxes = page.locator("textarea")
-        texts = [boxes.nth(i).input_value() for i in range(boxes.count())]
-        if any(t == DEEP_PROMPT for t in texts):
+        if module.URL in ("reports", "shared-neurons", "neurosymbolic"):  # pages without a prompt box
             return
-        assert module.URL in ("reports", "shared-neurons", "neurosymbolic"), (
-            f"/{module.URL} ignored the prompt in its link: {texts}"
-        )
+        if module.URL == "sae-features" and page.get_by_text("No SAE has been trained").count():
+            return  # its prompt box sits in a tab shown once an SAE is loaded
+        box = page.locator("textarea").first  # drawn once the model is loaded
+        box.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+        assert box.input_value() == DEEP_PROMPT, f"/{module.URL} ignored the prompt in its link"
     except Exception:
         screenshot(page, f"e2e-deep-link-{module.URL}")
         raise

@@ -427,8 +427,10 @@ def test_grid_direct_matches_the_model_at_the_last_layer(tiny_gemma, lenslab_hom
     assert np.all(np.diff(result.top_probs, axis=-1) <= 1e-7)
     figures = result.figures()
     assert set(figures) == {"grid", "agreement"}
-    grid, _actual, cells = figures["grid"].data  # states, the actual continuation, clickable cell points
-    assert len(cells.x) == grid.z.shape[0] * grid.z.shape[1]
+    grid, cells = figures["grid"].data  # states with the actual continuation on top, clickable points
+    assert list(grid.y) == [f"L{layer}" for layer in result.layers] + ["actual"]
+    assert np.isnan(np.asarray(grid.z[-1], dtype=float)).all()  # the actual row carries no colour value
+    assert len(cells.x) == (grid.z.shape[0] - 1) * grid.z.shape[1]  # only states are clickable
     last = {"x": cells.x[-1], "y": cells.y[-1]}  # a click reaches the app as the point's labels
     assert result.state_at("grid", last) == (int(result.layers[-1]), seq - 1)
     again = FutureLensResult.from_dict(result.to_dict())
