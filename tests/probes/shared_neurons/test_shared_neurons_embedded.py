@@ -35,6 +35,7 @@ def test_answer_positions_decode_like_full_logits(embedded_session):
     assert scores.logprob[0] == pytest.approx(reference, abs=1e-3)
 
 
+@pytest.mark.timeout(1800)  # ~40 forwards of the embedded model, slow on a shared CPU
 def test_exact_vs_approximate_arithmetic_end_to_end(embedded_session):
     """Held-out causal test, control pairs and dissociation statistics on the embedded model."""
     probe = get_probe("shared_neurons")
