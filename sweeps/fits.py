@@ -287,12 +287,17 @@ def fit_future_lens_linear(
 
 
 # --------------------------------------------------------------------------------- shared neurons
-_UNIT_SUMS = ("abs_all", "signed_all", "abs_answer", "head_all", "head_answer")
+_UNIT_GROUPED = ("abs_all", "abs_answer", "head_all", "head_answer", "tokens_all", "tokens_answer")
 
 
 @dataclass(frozen=True)
 class UnitStatsJob:
-    """Per-unit sums of the shared-neuron scores (``units.unit_statistics``), summed across shards."""
+    """Per-unit sums of the shared-neuron scores (``units.unit_statistics``), merged across shards.
+
+    ``UnitStats`` keeps its sums per prompt group (prompt ``i`` in group ``i % groups``). A shard
+    holds at most ``MAX_GROUPS`` prompts, so its own groups are single prompts; the merge adds each
+    prompt's row into the group its index in the whole set gives, which is the single pass's sum.
+    """
 
     kind: ClassVar[str] = "shared_neurons_unit_stats"
     model: str
@@ -304,27 +309,41 @@ class UnitStatsJob:
     imports: tuple[str, ...] = ()
 
     def shards(self) -> list[Shard]:
-        """Consecutive prompts."""
+        """Consecutive prompts, at most ``MAX_GROUPS`` a shard."""
+        from lenslab.probes.shared_neurons.units import MAX_GROUPS
+
+        if self.shard_size > MAX_GROUPS:
+            raise ValueError(f"shard_size must be ≤ {MAX_GROUPS} (one group per prompt in a shard)")
         return contiguous_shards(self.model, len(self.items), self.shard_size)
 
     def map_shard(self, session: Any, shard: Shard) -> State:
-        """The shard's sums (float64, moved to the CPU)."""
+        """The shard's per-prompt sums (float64, moved to the CPU) and the prompts' indices."""
         from lenslab.probes.shared_neurons.units import unit_statistics
 
         stats = unit_statistics(session, [self.items[i] for i in shard.items], self.batch_size)
-        state = {name: getattr(stats, name).cpu().numpy() for name in _UNIT_SUMS}
+        state = {name: getattr(stats, name).cpu().numpy() for name in (*_UNIT_GROUPED, "signed_all")}
         state.update(
-            tokens_all=np.asarray(stats.tokens_all),
-            tokens_answer=np.asarray(stats.tokens_answer),
+            index=np.asarray(shard.items, dtype=np.int64),
             seconds=np.asarray(stats.seconds),
             n_items=np.asarray(len(shard.items)),
         )
         return state
 
     def merge(self, states: Sequence[State]) -> State:
-        """Add the sums and counts."""
-        keys = (*_UNIT_SUMS, "tokens_all", "tokens_answer", "seconds", "n_items")
-        return {key: sum(s[key] for s in states[1:]) + states[0][key] for key in keys}
+        """Add every prompt's row into its group of the whole set; add the ungrouped sums."""
+        from lenslab.probes.shared_neurons.units import MAX_GROUPS
+
+        groups = max(1, min(len(self.items), MAX_GROUPS))
+        merged: State = {}
+        for name in _UNIT_GROUPED:
+            rows = states[0][name]
+            total = np.zeros((groups, *rows.shape[1:]), dtype=rows.dtype)
+            for state in states:
+                np.add.at(total, state["index"] % groups, state[name])
+            merged[name] = total
+        for key in ("signed_all", "seconds", "n_items"):
+            merged[key] = sum(s[key] for s in states[1:]) + states[0][key]
+        return merged
 
 
 def shared_neuron_unit_stats(
@@ -343,13 +362,8 @@ def shared_neuron_unit_stats(
     job = UnitStatsJob(model, tuple(items), batch_size, shard_size)
     key = hashlib.sha256(json.dumps([[i.prompt, i.answer] for i in items]).encode()).hexdigest()[:16]
     merged, _ = run_job(job, folder, backend, key=key, **backend_options)
-    sums = {name: torch.as_tensor(merged[name]) for name in _UNIT_SUMS}
-    return UnitStats(
-        **sums,
-        tokens_all=int(merged["tokens_all"]),
-        tokens_answer=int(merged["tokens_answer"]),
-        seconds=float(merged["seconds"]),
-    )
+    sums = {name: torch.as_tensor(merged[name]) for name in (*_UNIT_GROUPED, "signed_all")}
+    return UnitStats(**sums, seconds=float(merged["seconds"]))
 
 
 # ---------------------------------------------------------------------------------- Jacobian lens
