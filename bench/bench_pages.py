@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench.common import machine, write
+from bench.common import compare, machine, write
 from lenslab.models import ModelSession
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
@@ -140,21 +139,6 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
     return factory
 
 
-def best_of(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Minimum wall time of each function, measured interleaved after one warm-up each."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            started = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - started)
-    return {name: min(values) for name, values in times.items()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the minute-long evaluations")
@@ -179,9 +163,9 @@ def main() -> None:
             floor = floors(name, prompt)
             repeat = 1 if name in SLOW else args.repeat
             try:
-                t = best_of(
+                t = compare(
                     {"probe": lambda p=probe, pr=prompt, c=config: p.run(session, pr, c), "floor": floor.run},
-                    repeat,
+                    repeat=repeat,
                 )
             except (ValueError, FileNotFoundError) as exc:  # e.g. artefacts not prepared
                 rows.append(f"| {name} | {n_tokens} | — | — | — | — | skipped: {exc} |")
