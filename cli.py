@@ -231,6 +231,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(args: argparse.Namespace) -> int:
+    """Re-run each seed paper's key check, print the table and save it as a report."""
+    from lenslab.analyses.report import Report, report_meta
+    from lenslab.models import ModelSession
+    from lenslab.models.paths import reports_dir
+    from lenslab.probes import get_probe
+
+    probe = get_probe("replications")
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip()) if args.families else None
+    config = probe.config_cls(mode="full" if args.full else "quick", families=families)
+    config.check_numbers()
+    session = ModelSession.load(args.model, device=args.device)
+    config.validate(session)
+    result = probe.run(session, "", config, _progress_printer("replicate"))
+    for row in result.rows():
+        print(" | ".join(row.values()))
+    out = (
+        Path(args.out)
+        if args.out
+        else reports_dir() / f"replications-{config.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    path = Report([result], report_meta([result], session, f"Replications ({config.mode})")).save(
+        out, overwrite=args.overwrite
+    )
+    print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for tests)."""
     p = argparse.ArgumentParser(prog="lenslab", description=__doc__.splitlines()[0])
@@ -290,6 +318,18 @@ def parser() -> argparse.ArgumentParser:
     swp.add_argument("--gpus-per-worker", type=float, default=None)
     swp.add_argument("--title", default=None)
     swp.set_defaults(func=cmd_sweep)
+    rep = sub.add_parser("replicate", help="re-run each seed paper's key check and save the table")
+    size = rep.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes, prepared artefacts (default)")
+    size.add_argument("--full", action="store_true", help="the papers' sizes (hours on a CPU)")
+    rep.add_argument("--families", default=None, help="comma-separated subset (default: all)")
+    rep.add_argument("--model", default=None, help="embedded name, HF id or local folder")
+    rep.add_argument("--device", default=None)
+    rep.add_argument(
+        "--out", default=None, help="report folder (default: a new one under the reports folder)"
+    )
+    rep.add_argument("--overwrite", action="store_true")
+    rep.set_defaults(func=cmd_replicate)
     return p
 
 

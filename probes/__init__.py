@@ -17,6 +17,7 @@ from lenslab.probes import (
     mlp_units,
     neurosymbolic,
     patching,
+    replications,
     sae,
     shared_neurons,
     sweep_result,  # noqa: F401  registers the sweep's Result (a sweep runs probes, it is not one)
@@ -45,6 +46,7 @@ FAMILIES = (
     dla,
     patching,
     jacobian_lens,
+    replications,
 )
 
 __all__ = [

@@ -17,6 +17,7 @@ from lenslab.probes.jacobian_lens.probe import JacobianLensConfig
 from lenslab.probes.mlp_units import MLPUnitsConfig
 from lenslab.probes.neurosymbolic.vsa_readout import VSAReadoutConfig
 from lenslab.probes.patching import PatchingConfig
+from lenslab.probes.replications import ReplicationsConfig
 from lenslab.probes.sae.features import SAEFeatureConfig
 from lenslab.probes.shared_neurons.result import SharedNeuronsConfig
 
@@ -39,6 +40,7 @@ FAST: dict[str, Callable[[], Config]] = {
         layers=(0, 1),
     ),
     "jacobian_lens": lambda: JacobianLensConfig(auto_fit_prompts=2),
+    "replications": lambda: ReplicationsConfig(families=("jacobian", "sae", "neurosymbolic")),
 }
 
 

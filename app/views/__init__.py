@@ -20,6 +20,7 @@ from lenslab.app.views import (
     logit_lens,
     neurosymbolic,
     patching,
+    replications,
     reports,
     sae_features,
     shared_neurons,
@@ -40,6 +41,7 @@ PAGES: tuple[ModuleType, ...] = (
     patching,
     jacobian_lens,
     sweeps,
+    replications,
 )
 
 DEFAULT_URL = "overview"
