@@ -242,6 +242,11 @@ class FutureLensEvalResult(Result):
     ridge_validation: Float[np.ndarray, "layer horizon"] | None = None
     ridge_grid: tuple[float, ...] = ()
     validation_examples: int = 0
+    # Per test example (None in older reports): for paired comparisons of two cells on the same
+    # examples, resampled by document (e.g. learned − fixed in the replications).
+    hits: Bool[np.ndarray, "method layer example horizon k"] | None = None
+    bigram_hits: Bool[np.ndarray, "example horizon k"] | None = None
+    doc_ids: Int[np.ndarray, " example"] | None = None
 
     def __post_init__(self) -> None:
         """Old reports: NaN intervals, and a config that states the protocol actually computed."""
@@ -642,6 +647,9 @@ def run_evaluation(
         n_documents=scores.n_documents,
         n_train_documents=len(np.unique(data.doc_ids[train])),
         bigram_pairs=scores.bigram_pairs,
+        hits=scores.hits,
+        bigram_hits=scores.bigram_hits,
+        doc_ids=np.asarray(scores.doc_ids, dtype=np.int64),
         **ridge_record(linear, layers),
     )
 
