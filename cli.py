@@ -299,7 +299,9 @@ def parser() -> argparse.ArgumentParser:
     jl.set_defaults(func=cmd_fit_jlens)
     swp = sub.add_parser("sweep", help="run probes over many prompts (locally or on Ray); resumable")
     swp.add_argument("probe", nargs="?", help="probe name(s), comma-separated")
-    swp.add_argument("--source", help="tasks:<set>, corpus:pydoc, or a .txt / .jsonl file")
+    swp.add_argument(
+        "--source", "--prompts", help="tasks:<set>, corpus:pydoc, or a .txt / .jsonl file of prompts"
+    )
     swp.add_argument("--model", action="append", help="model spec (repeatable; tiny:<family> to try)")
     swp.add_argument("--config", action="append", metavar="KEY=VALUE")
     swp.add_argument("--grid", action="append", metavar="KEY=V1,V2")

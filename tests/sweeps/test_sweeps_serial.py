@@ -221,3 +221,16 @@ def test_register_result_refuses_clashes():
 
     with pytest.raises(ValueError, match="no probe name"):
         register_result(Nameless)
+
+
+def test_cli_sweep_over_a_prompt_file_with_bad_lines(tmp_path, lenslab_home):
+    from lenslab.cli import main
+
+    prompts = tmp_path / "some.txt"
+    prompts.write_text("the cat sat\n\non the mat\n" + "x " * 600 + "\n", encoding="utf-8")
+    folder = tmp_path / "sweep1"
+    argv = ["sweep", "logit_lens", "--prompts", str(prompts), "--model", TINY, "--backend", "serial"]
+    assert main([*argv, "--max-tokens", "64", "--out", str(folder)]) == 0
+    result = Report.load(folder / "report").results[0]
+    assert result.status.size == 4  # every line is an item, the bad ones included
+    assert (result.status == OK).sum() == 2  # the empty line and the over-long prompt are reported
