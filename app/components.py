@@ -268,6 +268,22 @@ def _fmt(value: Any) -> str:
     return "—" if value is None else md(value)
 
 
+def cell_text(value: Any) -> str:
+    """A table cell as text: floats to four significant digits (no 0.6272377967834473), else ``str``."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def rounded(value: Any) -> Any:
+    """``value`` with every float inside (dicts, lists) rounded to four significant digits, for display."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
+
+
 def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | None:
     """Settings form and Run button for ``probe`` on ``text``; returns the result stored under ``key``.
 

@@ -7,6 +7,7 @@ import streamlit as st
 from lenslab.app import state
 from lenslab.app.components import (
     DEFAULT_PROMPT,
+    cell_text,
     config_form,
     number_field,
     run_hint,
@@ -239,7 +240,9 @@ def _evaluation_panel(session) -> None:
             + (f"{result.causal_note}." if result.causal_note else "no causal method.")
             + (f" Linear ridge: {result.ridge_text()}." if result.ridge_text() else "")
         )
-        st.dataframe([{k: str(v) for k, v in row.items()} for row in result.table_rows()], hide_index=True)
+        st.dataframe(
+            [{k: cell_text(v) for k, v in row.items()} for row in result.table_rows()], hide_index=True
+        )
         for note in result.notes:
             st.caption(md(note))
         show_result(result, f"{KEY}_eval")

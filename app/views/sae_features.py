@@ -10,6 +10,7 @@ from lenslab.app.components import (
     config_form,
     folder_input,
     number_field,
+    rounded,
     run_hint,
     show_result,
     source_input,
@@ -306,4 +307,4 @@ def _train_tab(session) -> None:
             f"Trained {md(repr(info['training_config']['name']))} on {md(info['hook_name'])}; "
             "on held-out documents: " + "; ".join(quality_lines(info)) + " — pick it in the SAE box above."
         )
-        st.json(info, expanded=False)
+        st.json(rounded(info), expanded=False)

@@ -115,3 +115,16 @@ def test_delete_asks_first_then_moves_to_trash_and_restores(payload_reports):
     at.button(key=f"restore:{name}").click().run()
     assert name in [e.name for e in list_reports(payload_reports)] and not list_deleted(payload_reports)
     assert not any(s.value == "Recently deleted" for s in at.subheader)
+
+
+def test_display_helpers_round_floats_and_keep_text():
+    from lenslab.app.components import cell_text, rounded
+
+    assert cell_text(0.6272377967834473) == "0.6272"
+    assert cell_text("0.6272377967834473") == "0.6272377967834473"  # text stays text
+    assert cell_text(3) == "3"
+    assert rounded({"ev": 0.6272377967834473, "rows": [1.23456789, "x"], "n": 7}) == {
+        "ev": 0.6272,
+        "rows": [1.235, "x"],
+        "n": 7,
+    }
