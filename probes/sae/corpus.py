@@ -218,8 +218,8 @@ def token_windows(
         available = len(ids) // body - offset
         which = "" if subset == "all" else f" ({subset} documents)"
         raise ValueError(
-            f"the corpus {corpus!r}{which} gives only {max(available, 0)} window(s) of {context_size} tokens; "
-            f"{n_seq} were asked for (use fewer or shorter windows, or a larger corpus)"
+            f"the corpus {corpus!r}{which} gives only {max(available, 0)} window(s) of {context_size} "
+            f"tokens; {n_seq} were asked for (use fewer or shorter windows, or a larger corpus)"
         )
     flat = np.asarray(ids[offset * body : needed], dtype=np.int64).reshape(n_seq, body)
     flat_docs = np.asarray(docs[offset * body : needed], dtype=np.int64).reshape(n_seq, body)
