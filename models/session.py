@@ -217,14 +217,14 @@ class ModelSession:
         return sorted({self.check_layer(layer) for layer in layers})
 
     @staticmethod
-    def check_position(position: int, seq_len: int) -> int:
-        """Return ``position`` (negative counts from the end) or raise a readable ValueError."""
+    def check_position(position: int, seq_len: int, name: str = "position") -> int:
+        """Return ``position`` (negative counts from the end) or raise a ValueError naming field ``name``."""
         if not isinstance(position, int | float) or int(position) != position:
-            raise ValueError(f"position must be an integer, got {position!r}")
+            raise ValueError(f"{name} must be an integer, got {position!r}")
         position = int(position)
         if not -seq_len <= position < seq_len:
             raise ValueError(
-                f"position {position} out of range: the prompt has {seq_len} tokens "
+                f"{name} {position} out of range: the prompt has {seq_len} tokens "
                 f"(0-{seq_len - 1}, or -1 for the last)"
             )
         return position % seq_len

@@ -7,7 +7,7 @@ import os
 import streamlit as st
 
 from lenslab.analyses.report import Report
-from lenslab.app.components import show_result
+from lenslab.app.components import number_field, show_result
 from lenslab.models import DEFAULT_MODEL
 from lenslab.probes import registered_probes
 from lenslab.sweeps.launch import SweepEntry, cancel, list_sweeps, start_detached
@@ -38,14 +38,19 @@ def _start_form() -> None:
         else:
             source = st.selectbox("Built-in set", builtin_sources(), key=f"{KEY}:builtin")
         cols = st.columns(3)
-        limit = cols[0].number_input("At most (0: all)", 0, 100_000, 0, key=f"{KEY}:limit")
+        limit = number_field(
+            "At most (0: all)", 0, key=f"{KEY}:limit", min_value=0, max_value=100_000, where=cols[0]
+        )
         backend = cols[1].selectbox("Backend", ["ray", "serial"], key=f"{KEY}:backend")
-        workers = cols[2].number_input("Workers (0: one per CPU)", 0, 4096, 0, key=f"{KEY}:workers")
+        workers = number_field(
+            "Workers (0: one per CPU)", 0, key=f"{KEY}:workers", min_value=0, max_value=4096, where=cols[2]
+        )
         config = st.text_input("Settings for every probe (key=value, space-separated)", key=f"{KEY}:config")
         grid = st.text_input("Grid (e.g. k=5,10; space-separated axes)", key=f"{KEY}:grid")
         model = st.session_state.get("model_name", os.environ.get("LENSLAB_MODEL", DEFAULT_MODEL))
         st.caption(f"Model: `{model}` (the sidebar's choice); each worker loads it once.")
-        if not st.button("Start sweep", type="primary", key=f"{KEY}:start", disabled=not probes):
+        invalid = limit is None or workers is None
+        if not st.button("Start sweep", type="primary", key=f"{KEY}:start", disabled=not probes or invalid):
             return
         if choice == UPLOAD and upload is None:
             st.error("Upload a prompt file first.")

@@ -190,7 +190,9 @@ class PatchLens(Probe[PatchLensConfig, PatchLensResult]):
         with session.lock:
             source_tokens, target_tokens = session.tokenize(prompt), session.tokenize(config.target)
             position = session.check_position(config.position, int(source_tokens.shape[-1]))
-            target_position = session.check_position(config.target_position, int(target_tokens.shape[-1]))
+            target_position = session.check_position(
+                config.target_position, int(target_tokens.shape[-1]), "target_position"
+            )
             progress(0.0, "source state")
             hook = session.resid_name(layer)
             state = session.capture(source_tokens, [hook])[hook][0, position]

@@ -55,7 +55,10 @@ def test_a_run_alone_reports_no_wait_and_slow_runs_get_an_estimate(monkeypatch, 
     at.button(key="logit_lens:run").click().run()
     label = next(s.label for s in at.get("status") if "done in" in s.label)
     assert "waited" not in label, label
-    key = next(k for k in state._run_history() if k.endswith(":Logit lens"))
+    # this model's key: other tests in the process may have recorded runs of other models
+    key = next(
+        k for k in state._run_history() if k.startswith(f"{session.model_id}:") and k.endswith(":Logit lens")
+    )
     state._run_history()[key] = [30.0, 40.0, 35.0]  # as if earlier runs had been slow
     at = at.run()
     hint = [c.value for c in at.caption if "Expected" in c.value]
@@ -63,9 +66,11 @@ def test_a_run_alone_reports_no_wait_and_slow_runs_get_an_estimate(monkeypatch, 
     state._run_history().clear()
 
 
-def test_overview_lists_every_page():
+def test_overview_lists_every_page(monkeypatch):
+    from lenslab.app import state
     from lenslab.app.views import discover
 
+    monkeypatch.setattr(state, "_PAGES", {})  # rendered on its own, even after a test ran the whole app
     at = AppTest.from_string("from lenslab.app.views import home\nhome.render()\n", default_timeout=60).run()
     assert not at.exception
     shown = " ".join(m.value for m in at.markdown)
