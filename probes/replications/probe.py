@@ -49,7 +49,8 @@ class ReplicationsConfig(Config):
         },
     )
     families: tuple[str, ...] | None = field(
-        default=None, metadata={"help": f"families to re-run (empty: all of {', '.join(FAMILIES)})"}
+        default=None,
+        metadata={"help": f"families to re-run (empty: all of {', '.join(FAMILIES)})", "items": FAMILIES},
     )
 
     def check_numbers(self) -> None:

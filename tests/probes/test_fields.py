@@ -63,6 +63,8 @@ def _other_value(f: ConfigField, value: Any) -> Any:
     if kind.name == "bool":
         return not value
     if kind.name == "int":
+        if value is None:  # an optional int left unset: its lowest allowed value
+            return low if low is not None else 0
         return value + 1 if high is None or value + 1 <= high else value - 1
     if kind.name == "float":  # a third of the way in: a float whose text form must be exact
         if low is not None and high is not None:
@@ -73,6 +75,8 @@ def _other_value(f: ConfigField, value: Any) -> Any:
     if isinstance(kind, TupleKind):
         if isinstance(f.kind, OptionalKind) and value is not None:
             return None
+        if "items" in f.metadata:  # a tuple of names from a fixed set
+            return tuple(f.metadata["items"][:1])
         return (0, 2) if kind.item.name == "int" else ("x", "y z")
     return value
 
