@@ -140,20 +140,11 @@ def _prepare_in_background(model: str) -> None:
     print(f"building default artefacts in the background (log: {log_path})", file=sys.stderr)
 
 
-def _loopback(address: str) -> bool:
-    import ipaddress
-
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 def cmd_app(args: argparse.Namespace) -> int:
     """Start the Streamlit app (localhost only unless --address is given, which needs a token)."""
-    if not _loopback(args.address) and not os.environ.get("LENSLAB_ACCESS_TOKEN", "").strip():
+    from lenslab.app.userfiles import is_loopback
+
+    if not is_loopback(args.address) and not os.environ.get("LENSLAB_ACCESS_TOKEN", "").strip():
         print(
             f"refusing to serve on {args.address!r} without an access token: set LENSLAB_ACCESS_TOKEN "
             "(users then open the app with ?token=...)",
