@@ -21,4 +21,5 @@ pages = {
     },
 }
 state.set_pages(pages)  # lets figures link to other pages (a clicked cell opens the inspector)
-st.navigation(list(pages.values())).run()
+# Expanded: with more than ten pages Streamlit would otherwise fold the rest behind "View more".
+st.navigation(list(pages.values()), expanded=True).run()
