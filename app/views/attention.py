@@ -7,7 +7,7 @@ from typing import Any
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, settings_and_run
+from lenslab.app.components import DEFAULT_PROMPT, settings_and_run, url_prompt
 from lenslab.probes import get_probe
 from lenslab.probes.attention.result import SCORES, AttentionResult
 
@@ -31,7 +31,7 @@ def render() -> None:
     session = state.session()
     if session is None:
         return
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
     result = settings_and_run(probe, KEY, session, prompt)
     if result is None:
         return

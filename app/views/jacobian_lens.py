@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, settings_and_run, show_result
+from lenslab.app.components import DEFAULT_PROMPT, settings_and_run, show_result, url_prompt
 from lenslab.models.paths import family_dir
 from lenslab.probes import get_probe
 from lenslab.probes.jacobian_lens import (
@@ -51,7 +51,7 @@ def render() -> None:
     st.plotly_chart(
         convergence_figure(lens.rel_change, spec.get("tol"), spec.get("smoothing", 10)), key=f"{KEY}:conv"
     )
-    prompt = st.text_area("Prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
     result = settings_and_run(get_probe(KEY), KEY, session, prompt)
     if result is not None:
         show_result(result, KEY)

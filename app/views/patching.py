@@ -7,7 +7,7 @@ import dataclasses
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import DEFAULT_PROMPT, config_form, settings_and_run, show_result
+from lenslab.app.components import DEFAULT_PROMPT, config_form, settings_and_run, show_result, url_prompt
 from lenslab.probes import get_probe
 from lenslab.probes.patching.pair import tokenize_pair
 
@@ -41,7 +41,8 @@ def _sweeps(session) -> None:
     )
     default = probe.default_config()
     left, right = st.columns(2)
-    clean = left.text_area("Clean prompt", value=DEFAULT_PROMPT, key=f"{KEY}:prompt", height=80)
+    with left:  # the clean prompt travels in the page's link (?prompt=...)
+        clean = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT, label="Clean prompt")
     corrupted = right.text_area(
         "Corrupted prompt", value=default.corrupted, key=f"{KEY}:corrupted", height=80
     )

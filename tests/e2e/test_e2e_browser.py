@@ -306,7 +306,8 @@ def test_deep_link_opens_the_page_with_its_state(module, page, server):
         assert page.url.split("?")[0].rstrip("/").endswith(f"/{module.URL}"), page.url
         title = page.locator("h1").first.inner_text()
         assert module.TITLE.lower() in title.lower(), title
-        if module.URL in ("reports", "shared-neurons", "neurosymbolic"):  # pages without a prompt box
+        no_prompt = ("reports", "shared-neurons", "neurosymbolic", "sweeps", "replications")
+        if module.URL in no_prompt:  # pages without a prompt box
             return
         if module.URL == "sae-features" and page.get_by_text("No SAE has been trained").count():
             return  # its prompt box sits in a tab shown once an SAE is loaded
