@@ -383,8 +383,12 @@ class ModelSession:
         return self.bridge.original_model.config
 
     def final_norm(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
-        """The model's final norm applied to residual-stream vectors."""
-        return self.bridge.ln_final(resid)
+        """The model's final norm applied to residual-stream vectors.
+
+        Calls the HF module, not the bridge's ``ln_final``: the bridge component carries hook points,
+        and a job running in another thread may have hooks attached to them at this moment.
+        """
+        return self.hf_final_norm()(resid)
 
     def final_logits(self, final_hidden: Float[Tensor, "... d_model"]) -> Float[Tensor, "... vocab"]:
         """Logits from final-norm outputs: the unembedding, then the model's logit soft-cap if any.
@@ -392,7 +396,8 @@ class ModelSession:
         The one place lenslab turns a last hidden state into logits, so every probe decodes the
         same way the model does (Gemma 2 soft-caps its logits; Gemma 3, Llama and GPT-2 don't).
         """
-        logits = self.bridge.unembed(final_hidden)
+        head = self.output_embedding()  # its weights, not its forward: that passes the bridge's hooks
+        logits = torch.nn.functional.linear(final_hidden, head.weight, getattr(head, "bias", None))
         cap = getattr(self.hf_config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 

@@ -22,7 +22,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,6 +86,10 @@ class Status:
     message: str = ""
     driver_pid: int = field(default_factory=os.getpid)
     done_at_start: int = 0
+
+    def snapshot(self) -> Status:
+        """A copy for callbacks: a listener that keeps it sees this moment, not later updates."""
+        return replace(self, worker_pids=list(self.worker_pids))
 
     @property
     def rate(self) -> float:
@@ -227,7 +231,7 @@ def execute(
         status.updated = time.time()
         write_json(folder / "status.json", status.to_dict())
         if on_status is not None:
-            on_status(status)
+            on_status(status.snapshot())
 
     def done(shard: Shard, state: State, attempts: int) -> None:
         state = {**state, ATTEMPTS_KEY: np.asarray(attempts, dtype=np.int64)}

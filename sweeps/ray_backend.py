@@ -192,6 +192,8 @@ class RayBackend:
                         ) from exc
                     queue.appendleft(shard)
                     alive[worker] = False
+                    if worker < len(self._pids):
+                        self._pids[worker] = 0  # gone; listed again once its restart answers a ping
                     recover(worker)
                     retried(shard)
                     continue
@@ -205,8 +207,8 @@ class RayBackend:
             self._pids = list(ray.get([actor.pid.remote() for actor in self._actors], timeout=120))
 
     def worker_pids(self) -> list[int]:
-        """Process ids of the actors (on a local Ray they are processes of this machine)."""
-        return list(self._pids)
+        """Process ids of the live actors (on a local Ray they are processes of this machine)."""
+        return [pid for pid in self._pids if pid]
 
     def close(self) -> None:
         """Stop the actors; shut Ray down only if this backend started it."""

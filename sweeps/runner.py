@@ -188,7 +188,7 @@ def _run(
     status.state, status.message = "done", str(report)
     write_json(folder / "status.json", status.to_dict())
     if on_status is not None:
-        on_status(status)
+        on_status(status.snapshot())
     return result
 
 

@@ -198,7 +198,9 @@ def _pair_overlaps(
                 span > 0, (values[..., test].mean(-1) - floor) / np.where(span > 0, span, 1), np.nan
             )
 
-        comparisons[RELATIVE] = percentile_interval(float(relative(point)), relative(draws), n, "prompts")
+        estimate = float(relative(point))
+        if np.isfinite(estimate):  # undefined when the ceiling does not exceed the floor: left out
+            comparisons[RELATIVE] = percentile_interval(estimate, relative(draws), n, "prompts")
     return out, comparisons
 
 

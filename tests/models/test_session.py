@@ -91,5 +91,24 @@ def test_lock_serialises_hooked_sections(tiny_gemma):
     assert tiny_gemma.active_hook_count() == 0
 
 
+def test_decoding_does_not_fire_hooks_another_job_attached(tiny_gemma):
+    """Decoding runs outside the model lock, so it must not pass through the bridge's hook points."""
+    fired = []
+
+    def record(tensor, *, hook):
+        fired.append(hook.name)
+
+    resid = torch.randn(3, tiny_gemma.d_model)
+    plain = tiny_gemma.decode_resid(resid)
+    names = ["ln_final.hook_in", "ln_final.hook_out", "unembed.hook_in", "unembed.hook_out"]
+    with tiny_gemma.hooks([(name, record) for name in names]):
+        decoded = tiny_gemma.decode_resid(resid)
+        assert fired == []
+        tiny_gemma.run("abc", names=[])  # the hooks are live: a forward does fire them
+    assert set(fired) == set(names)
+    assert torch.equal(decoded, plain)
+    assert torch.allclose(tiny_gemma.final_logits(tiny_gemma.final_norm(resid)), plain)
+
+
 def test_validate_prompt_keeps_text():
     assert validate_prompt(" <b>x</b> ") == " <b>x</b> "

@@ -65,10 +65,13 @@ def test_bad_items_are_reported_and_aggregates_match_direct_runs(tmp_path, tiny_
 
     # Independent computation: run the logit lens on each good prompt, read the last position.
     good = [p for p in PROMPTS if p and len(p) < 30]
-    tiny_gemma.max_tokens = 30
-    matches = np.stack(
-        [LogitLens().run(tiny_gemma, p, LogitLensConfig(k=2)).final_rank[:, -1] == 0 for p in good]
-    )
+    limit, tiny_gemma.max_tokens = tiny_gemma.max_tokens, 30
+    try:
+        matches = np.stack(
+            [LogitLens().run(tiny_gemma, p, LogitLensConfig(k=2)).final_rank[:, -1] == 0 for p in good]
+        )
+    finally:
+        tiny_gemma.max_tokens = limit  # the fixture is shared by the whole run
     metric = result.metric_names.index("top1_is_final")
     for layer in range(matches.shape[1]):
         k, n = int(matches[:, layer].sum()), len(good)
@@ -147,6 +150,9 @@ def test_resume_runs_only_the_unfinished_shards(tmp_path):
     seen: list[Status] = []
     finished = resume(folder, backend="serial", on_status=seen.append)
     assert seen[-1].shards_run == len(job.shards()) - 2  # nothing done twice
+    # each callback got the status of its moment, not one object updated afterwards
+    assert [s.shards_done for s in seen[:-1]] == list(range(2, len(job.shards()) + 1))
+    assert seen[0].state == "running" and seen[-1].state == "done"
     assert {
         s.id: shard_path(folder, s).stat().st_mtime_ns for s in job.shards() if s.id in written
     } == written
