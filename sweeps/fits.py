@@ -93,10 +93,9 @@ def _concatenate(states: Sequence[State], keys: Sequence[str]) -> State:
 
 # ------------------------------------------------------------------------------------ Future Lens
 @dataclass(frozen=True)
-class FutureLensCollectJob:
-    """Greedy labels and hidden states of every prefix (``data.collect``), shard by shard."""
+class _PrefixJob:
+    """Shards of consecutive Future Lens prefixes, each collected with ``data.collect``."""
 
-    kind: ClassVar[str] = "future_lens_data"
     model: str
     prefix_ids: np.ndarray = field(repr=False)
     batch_size: int = 32
@@ -109,20 +108,27 @@ class FutureLensCollectJob:
         """Consecutive prefixes."""
         return contiguous_shards(self.model, len(self.prefix_ids), self.shard_size)
 
-    def map_shard(self, session: Any, shard: Shard) -> State:
-        """Collect the shard's prefixes."""
+    def _collect(self, session: Any, shard: Shard) -> tuple[np.ndarray, Any, Any, Any]:
+        """The shard's rows with their greedy labels, all-layer states and final states."""
         from lenslab.probes.future_lens.data import collect
 
         rows = np.asarray(shard.items, dtype=np.int64)
         with session.lock:
             labels, resid, final = collect(session, self.prefix_ids[rows], self.batch_size)
-        return {
-            "rows": rows,
-            "labels": labels,
-            "resid": resid,
-            "final": final,
-            "n_items": np.asarray(len(rows)),
-        }
+        return rows, labels, resid, final
+
+
+@dataclass(frozen=True)
+class FutureLensCollectJob(_PrefixJob):
+    """Greedy labels and hidden states of every prefix, shard by shard."""
+
+    kind: ClassVar[str] = "future_lens_data"
+
+    def map_shard(self, session: Any, shard: Shard) -> State:
+        """Collect the shard's prefixes."""
+        rows, labels, resid, final = self._collect(session, shard)
+        n_items = np.asarray(len(rows))
+        return {"rows": rows, "labels": labels, "resid": resid, "final": final, "n_items": n_items}
 
     def merge(self, states: Sequence[State]) -> State:
         """Concatenate in shard order (= prefix order)."""
@@ -130,31 +136,17 @@ class FutureLensCollectJob:
 
 
 @dataclass(frozen=True)
-class FutureLensLinearJob:
+class FutureLensLinearJob(_PrefixJob):
     """Sufficient statistics of the linear maps over the training prefixes, summed across shards."""
 
     kind: ClassVar[str] = "future_lens_linear"
-    model: str
-    prefix_ids: np.ndarray = field(repr=False)  # training prefixes only
-    layers: tuple[int, ...]
-    batch_size: int = 32
-    shard_size: int = 64
-    dtype: str = "float32"
-    max_tokens: int = 512
-    imports: tuple[str, ...] = ()
-
-    def shards(self) -> list[Shard]:
-        """Consecutive training prefixes."""
-        return contiguous_shards(self.model, len(self.prefix_ids), self.shard_size)
+    layers: tuple[int, ...] = field(default=(), kw_only=True)
 
     def map_shard(self, session: Any, shard: Shard) -> State:
         """Collect the shard's states and reduce them to their sums at once."""
-        from lenslab.probes.future_lens.data import collect
         from lenslab.probes.future_lens.sufficient import LinearStats
 
-        rows = np.asarray(shard.items, dtype=np.int64)
-        with session.lock:
-            _, resid, final = collect(session, self.prefix_ids[rows], self.batch_size)
+        rows, _, resid, final = self._collect(session, shard)
         return {**LinearStats.of(resid, final, self.layers).to_state(), "n_items": np.asarray(len(rows))}
 
     def merge(self, states: Sequence[State]) -> State:
@@ -250,7 +242,7 @@ def fit_future_lens_linear(
         return fit_linear_maps(session, data, list(chosen), None, toward_identity=toward_identity)
     prefix_ids, doc_ids, is_test = sample_windows(session, settings)
     train = prefix_ids[~is_test]
-    job = FutureLensLinearJob(model, train, chosen, settings.batch_size, shard_size)
+    job = FutureLensLinearJob(model, train, settings.batch_size, shard_size, layers=chosen)
     key = f"{settings.key(session.model_id)}|{chosen}|ridge={ridge}"
     merged, _ = run_job(job, folder, backend, key=key, **backend_options)
     stats = LinearStats.from_state(merged)
