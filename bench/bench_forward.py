@@ -51,7 +51,7 @@ def main() -> None:
     table = "\n".join(rows)
     write(
         "forward",
-        f"""## Hooked forward vs plain HF forward (issue 2)
+        f"""## Hooked forward vs plain HF forward
 
 Measured on {machine()}. Embedded Gemma 3 270M, float32; the hooked run caches all
 {session.n_layers} `blocks.*.hook_out` through `ModelSession.run` (names-filtered). Target ≤ 1.2×.

@@ -96,7 +96,7 @@ def main() -> None:
     )
 
     lines = [
-        "## Neurosymbolic probe (issue 7)",
+        "## Neurosymbolic probe",
         "",
         f"Embedded model {session.model_id} on {session.device}, {torch.get_num_threads()} threads; "
         f"{len(prompts)} one-shot prompts, {n_tokens} tokens in all.",
