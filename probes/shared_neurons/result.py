@@ -468,7 +468,12 @@ class SharedNeuronsResult(Result):
                     f"{gaps[GAP_A].text(digits=2)}; B-only units, ΔB − ΔA = {gaps[GAP_B].text(digits=2)}; "
                     f"interaction {gaps[INTERACTION].text(digits=2)} (negative: each set's own units hurt it "
                     f"more); against magnitude-matched random units: {gaps[SPECIFIC_A].text(digits=2)} on "
-                    f"`{a}`, {gaps[SPECIFIC_B].text(digits=2)} on `{b}`."
+                    f"`{a}`, {gaps[SPECIFIC_B].text(digits=2)} on `{b}`"
+                    + (
+                        f" (matched in activation rank on the {self.control_match})."
+                        if self.control_match
+                        else "."
+                    )
                 )
         status, reasons = self.verdict()
         if status != "not tested":
