@@ -128,7 +128,9 @@ def test_exact_vs_approximate_arithmetic_end_to_end(embedded_session):
     }
     matched_d, _ = rank_ks(groups["random-A"], groups["A-only"], magnitude)
     uniform_d, uniform_p = rank_ks(uniform, groups["A-only"], magnitude)
-    assert matched_d < uniform_d and uniform_p < 1e-6
+    # The A-only units are more active on the control task than a typical unit (uniform D ≈ 0.29):
+    # a uniform draw is rejected, the matched draw (D ≈ 0.02) is not.
+    assert matched_d < uniform_d / 5 and uniform_p < 1e-3
     assert result.control_ks["random-A"][0] == pytest.approx(matched_d)
     assert all(p > 0.05 for _, p in result.control_ks.values())  # both controls pass their KS check
 
