@@ -165,11 +165,13 @@ def main() -> None:
         )
 
     plain = Artefacts(linear=maps)
-    for layer in layers:
+    # The layers with every method come first, so a run stopped early still has the comparisons
+    # the doc page states (linear vs direct, learned vs fixed) at those layers.
+    for layer in sorted(layers, key=lambda layer: layer not in causal):
         job(f"direct_L{layer}", "direct", layer, plain)
         job(f"linear_L{layer}", "linear", layer, plain)
-    for layer in causal:
-        job(f"fixed_L{layer}", "fixed", layer, plain)
+        if layer in causal:
+            job(f"fixed_L{layer}", "fixed", layer, plain)
     for layer in causal:
         path = work / f"soft_prompt_L{layer}.safetensors"
         if path.is_file():

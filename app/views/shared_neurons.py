@@ -104,7 +104,7 @@ def render() -> None:
         "prompt sets — or for two models of the same architecture — at the answer position; how much "
         "they overlap next to two halves of one task (ceiling) and a task against an unrelated control "
         "(floor); and whether ablating the shared or set-specific units hurts each task on held-out "
-        "prompts, against magnitude-matched random units."
+        "prompts, against random units matched in activation rank on the control task."
     )
     session = state.session()
     if session is None:

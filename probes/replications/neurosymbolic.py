@@ -4,7 +4,9 @@
 states to the problem's VSA vector and evaluates the merge on held-out problems; the metrics are
 stored with the artefact. The encoder error is 1 − operation accuracy at the chosen layer, on
 the test problems (Wilson 95%). The CE change and problems-solved ratio need per-problem values
-for an interval; where the artefact lacks them they are shown without a verdict.
+for an interval; where the artefact lacks them they are shown without a verdict. Where the
+calibrated gate acted on no test problem, the merge was never applied and both are "not
+measured" (the merged output *is* the baseline's, so 0% / 1× would measure nothing).
 """
 
 from __future__ import annotations
@@ -104,6 +106,14 @@ def encoder_error(metrics: dict, layer: int) -> ClaimOutcome:
 def merge_outcomes(evaluation: dict) -> list[ClaimOutcome]:
     """CE reduction and solved ratio: bootstrap over problems when per-problem values exist."""
     per_problem = evaluation.get("per_problem")
+    if isinstance(per_problem, dict) and "fired" in per_problem and not np.any(per_problem["fired"]):
+        why = (
+            f"the calibrated gate abstains on all {len(per_problem['fired'])} held-out problems (no layer's "
+            "confidence threshold reaches the target precision on the calibration split), so the merged "
+            "output is the baseline's and there is no merge to compare; the paper's chain-of-thought and "
+            "LoRA baselines are not run"
+        )
+        return [not_measured(c, why) for c in (CE_LOWER, SOLVED)]
     if isinstance(per_problem, dict) and "merged_ce" in per_problem:
         base = "few_shot" if "few_shot_ce" in per_problem else "baseline"
         values = np.stack(

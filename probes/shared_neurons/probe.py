@@ -20,11 +20,11 @@ Method (after "Do LLMs and VLMs Share Neurons for Inference?" and StreetMath, se
    bootstrap interval over prompts from the same resamples; the random k-subset chance level
    and its hypergeometric p-value are kept as the weakest null.
 5. **Causal check** on held-out prompts: intervene on unit groups (shared, A-only, B-only, and
-   random controls matched in activation rank to A-only and B-only) by zeroing, mean-ablating
-   or amplifying (×α), and measure the teacher-forced log-prob of the expected answer and greedy
-   accuracy, paired per prompt against the unmodified run. The dissociation is the contrast of
-   mean effects (ΔA − ΔB under A-only ablation, ΔB − ΔA under B-only ablation, and their sum,
-   the interaction) with 95% bootstrap intervals over prompts.
+   random controls matched to A-only and B-only in activation rank on the control task) by
+   zeroing, mean-ablating or amplifying (×α), and measure the teacher-forced log-prob of the
+   expected answer and greedy accuracy, paired per prompt against the unmodified run. The
+   dissociation is the contrast of mean effects (ΔA − ΔB under A-only ablation, ΔB − ΔA under
+   B-only ablation, and their sum, the interaction) with 95% bootstrap intervals over prompts.
 
 Two-model mode compares one prompt set on two models of the same architecture (refusing
 mismatches); the offline demo perturbs this model's block weights with seeded noise inside a
@@ -328,16 +328,31 @@ class SharedNeurons(Probe[SharedNeuronsConfig, SharedNeuronsResult]):
             logprob = np.zeros((0, len(eval_sets), 0))
             correct = np.zeros((0, len(eval_sets), 0))
             control_ks: dict[str, tuple[float, float]] = {}
+            selection_ks: dict[str, tuple[float, float]] = {}
+            pooled = (grouped_a.mean() + grouped_b.mean()) / 2
+            control_match = ""
+            match_scores = np.zeros((0, 0), dtype=np.float32)
             held_stats = [UnitStats.empty(session, len(h.items)) for h in held]
             if config.causal:
                 tokens = stats_a.tokens_all.sum() + (stats_b.tokens_all.sum() if set_b is not None else 0)
                 means = (stats_a.signed_all + (stats_b.signed_all if set_b is not None else 0)) / tokens
-                magnitude = (grouped_a.mean() + grouped_b.mean()) / 2
-                groups = unit_groups(top_a, top_b, magnitude, config.seed)
+                # Controls are matched on activity measured on prompts that selected nothing (the
+                # control task): ranked by the selection score, the top sets are the strongest ranks
+                # by definition and no unselected unit of matching rank exists.
+                if stats_c is not None and control is not None:
+                    magnitude = _grouped(stats_c, positions, weights_a, "control").mean()
+                    control_match = f"control task `{control.name}` ({len(control.items)} prompts)"
+                else:
+                    magnitude = pooled
+                    control_match = "selection score (no control task)"
+                match_scores = magnitude.astype(np.float32)
+                groups = unit_groups(top_a, top_b, match_scores, config.seed)
                 conditions = list(CONDITIONS) if set_b is not None else list(MODEL_CONDITIONS)
                 for control_name, selected in (("random-A", "A-only"), ("random-B", "B-only")):
                     if control_name in conditions:
-                        control_ks[control_name] = rank_ks(groups[control_name], groups[selected], magnitude)
+                        chosen_units = (groups[control_name], groups[selected])
+                        control_ks[control_name] = rank_ks(*chosen_units, match_scores)
+                        selection_ks[control_name] = rank_ks(*chosen_units, pooled)
                 encoded = [encode_items(session, h.items, with_answer=True) for h in held]
                 width = max(len(e) for e in encoded)
                 logprob = np.full((len(conditions), len(held), width), np.nan)
@@ -469,4 +484,7 @@ class SharedNeurons(Probe[SharedNeuronsConfig, SharedNeuronsResult]):
             comparisons=comparisons,
             effects=effects,
             control_ks=control_ks,
+            control_match=control_match,
+            selection_ks=selection_ks,
+            match_scores=match_scores,
         )

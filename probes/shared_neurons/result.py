@@ -237,6 +237,13 @@ class SharedNeuronsResult(Result):
     comparisons: dict[str, Interval] = field(default_factory=dict)  # VS_CEILING, VS_FLOOR, RELATIVE
     effects: dict[str, Interval] = field(default_factory=dict)  # GAP_A, GAP_B, INTERACTION, SPECIFIC_*
     control_ks: dict[str, tuple[float, float]] = field(default_factory=dict)  # control → (KS D, p)
+    # What the random controls are matched on, its per-unit scores, and the controls' KS test on
+    # the selection score itself (which the top sets dominate by definition; shown, not required).
+    control_match: str = ""
+    selection_ks: dict[str, tuple[float, float]] = field(default_factory=dict)
+    match_scores: Float[np.ndarray, "layer unit"] = field(
+        default_factory=lambda: np.zeros((0, 0), np.float32)
+    )
 
     # ------------------------------------------------------------------------------ statistics
     @property
@@ -347,9 +354,15 @@ class SharedNeuronsResult(Result):
         for name, (_, p) in self.control_ks.items():
             if math.isfinite(p) and p < 0.05:
                 out.append(
-                    f"The `{name}` control is not fully magnitude-matched (KS p = {format_p(p)}): too few "
-                    "free units at the selected units' activation ranks."
+                    f"The `{name}` control is not fully magnitude-matched on the "
+                    f"{self.control_match or 'selection score'} (KS p = {format_p(p)}): too few free "
+                    "units at the selected units' activation ranks."
                 )
+        if self.control_match.startswith("selection score"):
+            out.append(
+                "No control task was scored, so the random controls are matched on the selection score, "
+                "whose strongest ranks are the selected units themselves: the controls are weaker units."
+            )
         if self.pairs and not any(p.kind == "floor" for p in self.pairs):
             out.append("No control task was scored: the overlap has no cross-task floor.")
         if self.config.positions == "all":
@@ -455,7 +468,12 @@ class SharedNeuronsResult(Result):
                     f"{gaps[GAP_A].text(digits=2)}; B-only units, ΔB − ΔA = {gaps[GAP_B].text(digits=2)}; "
                     f"interaction {gaps[INTERACTION].text(digits=2)} (negative: each set's own units hurt it "
                     f"more); against magnitude-matched random units: {gaps[SPECIFIC_A].text(digits=2)} on "
-                    f"`{a}`, {gaps[SPECIFIC_B].text(digits=2)} on `{b}`."
+                    f"`{a}`, {gaps[SPECIFIC_B].text(digits=2)} on `{b}`"
+                    + (
+                        f" (matched in activation rank on the {self.control_match})."
+                        if self.control_match
+                        else "."
+                    )
                 )
         status, reasons = self.verdict()
         if status != "not tested":

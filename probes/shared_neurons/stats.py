@@ -4,7 +4,7 @@
   hypergeometric p-value (:func:`overlap_stats`);
 - bootstrap over prompts of the overlap of several selection pairs at once, so a task pair can
   be read against control pairs with intervals (:func:`bootstrap_overlaps`);
-- the magnitude-matched random control (:func:`matched_sample`) and its rank check (:func:`rank_ks`);
+- the magnitude-matched random controls (:func:`matched_samples`) and its rank check (:func:`rank_ks`);
 - bootstrap intervals of contrasts between causal effects, such as the double-dissociation
   interaction (:func:`bootstrap_contrasts`);
 - p-values as text (:func:`format_p`).
@@ -116,6 +116,39 @@ def magnitude_ranks(magnitude: Float[np.ndarray, " unit"]) -> Int[np.ndarray, " 
     return ranks
 
 
+def matched_samples(
+    selected: Mapping[str, Sequence[int]],
+    excluded: set[int],
+    magnitude: Float[np.ndarray, " unit"],
+    rng: np.random.Generator,
+) -> dict[str, list[int]]:
+    """Distinct units outside ``excluded`` at the nearest magnitude rank, one per selected unit.
+
+    ``selected`` maps a control's name to the units it stands in for (e.g. ``random-A`` → the
+    A-only units). Every selected unit of every control is visited in one random order and
+    takes, among the still-free units, one whose rank by ``magnitude`` is closest to its own
+    (ties at random), so the controls draw without replacement from one pool and none of them
+    is systematically left the ranks the others passed over. Each control therefore has (up to
+    the gaps ``excluded`` leaves) the rank distribution of its selected units. A uniform draw
+    from outside the top sets would instead hold mostly weak units, whose ablation does little.
+    """
+    ranks = magnitude_ranks(magnitude)
+    pool = np.setdiff1d(np.arange(len(magnitude)), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
+    pool_ranks = ranks[pool].astype(np.float64)
+    free = np.ones(len(pool), dtype=bool)
+    todo = [(name, int(unit)) for name, units in selected.items() for unit in units]
+    chosen: dict[str, list[int]] = {name: [] for name in selected}
+    for index in rng.permutation(len(todo)):
+        if not free.any():
+            break
+        name, unit = todo[int(index)]
+        distance = np.where(free, np.abs(pool_ranks - ranks[unit]), np.inf)
+        pick = int(rng.choice(np.flatnonzero(distance == distance.min())))
+        free[pick] = False
+        chosen[name].append(int(pool[pick]))
+    return {name: sorted(units) for name, units in chosen.items()}
+
+
 def matched_sample(
     selected: Sequence[int],
     excluded: set[int],
@@ -124,24 +157,9 @@ def matched_sample(
 ) -> list[int]:
     """One distinct unit outside ``excluded`` per ``selected`` unit, at the nearest magnitude rank.
 
-    Units are visited in random order; each takes, among the still-free units, one whose rank
-    by ``magnitude`` is closest to its own (ties broken at random). The sample therefore has
-    (up to the gaps left by ``excluded``) the rank distribution of ``selected``. A uniform draw
-    from outside the top sets would instead hold mostly weak units, whose ablation does little.
+    The single-control case of :func:`matched_samples`.
     """
-    ranks = magnitude_ranks(magnitude)
-    pool = np.setdiff1d(np.arange(len(magnitude)), np.fromiter(excluded, dtype=np.int64, count=len(excluded)))
-    pool_ranks = ranks[pool].astype(np.float64)
-    free = np.ones(len(pool), dtype=bool)
-    chosen: list[int] = []
-    for unit in rng.permutation(np.asarray(list(selected), dtype=np.int64)):
-        if not free.any():
-            break
-        distance = np.where(free, np.abs(pool_ranks - ranks[unit]), np.inf)
-        pick = int(rng.choice(np.flatnonzero(distance == distance.min())))
-        free[pick] = False
-        chosen.append(int(pool[pick]))
-    return sorted(chosen)
+    return matched_samples({"control": selected}, excluded, magnitude, rng)["control"]
 
 
 def rank_ks(

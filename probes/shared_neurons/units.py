@@ -20,7 +20,7 @@ from jaxtyping import Float, Int
 from lenslab.models import hooknames
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import to_numpy
-from lenslab.probes.shared_neurons.stats import matched_sample
+from lenslab.probes.shared_neurons.stats import matched_samples
 from lenslab.probes.shared_neurons.tasks import TaskItem
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -445,9 +445,11 @@ def unit_groups(
     """Per-layer unit groups for the causal test: shared, A-only, B-only and two matched controls.
 
     ``random-A`` (``random-B``) has one unit for every A-only (B-only) unit, drawn (seeded) from
-    units in neither top set with the nearest rank by ``magnitude`` (the pooled selection score),
-    so the control removes units as strongly active as the selected ones rather than the weak
-    units that make up most of a layer (see :func:`matched_sample`).
+    units in neither top set at the nearest rank by ``magnitude``; both controls draw jointly,
+    without replacement, from that one pool (see :func:`matched_samples`). ``magnitude`` should
+    be measured on prompts that did not select the units (the probe uses the control task):
+    ranked by the selection score itself, the top sets fill the strongest ranks by definition
+    and no free unit of matching rank is left.
     """
     rng = np.random.default_rng(seed)
     groups: dict[str, dict[int, list[int]]] = {
@@ -458,8 +460,12 @@ def unit_groups(
         groups["shared"][layer] = sorted(set_a & set_b)
         groups["A-only"][layer] = sorted(set_a - set_b)
         groups["B-only"][layer] = sorted(set_b - set_a)
-        taken = set_a | set_b
-        groups["random-A"][layer] = matched_sample(groups["A-only"][layer], taken, magnitude[layer], rng)
-        taken |= set(groups["random-A"][layer])
-        groups["random-B"][layer] = matched_sample(groups["B-only"][layer], taken, magnitude[layer], rng)
+        controls = matched_samples(
+            {"random-A": groups["A-only"][layer], "random-B": groups["B-only"][layer]},
+            set_a | set_b,
+            magnitude[layer],
+            rng,
+        )
+        groups["random-A"][layer] = controls["random-A"]
+        groups["random-B"][layer] = controls["random-B"]
     return groups

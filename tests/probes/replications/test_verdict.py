@@ -122,6 +122,30 @@ def test_neurosymbolic_merge_from_per_problem_values():
     assert ce.n == 4 and ce.low <= ce.value <= ce.high
 
 
+def test_neurosymbolic_gate_that_never_acts_is_not_measured():
+    """An abstaining gate leaves merged = baseline: a 0% / 1× 'does not hold' would measure nothing."""
+    per_problem = {
+        "fired": [False, False, False],
+        "few_shot_ce": [2.0, 4.0, 6.0],
+        "merged_ce": [2.0, 4.0, 6.0],
+        "few_shot_exact": [1.0, 0.0, 0.0],
+        "merged_exact": [1.0, 0.0, 0.0],
+    }
+    for outcome in neurosymbolic.merge_outcomes({"per_problem": per_problem}):
+        assert outcome.verdict == NOT_MEASURED
+        assert "abstains on all 3" in outcome.note and "chain-of-thought" in outcome.note
+        assert not math.isfinite(outcome.value)  # no number is printed for a merge that never ran
+    acted = {
+        **per_problem,
+        "fired": [True, True, False],
+        "merged_ce": [1.0, 1.0, 6.0],
+        "merged_exact": [1.0, 1.0, 0.0],
+    }
+    ce, solved = neurosymbolic.merge_outcomes({"per_problem": acted})  # the gate acted: measured as before
+    assert ce.verdict != NOT_MEASURED and ce.value == pytest.approx(1 - 8.0 / 12.0)
+    assert solved.value == pytest.approx(2.0)
+
+
 def test_neurosymbolic_without_intervals_reports_value_not_verdict():
     rows = [
         {

@@ -33,7 +33,9 @@ from lenslab.probes.shared_neurons.stats import (
     bootstrap_overlaps,
     expected_overlap,
     format_p,
+    magnitude_ranks,
     matched_sample,
+    matched_samples,
     overlap_p_value,
     overlap_stats,
     percentile_interval,
@@ -126,9 +128,41 @@ def test_unit_groups_partition_and_control():
     groups = unit_groups(top_a, top_b, magnitude, seed=0)
     assert groups["shared"][0] == [2, 3]
     assert groups["A-only"][0] == [0, 1] and groups["B-only"][0] == [4, 5]
-    # The nearest free ranks to A-only (ranks 0, 1) are 6 and 7; B-only (4, 5) then gets 8 and 9.
-    assert groups["random-A"][0] == [6, 7] and groups["random-B"][0] == [8, 9]
+    # Ranks 0-5 are taken, so both controls share the four nearest free ranks 6-9, one unit each per
+    # selected unit, disjoint from each other and from A∪B.
+    assert sorted(groups["random-A"][0] + groups["random-B"][0]) == [6, 7, 8, 9]
+    assert len(groups["random-A"][0]) == len(groups["random-B"][0]) == 2
     assert unit_groups(top_a, top_b, magnitude, seed=0) == groups
+
+
+def test_joint_controls_leave_neither_control_the_leftover_ranks():
+    """Drawn jointly, both controls are as close to their units; drawn one after the other, B lost.
+
+    A-only and B-only units sit at the same crowded ranks, so a control drawn second finds the
+    nearest free ranks taken. Over many layers the joint draw gives both controls the same mean
+    rank gap; the old sequential draw (A first) gives B a gap several ranks larger.
+    """
+    rng = np.random.default_rng(1)
+    n_layers, n_units, k = 40, 200, 10
+    gaps = {"joint": {"random-A": [], "random-B": []}, "sequential": {"random-A": [], "random-B": []}}
+    for layer in range(n_layers):
+        magnitude = rng.normal(size=n_units)
+        order = np.argsort(-magnitude)  # order[r] has rank r
+        a_only = order[rng.choice(np.arange(0, 40, 2), k, replace=False)].tolist()
+        b_only = order[rng.choice(np.arange(1, 40, 2), k, replace=False)].tolist()
+        ranks = magnitude_ranks(magnitude)
+        selected = {"random-A": a_only, "random-B": b_only}
+        joint = matched_samples(selected, set(a_only) | set(b_only), magnitude, np.random.default_rng(layer))
+        first = matched_sample(a_only, set(a_only) | set(b_only), magnitude, np.random.default_rng(layer))
+        taken = set(a_only) | set(b_only) | set(first)
+        second = matched_sample(b_only, taken, magnitude, np.random.default_rng(layer))
+        for name, drawn in (("joint", joint), ("sequential", {"random-A": first, "random-B": second})):
+            assert not set(drawn["random-A"]) & set(drawn["random-B"])
+            for control, units in selected.items():
+                gaps[name][control].append(np.mean(ranks[drawn[control]]) - np.mean(ranks[units]))
+    mean = {name: {c: float(np.mean(v)) for c, v in g.items()} for name, g in gaps.items()}
+    assert abs(mean["joint"]["random-A"] - mean["joint"]["random-B"]) < 1.5
+    assert mean["sequential"]["random-B"] - mean["sequential"]["random-A"] > 2.5
 
 
 def test_matched_control_has_the_rank_distribution_of_the_selected_units():
@@ -161,6 +195,32 @@ def test_matched_control_has_the_rank_distribution_of_the_selected_units():
     # Independent check: the mean rank of the matched units is within a few ranks of the selected ones.
     mean_rank = lambda groups: np.mean([ranks[layer][u] for layer, units in groups.items() for u in units])  # noqa: E731
     assert abs(mean_rank(matched) - mean_rank(selected)) < 5 < abs(mean_rank(old) - mean_rank(selected))
+
+
+def test_probe_controls_are_rank_matched_on_the_control_task(tiny_gemma, lenslab_home):
+    """On the tiny model the random controls pass the KS check on the statistic they are matched on.
+
+    The statistic is the control task's activation, which selected no unit. The old protocol
+    (matched on the pooled selection score, whose top ranks *are* the selected units) fails the
+    same check on the same run: that is what the probe no longer does.
+    """
+    config = SharedNeuronsConfig(n_prompts=8, top_k=12, batch_size=4, resamples=100)
+    result = get_probe("shared_neurons").run(tiny_gemma, "", config)
+    assert "capitals" in result.control_match
+    assert result.match_scores.shape == result.mlp_scores_a.shape
+    assert not np.allclose(result.match_scores, (result.mlp_scores_a + result.mlp_scores_b) / 2)
+    groups = unit_groups(result.top_a, result.top_b, result.match_scores, config.seed)
+    for control, selected in (("random-A", "A-only"), ("random-B", "B-only")):
+        d, p = rank_ks(groups[control], groups[selected], result.match_scores)
+        assert (d, p) == pytest.approx(result.control_ks[control])  # the stored check is this one
+        assert p > 0.05, (control, d, p)
+        for layer, units in groups[control].items():  # disjoint from every selected unit
+            assert not set(units) & (set(result.top_a[layer]) | set(result.top_b[layer]))
+    pooled = (result.mlp_scores_a.astype(np.float64) + result.mlp_scores_b) / 2
+    old = unit_groups(result.top_a, result.top_b, pooled, config.seed)
+    _, p_old = rank_ks(old["random-A"], old["A-only"], pooled)
+    assert p_old < 0.05  # matched on the selection score itself, the control cannot match
+    assert result.selection_ks["random-A"][1] < 0.05  # and the probe says so, on its own controls
 
 
 # ---------------------------------------------------------------------------- control pairs, bootstrap
