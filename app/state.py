@@ -160,8 +160,47 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
     """
     cancel_key = f"cancel:{label}"
     st.session_state[cancel_key] = False
+    st.session_state.pop(f"cancelled:{label}", None)
     shared = st.session_state.get("_session")
     scheduler = getattr(shared, "lock", None)
+    cancel_slot = st.empty()
+    cancel_slot.button(
+        "⏹ Cancel",
+        key=f"cancel-button:{label}",
+        on_click=request_cancel,
+        args=(label,),
+        help="stops this run at its next progress update; nothing of it is kept",
+    )
+    try:
+        return _run_in_status(label, job, cancel_key, scheduler)
+    finally:
+        cancel_slot.empty()
+
+
+def request_cancel(label: str) -> None:
+    """What the Cancel button of a run labelled ``label`` does: flag it to stop at its next progress.
+
+    In the browser the click also interrupts the page's script at its next Streamlit call, and the
+    rerun that follows shows :func:`cancelled_notice`; either way no result of the run is kept.
+    """
+    st.session_state[f"cancel:{label}"] = True
+    st.session_state[f"cancelled:{label}"] = True
+    st.toast(f"{md(label)}: cancelling…", icon="⏹")
+
+
+def cancelled_notice(label: str) -> None:
+    """Say so, once, where the last run labelled ``label`` was cancelled by the user."""
+    if st.session_state.pop(f"cancelled:{label}", False):
+        st.warning(f"{md(label)}: cancelled, no result (run it again to see one).")
+
+
+def _run_in_status(
+    label: str,
+    job: Callable[[Callable[[float, str], None]], Any],
+    cancel_key: str,
+    scheduler: Any,
+) -> Any | None:
+    """The body of :func:`run_with_status`: the status box, the scheduler job and the guards."""
     with st.status(label, expanded=False) as status:
         bar = st.progress(0.0)
 
@@ -186,8 +225,14 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             status.update(label=f"{label}: refused", state="error", expanded=True)
             show_invalid([str(exc)])
             return None
+        except Cancelled:
+            guards.release_memory()
+            status.update(label=f"{label}: cancelled", state="error", expanded=False)
+            st.session_state.pop(f"cancelled:{label}", None)
+            st.warning(f"{md(label)}: cancelled, no result (run it again to see one).")
+            return None
         except USER_ERRORS as exc:
-            if isinstance(exc, guards.OutOfMemory | Cancelled):
+            if isinstance(exc, guards.OutOfMemory):
                 guards.release_memory()
             status.update(label=f"{label}: stopped", state="error", expanded=True)
             st.error(md(exc))
