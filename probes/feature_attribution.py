@@ -158,7 +158,7 @@ class FeatureAttribution(Probe[FeatureAttributionConfig, FeatureAttributionResul
             progress(0.4, "token contributions")
             contrib, bias = contributions(model, coefficients.inputs, [hook])
             token_contrib = contrib[hook][:, position].float()  # [seq, d]
-            state = session.run(tokens, [hook]).activations[hook][0, position].float()
+            state = coefficients.outputs[hook][0, position].float()  # the recording forward's own state
             acts = loaded.encode(state[None])[0]
             chosen = acts.topk(min(config.n_features, acts.numel())).indices
             zero = pre_activation(loaded, torch.zeros_like(state))[chosen]
