@@ -171,10 +171,17 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
         args=(label,),
         help="stops this run at its next progress update; nothing of it is kept",
     )
+    early_slot = st.empty()
+    early = early_slot.container()
+
+    def partial(name: str, figure: Any) -> None:  # a probe's first figures, shown before it ends
+        early.plotly_chart(figure, key=f"partial:{label}:{name}", width="stretch")
+
     try:
-        return _run_in_status(label, job, cancel_key, scheduler)
-    finally:
+        return _run_in_status(label, job, cancel_key, scheduler, partial)
+    finally:  # the finished result (shown by the page) replaces the early figures; a failed run keeps none
         cancel_slot.empty()
+        early_slot.empty()
 
 
 def request_cancel(label: str) -> None:
@@ -199,6 +206,7 @@ def _run_in_status(
     job: Callable[[Callable[[float, str], None]], Any],
     cancel_key: str,
     scheduler: Any,
+    partial: Callable[[str, Any], None],
 ) -> Any | None:
     """The body of :func:`run_with_status`: the status box, the scheduler job and the guards."""
     with st.status(label, expanded=False) as status:
@@ -208,6 +216,8 @@ def _run_in_status(
             if st.session_state.get(cancel_key):
                 raise Cancelled("cancelled by the user")
             bar.progress(min(max(float(fraction), 0.0), 1.0), text=message or None)
+
+        progress.partial = partial  # type: ignore[attr-defined]  # see lenslab.progress.show_partial
 
         def on_wait(ahead: int) -> None:
             if st.session_state.get(cancel_key):

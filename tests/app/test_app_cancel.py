@@ -20,14 +20,15 @@ def test_cancel_mid_run_stops_it_with_no_result_and_no_hooks(monkeypatch, lensla
     at.session_state["_session"] = session
     at.button(key="jacobian:run").click().run()  # a finished run first: its result is on the page
     assert not at.exception and not at.error, [e.value for e in at.exception]
-    assert at.get("plotly_chart")  # its figures are shown
+    shown = at.get("plotly_chart")  # its figures, each once: the early contribution figure made way
+    assert shown and len(shown) == len(at.session_state["result:jacobian"].figures())
 
     real_run = JacobianProbe.run
     seen: dict[str, object] = {}
 
     def run_clicking_cancel(self, session_, prompt, config, progress=NO_PROGRESS):
         def progress_with_click(fraction: float, message: str = "") -> None:
-            if fraction >= 0.15 and "hooks" not in seen:  # mid-run, past the first stage
+            if fraction > 0.15 and "hooks" not in seen:  # mid-run: contributions shown, SVD running
                 seen["button"] = "cancel-button:Jacobian" in st.session_state  # the button is on the page
                 state.request_cancel(self.title)  # what the Cancel button's on_click does
                 seen["hooks"] = True
@@ -45,7 +46,7 @@ def test_cancel_mid_run_stops_it_with_no_result_and_no_hooks(monkeypatch, lensla
     labels = [s.label for s in at.get("status")]
     assert any(label.endswith(": cancelled") for label in labels), labels
     assert any("cancelled, no result" in w.value for w in at.warning), [w.value for w in at.warning]
-    assert not at.get("plotly_chart"), "the previous run's figures are still shown after a cancelled run"
+    assert not at.get("plotly_chart"), "figures (the previous run's, or this one's early ones) still shown"
     assert not [b for b in at.button if b.key == "cancel-button:Jacobian"], "Cancel left on the page"
     assert session.active_hook_count() == 0
     with session.lock:  # the model is free again (this would block if the cancelled run kept it)
