@@ -8,8 +8,18 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   the model's prediction; not a tight floor where a probe needs more, and marked "generic");
 - ``stop@ℓ``: the HF body run up to block ℓ only (a hook stops it), for probes that read one layer;
 - ``lens``: the body forward + final norm + one batched ``rows @ W_U`` over every (layer, position)
-  row + logsumexp / top-k (logit lens, Future Lens direct; + KV-cached greedy tokens for N ≥ 1);
+  row + logsumexp / top-k (logit lens);
+- ``lens + greedy`` (Future Lens direct): one prefill keeping every layer's states and the KV
+  cache, the same lens decode (its last-layer rows are the model's greedy token after each
+  position), then the N cached greedy steps past the prompt's end;
+- ``3 forwards, SAE`` (SAE features): the clean forward with all logits and one batched forward of
+  the two counterfactuals (SAE spliced in, activation zeroed), each with the CE's logsumexp;
+- ``stop@ℓ + replay`` (feature attribution): the forward up to the SAE's layer, one batched
+  forward of ``seq`` copies up to it (the matrix products of the linear contribution replay) and
+  the SAE encoder;
 - ``generate``: the KV-cached greedy generations a steering page must produce (clean + steered).
+
+The Jacobian page, shared neurons and the evaluations still have only the generic floor.
 
 The figure is probe / floor. Targets: ≤ 1.5× for the single-forward lenses, ≤ 2× for the rest.
 Run: ``python bench/bench_pages.py [--quick] [--repeat 3] [--lengths 8,16,64]``.
@@ -18,6 +28,7 @@ Run: ``python bench/bench_pages.py [--quick] [--repeat 3] [--lengths 8,16,64]``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,6 +209,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="8,16,64")
     parser.add_argument("--probes", default="", help="comma-separated subset (default: all registered)")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     session = ModelSession.load()
     hf = AutoModelForCausalLM.from_pretrained(embedded_dir("gemma-3-270m"), attn_implementation="eager")
     hf.to(session.device).eval()
@@ -231,11 +243,12 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     table = "\n".join(rows)
+    load = f"load average {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     write(
         "pages",
         f"""## Page latency against each probe's floor
 
-Measured on {machine()}; `python bench/bench_pages.py{" --quick" if args.quick else ""}`, best of
+Measured on {machine()} ({load}); `python bench/bench_pages.py {" ".join(sys.argv[1:])}`, best of
 {args.repeat} interleaved runs (1 for the minute-long evaluations). Each probe runs its default
 config; the floor is bare tensor work on the plain HF model in the same run (see the module
 docstring). "generic floor" = one full forward, a lower bound but not the probe's own floor.
