@@ -543,3 +543,22 @@ def test_cached_steered_generation_equals_rerunning_the_sequence(tiny_gemma, sae
     assert torch.equal(ids, want_ids), (ids, want_ids)
     torch.testing.assert_close(first, want_first, rtol=1e-4, atol=1e-6)
     assert tiny_gemma.active_hook_count() == 0
+
+
+def test_loaded_sae_is_reused_until_its_files_change(tiny_gemma, sae_dir, monkeypatch):
+    import os
+
+    first = load_sae(tiny_gemma, str(sae_dir))
+    checks = []
+    monkeypatch.setattr(
+        "lenslab.probes.sae.loading.check_fits", lambda s, sae: checks.append(sae) or first.hook_name
+    )
+    again = load_sae(tiny_gemma, str(sae_dir))
+    assert again.sae is first.sae and not checks  # no second read, no second check forward
+    make_sae(seed=1).save_model(sae_dir)  # retrained in place
+    for file in sae_dir.iterdir():  # a later modification time even on coarse-grained file systems
+        stamp = file.stat().st_mtime_ns + 2_000_000_000
+        os.utime(file, ns=(stamp, stamp))
+    fresh = load_sae(tiny_gemma, str(sae_dir))
+    assert fresh.sae is not first.sae and len(checks) == 1
+    assert not torch.equal(fresh.sae.W_dec, first.sae.W_dec)
