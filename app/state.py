@@ -235,8 +235,12 @@ def _run_in_status(
             status.update(label=f"{label}: refused", state="error", expanded=True)
             show_invalid([str(exc)])
             return None
-        except Cancelled:
+        except Cancelled as exc:
             guards.release_memory()
+            if not st.session_state.get(cancel_key):  # stopped by the time limit, not by the user
+                status.update(label=f"{label}: stopped", state="error", expanded=True)
+                st.error(md(exc))
+                return None
             status.update(label=f"{label}: cancelled", state="error", expanded=False)
             st.session_state.pop(f"cancelled:{label}", None)
             st.warning(f"{md(label)}: cancelled, no result (run it again to see one).")
