@@ -22,3 +22,14 @@ def NO_PROGRESS(fraction: float, message: str = "") -> None:
 
 class Cancelled(Exception):
     """Raised from a progress callback to stop a long computation cleanly."""
+
+
+def show_partial(progress: Progress, name: str, figure: object) -> None:
+    """Hand a finished figure to whoever runs the probe, before the rest of the run is done.
+
+    A caller that can show figures early (the app) gives its progress callback a ``partial(name,
+    figure)`` attribute; anywhere else this does nothing. The final result still holds every figure.
+    """
+    partial = getattr(progress, "partial", None)
+    if partial is not None:
+        partial(name, figure)

@@ -295,6 +295,7 @@ def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | 
     run_hint(probe.title)
     clicked = st.button("Run", type="primary", key=f"{key}:run", disabled=config is None)
     if clicked and config is not None:
+        state.store(key, None)  # a new run replaces the shown result, also when it is cancelled
         result = state.run_with_status(
             probe.title, lambda progress: probe.run(session, text, config, progress)
         )
@@ -307,7 +308,8 @@ SLOW_S = 10.0  # runs expected to take longer get an estimate next to their butt
 
 
 def run_hint(label: str) -> None:
-    """Before a run expected to exceed :data:`SLOW_S`: how long it took here before, and the queue."""
+    """Before a run: that the last one was cancelled; if expected to exceed :data:`SLOW_S`, its usual time."""
+    state.cancelled_notice(label)
     expected = state.expected_seconds(label)
     if expected is not None and expected[0] > SLOW_S:
         seconds, n = expected

@@ -160,8 +160,55 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
     """
     cancel_key = f"cancel:{label}"
     st.session_state[cancel_key] = False
+    st.session_state.pop(f"cancelled:{label}", None)
     shared = st.session_state.get("_session")
     scheduler = getattr(shared, "lock", None)
+    cancel_slot = st.empty()
+    cancel_slot.button(
+        "⏹ Cancel",
+        key=f"cancel-button:{label}",
+        on_click=request_cancel,
+        args=(label,),
+        help="stops this run at its next progress update; nothing of it is kept",
+    )
+    early_slot = st.empty()
+    early = early_slot.container()
+
+    def partial(name: str, figure: Any) -> None:  # a probe's first figures, shown before it ends
+        early.plotly_chart(figure, key=f"partial:{label}:{name}", width="stretch")
+
+    try:
+        return _run_in_status(label, job, cancel_key, scheduler, partial)
+    finally:  # the finished result (shown by the page) replaces the early figures; a failed run keeps none
+        cancel_slot.empty()
+        early_slot.empty()
+
+
+def request_cancel(label: str) -> None:
+    """What the Cancel button of a run labelled ``label`` does: flag it to stop at its next progress.
+
+    In the browser the click also interrupts the page's script at its next Streamlit call, and the
+    rerun that follows shows :func:`cancelled_notice`; either way no result of the run is kept.
+    """
+    st.session_state[f"cancel:{label}"] = True
+    st.session_state[f"cancelled:{label}"] = True
+    st.toast(f"{md(label)}: cancelling…", icon="⏹")
+
+
+def cancelled_notice(label: str) -> None:
+    """Say so, once, where the last run labelled ``label`` was cancelled by the user."""
+    if st.session_state.pop(f"cancelled:{label}", False):
+        st.warning(f"{md(label)}: cancelled, no result (run it again to see one).")
+
+
+def _run_in_status(
+    label: str,
+    job: Callable[[Callable[[float, str], None]], Any],
+    cancel_key: str,
+    scheduler: Any,
+    partial: Callable[[str, Any], None],
+) -> Any | None:
+    """The body of :func:`run_with_status`: the status box, the scheduler job and the guards."""
     with st.status(label, expanded=False) as status:
         bar = st.progress(0.0)
 
@@ -169,6 +216,8 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             if st.session_state.get(cancel_key):
                 raise Cancelled("cancelled by the user")
             bar.progress(min(max(float(fraction), 0.0), 1.0), text=message or None)
+
+        progress.partial = partial  # type: ignore[attr-defined]  # see lenslab.progress.show_partial
 
         def on_wait(ahead: int) -> None:
             if st.session_state.get(cancel_key):
@@ -186,8 +235,18 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
             status.update(label=f"{label}: refused", state="error", expanded=True)
             show_invalid([str(exc)])
             return None
+        except Cancelled as exc:
+            guards.release_memory()
+            if not st.session_state.get(cancel_key):  # stopped by the time limit, not by the user
+                status.update(label=f"{label}: stopped", state="error", expanded=True)
+                st.error(md(exc))
+                return None
+            status.update(label=f"{label}: cancelled", state="error", expanded=False)
+            st.session_state.pop(f"cancelled:{label}", None)
+            st.warning(f"{md(label)}: cancelled, no result (run it again to see one).")
+            return None
         except USER_ERRORS as exc:
-            if isinstance(exc, guards.OutOfMemory | Cancelled):
+            if isinstance(exc, guards.OutOfMemory):
                 guards.release_memory()
             status.update(label=f"{label}: stopped", state="error", expanded=True)
             st.error(md(exc))

@@ -227,6 +227,7 @@ def time_limited(
             raise Cancelled(_limit_message(float(limit_s)))
         progress(fraction, message)
 
+    limited.__dict__.update(getattr(progress, "__dict__", {}))  # e.g. a ``partial`` figure sink
     return limited
 
 

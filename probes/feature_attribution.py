@@ -153,12 +153,13 @@ class FeatureAttribution(Probe[FeatureAttributionConfig, FeatureAttributionResul
         _check_affine(loaded, loaded.d_in, session.device)
         progress(0.1, "recording coefficients")
         with session.lock, torch.no_grad():
-            coefficients = record_coefficients(session, tokens)
+            # the forward stops after the SAE's layer: later layers and the unembedding are never read
+            coefficients = record_coefficients(session, tokens, last_layer=hooknames.layer_of(hook))
             model = LinearizedModel(session, coefficients)
             progress(0.4, "token contributions")
             contrib, bias = contributions(model, coefficients.inputs, [hook])
             token_contrib = contrib[hook][:, position].float()  # [seq, d]
-            state = session.run(tokens, [hook]).activations[hook][0, position].float()
+            state = coefficients.outputs[hook][0, position].float()  # the recording forward's own state
             acts = loaded.encode(state[None])[0]
             chosen = acts.topk(min(config.n_features, acts.numel())).indices
             zero = pre_activation(loaded, torch.zeros_like(state))[chosen]

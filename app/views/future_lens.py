@@ -131,6 +131,7 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
     runnable = config is not None and not missing and bool(layers)
     run_hint("Future Lens")
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable) and runnable:
+        state.store(KEY, None)  # a new run replaces the shown grid, also when it is cancelled
         result = state.run_with_status(
             "Future Lens", lambda progress: FutureLens().run(session, prompt, config, progress, artefacts)
         )
@@ -143,15 +144,6 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
         if result.artefact:
             st.caption(f"Artefact: {md(result.artefact)}")
         show_result(result, KEY)
-
-
-def _cancel_button(label: str) -> None:
-    st.button(
-        "Cancel",
-        key=f"{KEY}:cancel:{label}",
-        on_click=lambda: st.session_state.update({f"cancel:{label}": True}),
-        help="stops the running job at its next progress update",
-    )
 
 
 def _train_panel(session, artefacts: Artefacts) -> None:
@@ -173,10 +165,9 @@ def _train_panel(session, artefacts: Artefacts) -> None:
     else:
         st.write("Linear maps: none yet.")
     st.write(f"Learned prompts: layers {sorted(artefacts.prompts) or 'none yet'}.")
-    if st.button("Fit linear maps on the default corpus", key=f"{KEY}:fit"):
-        _cancel_button("Fitting linear maps")
-        if state.run_with_status("Fitting linear maps", lambda p: prepare_default_artefacts(session, p)):
-            st.rerun()
+    fit = st.button("Fit linear maps on the default corpus", key=f"{KEY}:fit")
+    if fit and state.run_with_status("Fitting linear maps", lambda p: prepare_default_artefacts(session, p)):
+        st.rerun()
     st.markdown("#### Train a learned prompt")
     cols = st.columns(4)
     layer = number_field(
@@ -204,7 +195,6 @@ def _train_panel(session, artefacts: Artefacts) -> None:
     run_hint("Training learned prompt")
     if st.button(title, key=f"{KEY}:train", disabled=not valid) and valid:
         label = "Training learned prompt"
-        _cancel_button(label)
         training = PromptTraining(epochs=epochs, lr=lr, max_examples=limit or None)
         prompt = state.run_with_status(
             label, lambda p: train_learned_prompt(session, int(layer), training, progress=p)
@@ -229,7 +219,6 @@ def _evaluation_panel(session) -> None:
     config = config_form(FutureLensEvalConfig, f"{KEY}:eval", session)
     run_hint("Future Lens evaluation")
     if st.button("Evaluate", key=f"{KEY}:evaluate", disabled=config is None) and config is not None:
-        _cancel_button("Future Lens evaluation")
         result = state.run_with_status("Future Lens evaluation", lambda p: run_evaluation(session, config, p))
         if result is not None:
             state.store(f"{KEY}_eval", result)

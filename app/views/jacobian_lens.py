@@ -58,15 +58,6 @@ def render() -> None:
         state.save_report([result], session, KEY)
 
 
-def _cancel_button(label: str) -> None:
-    st.button(
-        "Cancel",
-        key=f"{KEY}:cancel:{label}",
-        on_click=lambda: st.session_state.update({f"cancel:{label}": True}),
-        help="stops the fit at its next progress update (a full fit keeps its checkpoint and resumes)",
-    )
-
-
 def _fit_panel(session, lens: JacobianLens | None) -> None:
     if lens is not None:
         st.write(f"A lens exists ({lens.provenance.get('n_prompts')} prompts); fitting again replaces it.")
@@ -80,12 +71,10 @@ def _fit_panel(session, lens: JacobianLens | None) -> None:
     )
     quick, full = st.columns(2)
     if quick.button("Fit (quick)", key=f"{KEY}:fit"):
-        _cancel_button("Fitting the J-lens")
         lens_path(session.model_id).unlink(missing_ok=True)
         if state.run_with_status("Fitting the J-lens", lambda p: prepare_default_artefacts(session, p)):
             st.rerun()
     if full.button("Fit (full specification)", key=f"{KEY}:fit_full"):
-        _cancel_button("Full J-lens fit")
         checkpoint = family_dir(FAMILY, session.model_id) / "fit_state.pt"
 
         def job(progress):

@@ -30,7 +30,7 @@ from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.future_lens.data import HORIZONS, DataSettings, build_dataset
 from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, ensure_linear
-from lenslab.probes.future_lens.methods import METHODS, Artefacts, method_topk
+from lenslab.probes.future_lens.methods import BATCHED, METHODS, Artefacts, grid_topk, method_topk
 from lenslab.probes.future_lens.prompts import (
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -330,23 +330,29 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
         with session.lock:
             states, actual = actual_continuation(session, tokens, horizon, layers)
             teacher = actual[:, : horizon - 1] if config.protocol == "teacher-forced" else None
-            top_ids, top_probs = [], []
-            for i, layer in enumerate(layers):
-                ids, probs = method_topk(
-                    session,
-                    config.method,
-                    layer,
-                    states[layer],
-                    horizon,
-                    artefacts,
-                    k,
-                    protocol=config.protocol,
-                    teacher=teacher,
-                )
-                top_ids.append(ids)
-                top_probs.append(probs)
-                progress((i + 1) / len(layers), f"{config.method}: decoded layer {layer}")
-        top_ids_np = to_numpy(torch.stack(top_ids)).astype(np.int64)
+            if config.method in BATCHED:
+                progress(0.5, f"{config.method}: decoding every cell")
+                grid = grid_topk(session, config.method, layers, states, horizon, artefacts, k)
+                grid_ids, grid_probs = grid
+            else:
+                top_ids, top_probs = [], []
+                for i, layer in enumerate(layers):
+                    ids, probs = method_topk(
+                        session,
+                        config.method,
+                        layer,
+                        states[layer],
+                        horizon,
+                        artefacts,
+                        k,
+                        protocol=config.protocol,
+                        teacher=teacher,
+                    )
+                    top_ids.append(ids)
+                    top_probs.append(probs)
+                    progress((i + 1) / len(layers), f"{config.method}: decoded layer {layer}")
+                grid_ids, grid_probs = torch.stack(top_ids), torch.stack(top_probs)
+        top_ids_np = to_numpy(grid_ids).astype(np.int64)
         actual_np = to_numpy(actual).astype(np.int64)
         artefact = ""
         fitted = None
@@ -363,7 +369,7 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
             tokens=session.decode_each(tokens[0].tolist()),
             layers=np.asarray(layers, dtype=np.int64),
             top_ids=top_ids_np,
-            top_probs=to_numpy(torch.stack(top_probs)).astype(np.float32),
+            top_probs=to_numpy(grid_probs).astype(np.float32),
             top_tokens=[
                 [[session.decode_each(ids) for ids in cell] for cell in row] for row in top_ids_np.tolist()
             ],

@@ -94,8 +94,8 @@ class FrozenCoefficients:
     family: str
     tokens: Int[Tensor, "1 seq"]
     inputs: Float[Tensor, "1 seq d_model"]  # x_i: the residual stream's input (hooknames.resid_pre(0))
-    logits: Float[Tensor, "1 seq vocab"]
-    final_hidden: Float[Tensor, "1 seq d_model"]
+    logits: Float[Tensor, "1 seq vocab"] | None  # None when recorded up to a last layer only
+    final_hidden: Float[Tensor, "1 seq d_model"] | None
     scales: dict[str, Tensor] = field(default_factory=dict)  # norm hook_scale → recorded value
     patterns: dict[str, Tensor] = field(default_factory=dict)  # attn hook_pattern → recorded value
     gates: dict[int, Tensor] = field(default_factory=dict)  # layer → act(gate) or act(z)/z
@@ -107,6 +107,12 @@ class FrozenCoefficients:
         return int(self.tokens.shape[-1])
 
 
+def _recorded(name: str, n_layers: int, last_layer: int | None) -> bool:
+    """Whether a per-layer coefficient ``name`` is recorded when layers ``0..n_layers-1`` run."""
+    layer = hooknames.layer_of(name)
+    return last_layer is None or (layer is not None and layer < n_layers)
+
+
 def _mlp_act(session: ModelSession, layer: int) -> Any:
     hf_mlp = session.block_component(layer, "mlp")
     act = getattr(hf_mlp, "act_fn", None) or getattr(hf_mlp, "act", None)
@@ -115,15 +121,27 @@ def _mlp_act(session: ModelSession, layer: int) -> Any:
     return act
 
 
-def record_coefficients(session: ModelSession, tokens: Int[Tensor, "1 seq"]) -> FrozenCoefficients:
-    """Pass 1: run the model normally on ``tokens`` and record every coefficient to freeze."""
+def record_coefficients(
+    session: ModelSession, tokens: Int[Tensor, "1 seq"], last_layer: int | None = None
+) -> FrozenCoefficients:
+    """Pass 1: run the model normally on ``tokens`` and record every coefficient to freeze.
+
+    With ``last_layer`` the forward stops after that block (no later layers, no unembedding) and
+    only layers ``0..last_layer`` are recorded: enough for targets up to that layer, and what
+    a probe reading one middle layer needs (``logits`` and ``final_hidden`` are then None).
+    """
     family = model_family(session)
     if tokens.ndim != 2 or tokens.shape[0] != 1:
         raise ValueError("record_coefficients takes one prompt (tokens of shape [1, seq])")
+    n_layers = session.n_layers if last_layer is None else session.check_layer(last_layer) + 1
     store: dict[str, Tensor] = {}
 
     def keep(tensor: Tensor, *, hook: Any) -> None:
         store[hook.name] = tensor.detach().clone()
+
+    def keep_and_stop(tensor: Tensor, *, hook: Any) -> None:
+        keep(tensor, hook=hook)
+        raise StopForward
 
     def keep_scale(tensor: Tensor, *, hook: Any) -> Tensor:
         # Returning a new tensor makes the bridge rebuild the norm output from the scale in the
@@ -131,24 +149,27 @@ def record_coefficients(session: ModelSession, tokens: Int[Tensor, "1 seq"]) -> 
         store[hook.name] = tensor.detach().clone()
         return store[hook.name]
 
-    names = sorted(n for n in session.hook_names if hooknames.is_scale(n) or hooknames.is_pattern(n))
-    for layer in range(session.n_layers):
+    names = sorted(
+        n
+        for n in session.hook_names
+        if (hooknames.is_scale(n) or hooknames.is_pattern(n)) and _recorded(n, n_layers, last_layer)
+    )
+    for layer in range(n_layers):
         names += [hooknames.mlp_pre(layer), hooknames.mlp_hidden(layer)]
         if family != "gpt2":
             names.append(hooknames.mlp_gate(layer))
-    targets = [hooknames.FINAL_NORM] + [
-        target_hook(session, layer, component)
-        for layer in range(session.n_layers)
-        for component in COMPONENTS
-    ]
+    targets = [hooknames.FINAL_NORM] if last_layer is None else []
+    targets += [target_hook(session, layer, part) for layer in range(n_layers) for part in COMPONENTS]
     names += [hooknames.resid_pre(0), *targets]
     table = {name: keep_scale if hooknames.is_scale(name) else keep for name in names}
+    if last_layer is not None:  # the block's output is its last hook: stop the forward there
+        table[hooknames.resid(n_layers - 1)] = keep_and_stop
     with session.hooks(dispatch_hooks(session, table)) as model, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the bridge warns when a hook returns a new norm scale
         logits = model(tokens)
     gates: dict[int, Tensor] = {}
     with torch.no_grad():
-        for layer in range(session.n_layers):
+        for layer in range(n_layers):
             if family == "gpt2":
                 pre = store[hooknames.mlp_pre(layer)]
                 post = store[hooknames.mlp_hidden(layer)]
@@ -161,8 +182,8 @@ def record_coefficients(session: ModelSession, tokens: Int[Tensor, "1 seq"]) -> 
         family=family,
         tokens=tokens,
         inputs=store[hooknames.resid_pre(0)],
-        logits=logits.detach(),
-        final_hidden=store[hooknames.FINAL_NORM],
+        logits=None if logits is None else logits.detach(),
+        final_hidden=store.get(hooknames.FINAL_NORM),
         scales={k: v for k, v in store.items() if hooknames.is_scale(k)},
         patterns={k: v for k, v in store.items() if hooknames.is_pattern(k)},
         gates=gates,

@@ -175,6 +175,8 @@ class LinearizedModel:
 
         self.layers: list[_Layer] = []
         for layer, block in enumerate(session.hf_layers()):
+            if hooknames.attn_pattern(layer) not in coefficients.patterns:
+                break  # recorded up to an earlier last layer (record_coefficients(last_layer=...))
             dec = _unwrap(block)
             pattern = coefficients.patterns[hooknames.attn_pattern(layer)][0].detach()
             if family == "gpt2":
@@ -222,7 +224,12 @@ class LinearizedModel:
                     b_down=None if b_down is None else b_down.detach(),
                 )
             )
-        self.final_norm = norm(session.hf_final_norm(), hooknames.FINAL_NORM_SCALE)
+        self.n_layers = len(self.layers)
+        self.final_norm = (
+            norm(session.hf_final_norm(), hooknames.FINAL_NORM_SCALE)
+            if hooknames.FINAL_NORM_SCALE in scales
+            else None
+        )
 
     def window(self, start: int, stop: int) -> LinearizedModel:
         """The operator on positions ``start…stop−1`` only (shares the weights).
@@ -239,7 +246,7 @@ class LinearizedModel:
         clone.__dict__.update(self.__dict__)
         clone.seq = stop - start
         clone.layers = [layer.window(start, stop) for layer in self.layers]
-        clone.final_norm = self.final_norm.window(start, stop)
+        clone.final_norm = None if self.final_norm is None else self.final_norm.window(start, stop)
         return clone
 
     # ------------------------------------------------------------------------------- forward
@@ -273,6 +280,8 @@ class LinearizedModel:
             [self.n_layers - 1 if hooknames.FINAL_NORM in wanted else -1]
             + [layer for layer in layers if layer is not None]
         )
+        if last_needed >= self.n_layers or (hooknames.FINAL_NORM in wanted and self.final_norm is None):
+            raise ValueError(f"targets {sorted(wanted)} lie past the {self.n_layers} recorded layers")
         final_norm = self.final_norm
         for index, layer in enumerate(self.layers[: last_needed + 1]):
             query = at % self.seq if at is not None and index == last_needed else None
@@ -280,7 +289,7 @@ class LinearizedModel:
             if query is not None:  # from here on, position `query` only
                 layer = layer.after_attention_at(query)
                 resid = resid[:, query : query + 1]
-                final_norm = final_norm.window(query, query + 1)
+                final_norm = None if final_norm is None else final_norm.window(query, query + 1)
             if layer.ln1_post is not None:
                 attn = layer.ln1_post(attn)
             resid = resid + attn

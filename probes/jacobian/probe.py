@@ -58,12 +58,14 @@ from lenslab.probes.jacobian.result import (
     SWEEP_POWER_STEPS,
     JacobianConfig,
     JacobianResult,
+    contribution_figure,
+    describe_target,
     hutchinson_method,
     power_method,
     sweep_rank_method,
 )
 from lenslab.probes.stats import Interval, mean_ci
-from lenslab.progress import NO_PROGRESS, Progress
+from lenslab.progress import NO_PROGRESS, Progress, show_partial
 
 
 @register
@@ -146,6 +148,22 @@ def _analyse(
     reconstruction = float((token_contrib.sum(0) + b - y).norm() / y.norm())
     detach_error = _detach_error(session, coefficients, model)
     contribution_logit = token_contrib @ direction
+    show_partial(  # the page's first figure, shown while the SVD and the sweep still run
+        progress,
+        "contributions",
+        contribution_figure(
+            tokens=session.decode_each(coefficients.tokens[0].tolist()),
+            contribution_logit=to_numpy(contribution_logit.double()),
+            contribution_norm=to_numpy(token_contrib.norm(dim=-1).double()),
+            bias_logit=float(b @ direction),
+            bias_norm=float(b.norm()),
+            predicted_token=session.decode_each([predicted])[0],
+            target=target,
+            target_description=describe_target(target),
+            target_logit=float(y @ direction),
+            reconstruction_error=reconstruction,
+        ),
+    )
 
     # SVD of the stacked Jacobian (and of each J_i when J is built).
     clock = time.perf_counter()

@@ -192,32 +192,18 @@ class JacobianResult(Result):
         return figs
 
     def _contribution_figure(self) -> go.Figure:
-        x = unique_labels(self.tokens)
-        fig = go.Figure(
-            go.Bar(
-                x=x,
-                y=self.contribution_logit,
-                customdata=np.stack([self.contribution_norm], axis=-1),
-                marker_color=["#d62728" if v < 0 else "#1f77b4" for v in self.contribution_logit],
-                hovertemplate="%{x}<br>W_U[pred] · J_i x_i %{y:.4g}<br>‖J_i x_i‖ %{customdata[0]:.4g}"
-                "<extra></extra>",
-            )
+        return contribution_figure(
+            tokens=self.tokens,
+            contribution_logit=self.contribution_logit,
+            contribution_norm=self.contribution_norm,
+            bias_logit=self.bias_logit,
+            bias_norm=self.bias_norm,
+            predicted_token=self.predicted_token,
+            target=self.target,
+            target_description=self.target_description,
+            target_logit=self.target_logit,
+            reconstruction_error=self.reconstruction_error,
         )
-        bias = f" + bias {self.bias_logit:.3g}" if self.bias_norm > 0 else ""
-        token = repr(label(self.predicted_token))
-        if self.target == hooknames.FINAL_NORM:
-            what, axis = f"the logit of {token}", "logit contribution W_U[pred] · J_i x_i"
-        else:  # W_U[pred]·y of a layer target is a projection, not a logit (no final norm)
-            what = f"W_U[{token}] · y, y = {self.target_description}"
-            axis = "W_U[pred] · J_i x_i (a projection; no final norm)"
-        fig.update_layout(
-            title=f"Exact contribution of each input token to {what} "
-            f"(sum{bias} = {self.target_logit:.4g}; reconstruction error {self.reconstruction_error:.2e})",
-            xaxis={"title": "input token", "tickangle": -45},
-            yaxis_title=axis,
-            template="plotly_white",
-        )
-        return fig
 
     def _spectrum_figure(self) -> go.Figure:
         fig = go.Figure(
@@ -365,3 +351,49 @@ def describe_target(target: str) -> str:
     else:
         return target
     return f"{part} {layer} (no final norm)"
+
+
+def contribution_figure(
+    *,
+    tokens: list[str],
+    contribution_logit: np.ndarray,
+    contribution_norm: np.ndarray,
+    bias_logit: float,
+    bias_norm: float,
+    predicted_token: str,
+    target: str,
+    target_description: str,
+    target_logit: float,
+    reconstruction_error: float,
+) -> go.Figure:
+    """Bars of each input token's exact contribution (the Jacobian page's first figure).
+
+    A function of its numbers, not of a whole result, so the probe can show it as soon as the
+    contributions exist, before the SVD and the layer sweep.
+    """
+    x = unique_labels(tokens)
+    fig = go.Figure(
+        go.Bar(
+            x=x,
+            y=contribution_logit,
+            customdata=np.stack([contribution_norm], axis=-1),
+            marker_color=["#d62728" if v < 0 else "#1f77b4" for v in contribution_logit],
+            hovertemplate="%{x}<br>W_U[pred] · J_i x_i %{y:.4g}<br>‖J_i x_i‖ %{customdata[0]:.4g}"
+            "<extra></extra>",
+        )
+    )
+    bias = f" + bias {bias_logit:.3g}" if bias_norm > 0 else ""
+    token = repr(label(predicted_token))
+    if target == hooknames.FINAL_NORM:
+        what, axis = f"the logit of {token}", "logit contribution W_U[pred] · J_i x_i"
+    else:  # W_U[pred]·y of a layer target is a projection, not a logit (no final norm)
+        what = f"W_U[{token}] · y, y = {target_description}"
+        axis = "W_U[pred] · J_i x_i (a projection; no final norm)"
+    fig.update_layout(
+        title=f"Exact contribution of each input token to {what} "
+        f"(sum{bias} = {target_logit:.4g}; reconstruction error {reconstruction_error:.2e})",
+        xaxis={"title": "input token", "tickangle": -45},
+        yaxis_title=axis,
+        template="plotly_white",
+    )
+    return fig

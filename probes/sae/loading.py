@@ -132,6 +132,9 @@ def load_sae(session: ModelSession, spec: str = DEFAULT_SAE) -> LoadedSAE:
                 else "train it on the SAE page first"
             )
             raise FileNotFoundError(f"no trained SAE {name!r} for {session.model_id} at {path}: {hint}")
+        cached = _cached(path, session)
+        if cached is not None:
+            return LoadedSAE(cached.sae, cached.hook_name, spec, path, cached.info)
         sae = _load_disk(path, session)
         info = read_info(path)
         trained_for = info.get("model_id")
@@ -151,11 +154,38 @@ def load_sae(session: ModelSession, spec: str = DEFAULT_SAE) -> LoadedSAE:
                 "(cfg.json + sae_weights.safetensors); "
                 "use 'default', 'trained:<name>', 'pretrained:<release>/<sae_id>' or a folder path"
             )
+        cached = _cached(path, session)
+        if cached is not None:
+            return LoadedSAE(cached.sae, cached.hook_name, spec, path, cached.info)
         sae = _load_disk(path, session)
         info = read_info(path)
     sae.eval()
     hook_name = check_fits(session, sae)
-    return LoadedSAE(sae=sae, hook_name=hook_name, spec=spec, path=path, info=info)
+    loaded = LoadedSAE(sae=sae, hook_name=hook_name, spec=spec, path=path, info=info)
+    if path is not None:
+        _CACHE.clear()  # one SAE kept: pages switch SAEs rarely, and each holds d_sae × d_in × 2 floats
+        _CACHE[_cache_key(path, session)] = loaded
+    return loaded
+
+
+_CACHE: dict[tuple[Any, ...], LoadedSAE] = {}
+
+
+def _cache_key(path: Path, session: ModelSession) -> tuple[Any, ...]:
+    """The folder, its files' modification times (a retrained SAE is reloaded) and the model."""
+    stamps = tuple(f.stat().st_mtime_ns for f in sorted(path.iterdir()) if f.is_file())
+    return (str(path.resolve()), stamps, id(session.bridge), str(session.device), session.model_id)
+
+
+def _cached(path: Path, session: ModelSession) -> LoadedSAE | None:
+    """The SAE loaded and checked from ``path`` for this model before, if its files are unchanged.
+
+    Loading re-reads the weights and runs a forward to check the hook's width: per page run that
+    cost more than the SAE's own work on a short prompt.
+    """
+    if not path.is_dir():
+        return None
+    return _CACHE.get(_cache_key(path, session))
 
 
 def read_info(path: Path) -> dict[str, Any]:

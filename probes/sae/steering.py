@@ -57,17 +57,30 @@ def steering_hook(loaded: LoadedSAE, feature: int, mode: str, alpha: float) -> A
 def greedy(
     session: ModelSession, tokens: Int[Tensor, "1 seq"], n_new: int, hooks: list[tuple[str, Any]]
 ) -> tuple[Int[Tensor, " n_new"], Float[Tensor, " vocab"]]:
-    """Greedy continuation of ``tokens`` with ``hooks`` live; also returns the first step's probabilities."""
-    ids = tokens
-    first_probs: Tensor | None = None
-    with session.hooks(hooks) as model, torch.inference_mode():
-        for _ in range(n_new):
-            logits = model(ids)[0, -1].float()
-            if first_probs is None:
-                first_probs = logits.softmax(-1)
-            ids = torch.cat([ids, logits.argmax()[None, None]], dim=1)
-    assert first_probs is not None
-    return ids[0, tokens.shape[1] :], first_probs
+    """Greedy continuation of ``tokens`` with ``hooks`` live; also returns the first step's probabilities.
+
+    KV-cached (:meth:`ModelSession.generate_greedy`): the prompt runs once, then one token per
+    step. The hooks expect whole sequences whose first row is BOS (left clean); in the cached
+    steps every row is a new token, so they see it behind a stand-in first row that is dropped.
+    """
+    stage = {"prefill": True}
+
+    def cached(fn: Any) -> Any:
+        def hooked(activation: Tensor, hook: Any) -> Tensor:
+            if stage["prefill"]:
+                return fn(activation, hook=hook)
+            padded = torch.cat([activation[:, :1], activation], dim=1)
+            return fn(padded, hook=hook)[:, 1:]
+
+        return hooked
+
+    ids, kept = session.generate_greedy(
+        tokens,
+        n_new,
+        hooks=[(name, cached(fn)) for name, fn in hooks],
+        on_prefill=lambda: stage.update(prefill=False),
+    )
+    return ids[0], kept[0][0, -1].float().softmax(-1)
 
 
 @dataclass(frozen=True)

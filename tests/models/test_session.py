@@ -5,6 +5,7 @@ import threading
 import pytest
 import torch
 
+from lenslab.models import hooknames
 from lenslab.models.session import validate_prompt
 
 
@@ -112,3 +113,17 @@ def test_decoding_does_not_fire_hooks_another_job_attached(tiny_gemma):
 
 def test_validate_prompt_keeps_text():
     assert validate_prompt(" <b>x</b> ") == " <b>x</b> "
+
+
+def test_hooks_exit_removes_a_hook_left_inside_the_context(tiny_gemma, monkeypatch):
+    """The full reset runs only when a hook is left over, and then it removes it."""
+    resets = []
+    reset = tiny_gemma.bridge.reset_hooks
+    monkeypatch.setattr(tiny_gemma.bridge, "reset_hooks", lambda **kw: (resets.append(kw), reset(**kw)))
+    with tiny_gemma.hooks([(hooknames.resid(0), lambda t, *, hook: None)]):
+        assert tiny_gemma.active_hook_count() == 1
+    assert tiny_gemma.active_hook_count() == 0 and not resets  # the context detached it: no reset
+    with tiny_gemma.hooks([]):  # a hook attached past the session's API (as a careless caller might)
+        tiny_gemma.bridge.hook_dict[hooknames.resid(0)].add_hook(lambda t, *, hook: None)
+        assert tiny_gemma.active_hook_count() == 1
+    assert tiny_gemma.active_hook_count() == 0 and len(resets) == 1

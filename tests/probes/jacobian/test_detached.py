@@ -140,3 +140,27 @@ def test_float64_copy_is_cached_and_separate(tiny_gemma):
     assert copy.lock is not tiny_gemma.lock
     tokens = tiny_gemma.tokenize(PROMPT)
     assert torch.allclose(copy.run(tokens).logits.float(), tiny_gemma.run(tokens).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama", "gpt2"])
+def test_recording_up_to_a_layer_matches_the_full_recording(family):
+    """A forward stopped after layer 0 records what the full one does there, and replays it the same."""
+    from lenslab.probes.jacobian.algorithms import contributions
+
+    session = tiny_session(family)
+    tokens = session.tokenize("the cat sat on the mat")
+    full = record_coefficients(session, tokens)
+    assert session.n_layers >= 2
+    part = record_coefficients(session, tokens, last_layer=0)
+    assert part.logits is None and part.final_hidden is None
+    assert set(part.patterns) < set(full.patterns) and set(part.gates) == {0}
+    for name, value in [*part.scales.items(), *part.patterns.items(), *part.outputs.items()]:
+        torch.testing.assert_close(value, {**full.scales, **full.patterns, **full.outputs}[name])
+    target = hooknames.resid(0)
+    got, got_bias = contributions(LinearizedModel(session, part), part.inputs, [target])
+    want, want_bias = contributions(LinearizedModel(session, full), full.inputs, [target])
+    torch.testing.assert_close(got[target], want[target])
+    torch.testing.assert_close(got_bias[target], want_bias[target])
+    with pytest.raises(ValueError, match="past the 1 recorded layers"):
+        LinearizedModel(session, part)(part.inputs, [hooknames.resid(1)])
+    assert session.active_hook_count() == 0

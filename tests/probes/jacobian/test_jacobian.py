@@ -303,3 +303,24 @@ def test_fused_mlp_adjoint_matches(linear64, monkeypatch):
         monkeypatch.setattr(operator, "FUSE_MARGIN", 0.0)
         fused = jacobian(model, coefficients.inputs, target, -1, chunk=7)
         assert torch.allclose(fused, plain, atol=1e-12, rtol=0)
+
+
+def test_contribution_figure_is_handed_over_before_the_svd(tiny_gemma):
+    """The first figure reaches a caller that can show it early, before the SVD, equal to the final one."""
+    from lenslab.models import guards
+
+    seen: list[float] = []
+    early: dict[str, tuple[float, object]] = {}
+
+    def progress(fraction: float, message: str = "") -> None:
+        seen.append(fraction)
+
+    progress.partial = lambda name, figure: early.setdefault(name, (max(seen, default=0.0), figure))
+    limited = guards.time_limited(progress, 3600)  # the app's wrapper must pass the sink through
+    result = get_probe("jacobian").run(tiny_gemma, PROMPT, JacobianConfig(method="randomized"), limited)
+    assert set(early) == {"contributions"}
+    when, figure = early["contributions"]
+    assert when < 0.6 <= max(seen), (when, max(seen))  # shown before the SVD finished
+    final = result.figures()["contributions"]
+    np.testing.assert_array_equal(np.asarray(figure.data[0].y), np.asarray(final.data[0].y))
+    assert figure.layout.title.text == final.layout.title.text

@@ -518,3 +518,47 @@ def test_logit_effects_use_decode_direction(tiny_gemma, sae_dir):
     np.testing.assert_array_equal(top_i, ids.numpy())
     np.testing.assert_allclose(top_v, values.numpy(), rtol=1e-6)
     np.testing.assert_allclose(bot_v, expected.topk(3, dim=-1, largest=False).values.numpy(), rtol=1e-6)
+
+
+def _uncached_greedy(session, tokens, n_new, hooks):
+    """The definition: re-run the whole sequence (hooks on every row but BOS) for each new token."""
+    ids, first = tokens, None
+    with session.hooks(hooks) as model, torch.inference_mode():
+        for _ in range(n_new):
+            logits = model(ids)[0, -1].float()
+            first = logits.softmax(-1) if first is None else first
+            ids = torch.cat([ids, logits.argmax()[None, None]], dim=1)
+    return ids[0, tokens.shape[1] :], first
+
+
+@pytest.mark.parametrize(("mode", "alpha"), [("add", 40.0), ("clamp", 5.0), ("zero", 0.0), ("add", 0.0)])
+def test_cached_steered_generation_equals_rerunning_the_sequence(tiny_gemma, sae_dir, mode, alpha):
+    from lenslab.probes.sae.steering import greedy
+
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    tokens = tiny_gemma.tokenize("The cat sat on")
+    hooks = [(loaded.hook_name, steering_hook(loaded, 3, mode, alpha))]
+    ids, first = greedy(tiny_gemma, tokens, 8, hooks)
+    want_ids, want_first = _uncached_greedy(tiny_gemma, tokens, 8, hooks)
+    assert torch.equal(ids, want_ids), (ids, want_ids)
+    torch.testing.assert_close(first, want_first, rtol=1e-4, atol=1e-6)
+    assert tiny_gemma.active_hook_count() == 0
+
+
+def test_loaded_sae_is_reused_until_its_files_change(tiny_gemma, sae_dir, monkeypatch):
+    import os
+
+    first = load_sae(tiny_gemma, str(sae_dir))
+    checks = []
+    monkeypatch.setattr(
+        "lenslab.probes.sae.loading.check_fits", lambda s, sae: checks.append(sae) or first.hook_name
+    )
+    again = load_sae(tiny_gemma, str(sae_dir))
+    assert again.sae is first.sae and not checks  # no second read, no second check forward
+    make_sae(seed=1).save_model(sae_dir)  # retrained in place
+    for file in sae_dir.iterdir():  # a later modification time even on coarse-grained file systems
+        stamp = file.stat().st_mtime_ns + 2_000_000_000
+        os.utime(file, ns=(stamp, stamp))
+    fresh = load_sae(tiny_gemma, str(sae_dir))
+    assert fresh.sae is not first.sae and len(checks) == 1
+    assert not torch.equal(fresh.sae.W_dec, first.sae.W_dec)
