@@ -7,18 +7,22 @@ Then ``users`` threads start together: user 0 runs the shortest probe (the "shor
 scheduler job, so waited and held seconds are measured, not inferred. Two locks are compared in
 the same process, on the same model and inputs:
 
-* ``fair``: the session's FairLock (least attained service, yields between forward passes);
+* ``fair``: the session's FairLock (least attained service; a job keeps the model between its
+  forward passes, so its own work outside them is not slowed by other users' compute, and yields
+  at section boundaries to a job that has attained less);
 * ``plain``: an RLock held for the whole probe, as before (no yields, first come first served
   by the OS).
 
 Target: with 4 users, a probe that takes ≤ 2 s alone finishes within 3× its solo time (median
 over its runs). Every result computed under contention is compared with the solo result
-(arrays bit-equal). Run: ``python bench/bench_sharing.py`` (embedded model) or ``--tiny``.
+(arrays bit-equal). Run: ``python bench/bench_sharing.py`` (embedded model) or ``--tiny``;
+``--probes logit_lens,jacobian,...`` picks the workloads (the shortest is the short user's).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -101,13 +105,15 @@ def same(a, b) -> bool:
     return left.keys() == right.keys() and all(np.array_equal(left[k], right[k]) for k in left)
 
 
-def workloads(session, max_solo: float, repeat: int) -> list[tuple[str, object, float, object]]:
-    """(name, config, solo seconds, solo result) of every probe that runs here alone."""
+def workloads(
+    session, max_solo: float, repeat: int, names: list[str] | None = None
+) -> list[tuple[str, object, float, object]]:
+    """(name, config, solo seconds, solo result) of every probe (or of ``names``) that runs here alone."""
     from lenslab.models import guards
     from lenslab.progress import NO_PROGRESS
 
     found = []
-    for name in sorted(registered_probes()):
+    for name in names or sorted(registered_probes()):
         probe = get_probe(name)
         config = probe.default_config()
         try:
@@ -126,6 +132,18 @@ def workloads(session, max_solo: float, repeat: int) -> list[tuple[str, object, 
             found.append((name, config, solo, result))
         print(f"{name}: solo {solo:.2f} s", file=sys.stderr)
     return sorted(found, key=lambda w: w[2])
+
+
+def solo_seconds(session, item, repeat: int) -> float:
+    """Median wall time of the short probe alone, measured again right before a contended row."""
+    session.lock = FairLock()
+    name, config, _, _ = item
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        get_probe(name).run(session, PROMPT, config)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def contend(session, lock, work, users: int, short_runs: int) -> dict[str, object]:
@@ -175,8 +193,11 @@ def main() -> None:
     parser.add_argument("--max-solo", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--short-runs", type=int, default=5)
+    parser.add_argument("--probes", default="", help="comma-separated workloads (default: all that run)")
+    parser.add_argument("--locks", default="plain,fair", help="which locks to compare")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    locks = {"plain": PlainLock, "fair": FairLock}
     if args.tiny:
         from lenslab.models.tiny import tiny_session
 
@@ -186,23 +207,27 @@ def main() -> None:
 
         session = ModelSession.load()
         model = session.model_id
-    work = workloads(session, args.max_solo, args.repeat)
+    load_before = os.getloadavg()
+    work = workloads(session, args.max_solo, args.repeat, [n for n in args.probes.split(",") if n])
     short = work[0]
     rows, verdicts = [], []
     for users in args.users:
-        for kind, lock in (("plain", PlainLock()), ("fair", FairLock())):
+        for kind in args.locks.split(","):
+            lock = locks[kind]()
+            solo = solo_seconds(session, short, args.repeat)  # just before: the load drifts
             out = contend(session, lock, work, users, args.short_runs)
             jobs = out["short"]
             walls = [j.elapsed_s for j in jobs]
-            ratio = statistics.median(walls) / short[2]
+            ratio = statistics.median(walls) / solo
             waited = statistics.median(j.waited_s for j in jobs)
             long_ratios = [
                 j.elapsed_s / next(w[2] for w in work if w[0] == j.label) for j in out["long"]
             ] or [float("nan")]
             rows.append(
-                f"| {users} | {kind} | {short[0]} | {short[2]:.2f} | {statistics.median(walls):.2f} "
+                f"| {users} | {kind} | {short[0]} | {solo:.2f} | {statistics.median(walls):.2f} "
                 f"[{min(walls):.2f}, {max(walls):.2f}] | {ratio:.2f}× | {waited:.2f} | "
-                f"{statistics.median(long_ratios):.2f}× (n={len(out['long'])}) | {out['mismatches']} |"
+                f"{statistics.median(long_ratios):.2f}× (n={len(out['long'])}) | {out['mismatches']} | "
+                f"{os.getloadavg()[0]:.1f} |"
             )
             if kind == "fair":
                 verdicts.append((users, ratio))
@@ -211,19 +236,26 @@ def main() -> None:
     lines = [
         "## Fair sharing of one model (bench_sharing.py)",
         "",
-        f"Model {model}; {machine()}. Workloads (page defaults, solo median of {args.repeat}): "
+        f"Model {model}; {machine()}; load average (1, 5, 15 min) at the start "
+        f"{', '.join(f'{x:.1f}' for x in load_before)}, at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. Workloads (page defaults, solo median "
+        f"of {args.repeat}): "
         + ", ".join(f"{w[0]} {w[2]:.2f} s" for w in work)
         + f". User 0 runs the shortest ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
         "after the others, who loop over the longer probes. Wall = the short probe's wall time "
         "under contention (median [min, max] over its runs); ratio = median wall / solo; waited = "
-        "median seconds queued for the model; long ratio = the long probes' wall / solo (median). "
-        "Mismatches = results under contention not bit-equal to the solo result.",
+        "median seconds queued for the model; solo = the short probe alone, median of "
+        f"{args.repeat} runs measured right before its row; long ratio = the long probes' wall / "
+        "solo (median). "
+        "Mismatches = results under contention not bit-equal to the solo result. Load = the 1-minute "
+        "load average when the row finished (the machine's other jobs compete for the same cores).",
         "",
-        "| users | lock | short probe | solo s | wall s | ratio | waited s | long ratio | mismatches |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| users | lock | short probe | solo s | wall s | ratio | waited s | long ratio | mismatches "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Target: fair lock, 4 users, short-probe ratio ≤ 3×: "
+        f"Target: fair lock, short-probe ratio ≤ 3× (n = {args.short_runs} short runs per row): "
         + "; ".join(f"{u} users {r:.2f}× ({'met' if r <= 3 else 'missed'})" for u, r in verdicts),
     ]
     if not args.no_write:

@@ -142,3 +142,119 @@ def test_parallel_probe_runs_equal_the_serial_ones(tiny_gemma):
         got = parallel[i]
         assert np.array_equal(got.top_ids, expected.top_ids)
         assert np.array_equal(got.top_probs, expected.top_probs)
+
+
+def test_a_job_keeps_the_model_between_its_lock_sections():
+    """Work a job does outside ``with lock:`` runs alone: a waiter gets the model only when the job ends."""
+    lock, order = FairLock(poll_s=0.01), []
+    between, finish = threading.Event(), threading.Event()
+
+    def job_a():
+        with lock.job("a"):
+            with lock:
+                order.append("a: section")
+            between.set()  # outside the lock, still inside the job
+            finish.wait(30)
+            order.append("a: work between sections")
+
+    def job_b():
+        with lock.job("b") as job:
+            job.held_s = 100.0  # has attained more: no reason for "a" to yield
+            with lock:
+                order.append("b")
+
+    first = _start(job_a)
+    between.wait(30)
+    assert not lock.held_by_me() and lock.queue_length() == 0
+    second = _start(job_b)
+    _wait_for(lambda: lock.queue_length() == 1)  # "b" queues although "a" is in no lock section
+    finish.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["a: section", "a: work between sections", "b"]
+
+
+def test_a_long_job_parks_while_a_shorter_job_runs_alone():
+    """At its next section boundary a long job yields; it resumes only after the short job's whole run."""
+    lock, order = FairLock(poll_s=0.01), []
+    kept, go_on = threading.Event(), threading.Event()
+    record: dict[str, object] = {}
+
+    def long_run():
+        with lock.job("long") as job:
+            job.held_s = 100.0
+            with lock:
+                order.append("long: pass 1")
+            kept.set()
+            go_on.wait(30)
+            with lock:  # a new section: the short job, queued meanwhile, goes first
+                order.append("long: pass 2")
+        record["long"] = job
+
+    def short_run():
+        with lock.job("short") as job:
+            with lock:
+                order.append("short: pass")
+            order.append("short: decoding outside the lock")
+            with lock:
+                order.append("short: pass 2")
+        record["short"] = job
+
+    first = _start(long_run)
+    kept.wait(30)
+    second = _start(short_run)
+    _wait_for(lambda: lock.queue_length() == 1)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert order == [
+        "long: pass 1",
+        "short: pass",
+        "short: decoding outside the lock",
+        "short: pass 2",
+        "long: pass 2",
+    ]
+    long_job, short_job = record["long"], record["short"]
+    assert long_job.yields == 1 and long_job.waits == 1 and long_job.waited_s > 0  # parked = waited
+    assert short_job.waits == 1 and short_job.yields == 0
+    assert lock.queue_length() == 0 and not lock.kept_by_me()
+
+
+def test_a_job_cancelled_while_parked_leaves_the_lock_free():
+    lock = FairLock(poll_s=0.01)
+    kept, go_on, parked = threading.Event(), threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def on_wait(ahead: int) -> None:
+        if ahead:
+            parked.set()
+            raise Cancelled("user pressed cancel")
+
+    def long_run():
+        try:
+            with lock.job("long", on_wait) as job:
+                job.held_s = 100.0
+                with lock:
+                    pass
+                kept.set()
+                go_on.wait(30)
+                with lock:
+                    outcome.append("long ran again")
+        except Cancelled:
+            outcome.append("cancelled")
+
+    def other_user():
+        with lock:  # no declared job: attained 0, so "long" yields to it at its next section
+            outcome.append("other ran")
+            parked.wait(30)
+
+    first = _start(long_run)
+    kept.wait(30)
+    second = _start(other_user)
+    _wait_for(lambda: lock.queue_length() == 1)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert sorted(outcome) == ["cancelled", "other ran"] and lock.queue_length() == 0  # never ran again
+    with lock:  # free again
+        assert lock.held_by_me()
