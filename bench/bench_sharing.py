@@ -38,6 +38,7 @@ import numpy as np
 from bench.common import machine, write
 from lenslab.models.scheduler import FairLock, Job
 from lenslab.probes import get_probe, registered_probes
+from lenslab.progress import NO_PROGRESS, Cancelled
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -106,11 +107,14 @@ def same(a, b) -> bool:
 
 
 def workloads(
-    session, max_solo: float, repeat: int, names: list[str] | None = None
+    session, max_solo: float, repeat: int, names: list[str] | None = None, long_repeat: int = 1
 ) -> list[tuple[str, object, float, object]]:
-    """(name, config, solo seconds, solo result) of every probe (or of ``names``) that runs here alone."""
+    """(name, config, solo seconds, solo result) of every probe (or of ``names``) that runs here alone.
+
+    The first (the short user's when ``names`` starts with it) is timed ``repeat`` times, the
+    others ``long_repeat`` times (their solo time only scales the long-ratio column).
+    """
     from lenslab.models import guards
-    from lenslab.progress import NO_PROGRESS
 
     found = []
     for name in names or sorted(registered_probes()):
@@ -123,7 +127,7 @@ def workloads(
             print(f"skip {name}: {type(exc).__name__}: {str(exc)[:80]}", file=sys.stderr)
             continue
         times, result = [], None
-        for _ in range(repeat):
+        for _ in range(repeat if not found else long_repeat):
             started = time.perf_counter()
             result = probe.run(session, PROMPT, config)
             times.append(time.perf_counter() - started)
@@ -153,15 +157,21 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
     start, stop = threading.Barrier(users), threading.Event()
     short_jobs: list[Job] = []
     long_jobs: list[Job] = []
-    mismatches = [0]
+    results: list[tuple[object, object]] = []  # compared after the run: not extra load meanwhile
 
-    def run(item, jobs: list[Job]) -> None:
+    def until_stopped(fraction: float, message: str = "") -> None:
+        if stop.is_set():  # the short user is done: long runs end at their next progress report
+            raise Cancelled("the benchmark row is over")
+
+    def run(item, jobs: list[Job], progress=NO_PROGRESS) -> None:
         name, config, _, expected = item
-        with lock.job(name) as job:
-            got = get_probe(name).run(session, PROMPT, config)
+        try:
+            with lock.job(name) as job:
+                got = get_probe(name).run(session, PROMPT, config, progress)
+        except Cancelled:
+            return
         jobs.append(job)
-        if not same(got, expected):
-            mismatches[0] += 1
+        results.append((got, expected))
 
     def short_user() -> None:
         start.wait()
@@ -174,7 +184,7 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
         start.wait()
         k = i
         while not stop.is_set():
-            run(longs[k % len(longs)], long_jobs)
+            run(longs[k % len(longs)], long_jobs, until_stopped)
             k += 1
 
     threads = [threading.Thread(target=short_user)]
@@ -183,7 +193,8 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
         t.start()
     for t in threads:
         t.join()
-    return {"short": short_jobs, "long": long_jobs, "mismatches": mismatches[0]}
+    mismatches = sum(not same(got, expected) for got, expected in results)
+    return {"short": short_jobs, "long": long_jobs, "mismatches": mismatches}
 
 
 def main() -> None:
@@ -193,7 +204,9 @@ def main() -> None:
     parser.add_argument("--max-solo", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--short-runs", type=int, default=5)
+    parser.add_argument("--long-repeat", type=int, default=1, help="solo runs of each long probe")
     parser.add_argument("--probes", default="", help="comma-separated workloads (default: all that run)")
+    parser.add_argument("--short", default="", help="the short user's probe (default: the fastest)")
     parser.add_argument("--locks", default="plain,fair", help="which locks to compare")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -208,7 +221,12 @@ def main() -> None:
         session = ModelSession.load()
         model = session.model_id
     load_before = os.getloadavg()
-    work = workloads(session, args.max_solo, args.repeat, [n for n in args.probes.split(",") if n])
+    names = [n for n in args.probes.split(",") if n]
+    if args.short and names:  # the short user's probe first: timed `repeat` times
+        names = [args.short, *[n for n in names if n != args.short]]
+    work = workloads(session, args.max_solo, args.repeat, names, args.long_repeat)
+    if args.short:  # the short user's probe named, not picked by a noisy solo time
+        work = [w for w in work if w[0] == args.short] + [w for w in work if w[0] != args.short]
     short = work[0]
     rows, verdicts = [], []
     for users in args.users:
@@ -241,7 +259,7 @@ def main() -> None:
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. Workloads (page defaults, solo median "
         f"of {args.repeat}): "
         + ", ".join(f"{w[0]} {w[2]:.2f} s" for w in work)
-        + f". User 0 runs the shortest ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
+        + f". User 0 runs the short probe ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
         "after the others, who loop over the longer probes. Wall = the short probe's wall time "
         "under contention (median [min, max] over its runs); ratio = median wall / solo; waited = "
         "median seconds queued for the model; solo = the short probe alone, median of "

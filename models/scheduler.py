@@ -7,11 +7,12 @@ Several browser sessions share one model. A plain ``RLock`` held for a whole pro
 * waiters are served by **least attained service**: the job that has held the model for the
   shortest time so far goes first (ties: first come, first served), so a new short job overtakes
   long-running ones, and equal long jobs take turns;
-* a declared :meth:`job` **keeps the model between its lock sections** until the job ends or
-  yields. Its work outside ``with lock:`` blocks (decoding, statistics, numpy) therefore runs
-  alone too: a short job that got the model is not slowed by long jobs computing beside it on
-  the same cores (CPU contention would otherwise undo what the queue order gives it), and the
-  long jobs are parked in the queue, where their pause counts as waiting;
+* a declared :meth:`job` queues for the model when it starts and **keeps it between its lock
+  sections** until the job ends or yields. Its work outside ``with lock:`` blocks (setup,
+  decoding, statistics) therefore runs alone too: a short job that got the model is not slowed
+  by long jobs computing beside it on the same cores (CPU contention would otherwise undo what
+  the queue order gives it); the long jobs are parked in the queue, and their pause counts as
+  waiting;
 * a long job gives the model up at **yield points**: the end of each forward pass
   (:meth:`yield_point`, called by ``ModelSession``) and every release to depth 0, whenever a
   waiter has attained less than it, and queues again with what it had. Hook contexts and
@@ -88,15 +89,29 @@ class FairLock:
     # --------------------------------------------------------------------------- jobs
     @contextmanager
     def job(self, label: str = "", on_wait: WaitCallback | None = None) -> Iterator[Job]:
-        """Account every acquisition of this thread inside the block to one :class:`Job`."""
+        """One unit of user work: it queues for the model on entry and keeps it until the end.
+
+        The whole block is scheduled, not only its forward passes: setup and post-processing
+        outside ``with lock:`` also run while no other job computes (a job nested in another
+        of the same thread runs inside the outer one's turn). Every acquisition in the block is
+        accounted to the returned :class:`Job`.
+        """
         outer = getattr(self._local, "job", None)
         current = Job(label, on_wait, declared=True)
         self._local.job = current
         try:
+            with self._cond:
+                me = threading.get_ident()
+                if self._owner != me:
+                    self._wait_turn(me, current, depth=0)
             yield current
         finally:
             self._local.job = outer
             self._end_job(current, outer)
+
+    def current_job(self) -> Job | None:
+        """The calling thread's declared job, if it is inside :meth:`job`."""
+        return getattr(self._local, "job", None)
 
     def _end_job(self, job: Job, outer: Job | None) -> None:
         """A job ended: give up the model it kept, or account its part of a still-open section."""

@@ -52,19 +52,22 @@ def test_the_job_that_held_the_model_least_goes_first():
     lock, order = FairLock(poll_s=0.01), []
     lock.acquire()
 
-    def waiter(name: str, held: float):
+    def waiter(name: str, held: float, queued: threading.Event):
+        def as_if_it_had_run(ahead: int) -> None:  # called while it queues at the job's start
+            lock.current_job().held_s = held
+            queued.set()
+
         def run():
-            with lock.job(name) as job:
-                job.held_s = held
-                with lock:
-                    order.append(name)
+            with lock.job(name, as_if_it_had_run), lock:
+                order.append(name)
 
         return run
 
-    long_job = _start(waiter("long", 50.0))
-    _wait_for(lambda: lock.queue_length() == 1)
-    short_job = _start(waiter("short", 0.0))  # arrives later, has used the model less
-    _wait_for(lambda: lock.queue_length() == 2)
+    queued_long, queued_short = threading.Event(), threading.Event()
+    long_job = _start(waiter("long", 50.0, queued_long))
+    queued_long.wait(30)
+    short_job = _start(waiter("short", 0.0, queued_short))  # arrives later, has used the model less
+    queued_short.wait(30)
     lock.release()
     long_job.join(30)
     short_job.join(30)
@@ -111,7 +114,7 @@ def test_waiting_callback_reports_how_many_are_ahead_and_can_cancel():
             if len(seen) >= 3:
                 raise Cancelled("user pressed cancel")
 
-        with lock.job("x", on_wait), pytest.raises(Cancelled), lock:
+        with pytest.raises(Cancelled), lock.job("x", on_wait), lock:
             pass
 
     t = _start(cancelled_waiter)
