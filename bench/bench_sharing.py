@@ -111,8 +111,9 @@ def workloads(
 ) -> list[tuple[str, object, float, object]]:
     """(name, config, solo seconds, solo result) of every probe (or of ``names``) that runs here alone.
 
-    The first (the short user's when ``names`` starts with it) is timed ``repeat`` times, the
-    others ``long_repeat`` times (their solo time only scales the long-ratio column).
+    The first (the short user's when ``names`` starts with it) is timed ``repeat`` runs after
+    a warm-up run; the others' first run is their timing when ``long_repeat`` is 1 (their solo
+    time only scales the long-ratio column), else ``long_repeat`` runs after it.
     """
     from lenslab.models import guards
 
@@ -121,13 +122,16 @@ def workloads(
         probe = get_probe(name)
         config = probe.default_config()
         try:
+            started = time.perf_counter()
             with guards.deadline(max_solo * 2):
-                probe.run(session, PROMPT, config, guards.time_limited(NO_PROGRESS, max_solo * 2))
+                result = probe.run(session, PROMPT, config, guards.time_limited(NO_PROGRESS, max_solo * 2))
+            first = time.perf_counter() - started
         except Exception as exc:  # missing artefacts, hub, time limit: not a workload here
             print(f"skip {name}: {type(exc).__name__}: {str(exc)[:80]}", file=sys.stderr)
             continue
-        times, result = [], None
-        for _ in range(repeat if not found else long_repeat):
+        runs = repeat if not found else long_repeat
+        times = [first] if found and long_repeat == 1 else []
+        for _ in range(runs - len(times)):
             started = time.perf_counter()
             result = probe.run(session, PROMPT, config)
             times.append(time.perf_counter() - started)
@@ -138,8 +142,8 @@ def workloads(
     return sorted(found, key=lambda w: w[2])
 
 
-def solo_seconds(session, item, repeat: int) -> float:
-    """Median wall time of the short probe alone, measured again right before a contended row."""
+def solo_seconds(session, item, repeat: int) -> list[float]:
+    """Wall times of the short probe alone, measured again right before and after a contended row."""
     session.lock = FairLock()
     name, config, _, _ = item
     times = []
@@ -147,7 +151,7 @@ def solo_seconds(session, item, repeat: int) -> float:
         started = time.perf_counter()
         get_probe(name).run(session, PROMPT, config)
         times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return times
 
 
 def contend(session, lock, work, users: int, short_runs: int) -> dict[str, object]:
@@ -232,8 +236,9 @@ def main() -> None:
     for users in args.users:
         for kind in args.locks.split(","):
             lock = locks[kind]()
-            solo = solo_seconds(session, short, args.repeat)  # just before: the load drifts
+            before = solo_seconds(session, short, args.repeat)  # around the row: the load drifts
             out = contend(session, lock, work, users, args.short_runs)
+            solo = statistics.median([*before, *solo_seconds(session, short, args.repeat)])
             jobs = out["short"]
             walls = [j.elapsed_s for j in jobs]
             ratio = statistics.median(walls) / solo
@@ -263,8 +268,9 @@ def main() -> None:
         "after the others, who loop over the longer probes. Wall = the short probe's wall time "
         "under contention (median [min, max] over its runs); ratio = median wall / solo; waited = "
         "median seconds queued for the model; solo = the short probe alone, median of "
-        f"{args.repeat} runs measured right before its row; long ratio = the long probes' wall / "
-        "solo (median). "
+        f"{args.repeat} runs right before and {args.repeat} right after its row; long ratio = the "
+        "long probes' wall / solo (median; runs still going when the short user finished are "
+        "cancelled and not counted). "
         "Mismatches = results under contention not bit-equal to the solo result. Load = the 1-minute "
         "load average when the row finished (the machine's other jobs compete for the same cores).",
         "",
