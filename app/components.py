@@ -244,8 +244,9 @@ def linked_start(
             if raw is not None:
                 with contextlib.suppress(ValueError):  # refused: listed above, starts at the default
                     values[f.name] = _url_value(f, raw, session)
-        st.session_state[stored] = dataclasses.replace(default, **values)
-    return st.session_state[stored], problems
+        st.session_state[stored] = values
+    # only the link's values are kept: fields the page sets (hidden ones) follow its current start
+    return dataclasses.replace(default, **st.session_state[stored]), problems
 
 
 def _same(f: ConfigField, a: Any, b: Any) -> bool:
