@@ -169,8 +169,9 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
 
     def run(item, jobs: list[Job], progress=NO_PROGRESS) -> None:
         name, config, _, expected = item
+        on_wait = None if progress is NO_PROGRESS else (lambda ahead: progress(0.0))  # parked: end too
         try:
-            with lock.job(name) as job:
+            with lock.job(name, on_wait) as job:
                 got = get_probe(name).run(session, PROMPT, config, progress)
         except Cancelled:
             return
