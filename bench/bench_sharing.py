@@ -70,6 +70,9 @@ class PlainLock:
     def yield_point(self) -> None:
         """Never gives the model up."""
 
+    def yield_pinned(self, undo, redo) -> None:
+        """Never gives the model up."""
+
     def held_by_me(self) -> bool:
         return self._lock._is_owned()  # type: ignore[attr-defined]
 

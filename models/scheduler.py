@@ -16,8 +16,9 @@ Several browser sessions share one model. A plain ``RLock`` held for a whole pro
 * a long job gives the model up at **yield points**: the end of each forward pass
   (:meth:`yield_point`, called by ``ModelSession``) and every release to depth 0, whenever a
   waiter has attained less than it, and queues again with what it had. Hook contexts and
-  :meth:`exclusive` sections pin the lock: no yield happens while hooks are attached or weights
-  are modified;
+  :meth:`exclusive` sections pin the lock: no other job runs while hooks are attached or weights
+  are modified; a hook context running many passes (a KV-cached generation) yields between two
+  of them by taking its hooks off first (:meth:`yield_pinned`);
 * every acquisition is accounted to the thread's current :class:`Job`: seconds waited for the
   model vs seconds holding it, and how many were ahead when it started waiting.
 
@@ -197,6 +198,30 @@ class FairLock:
             job = self._owner_job or self._current_job()
             if self._should_yield(job):
                 self._yield_to_waiter(me, job)
+
+    def yield_pinned(self, undo: Callable[[], None], redo: Callable[[], None]) -> None:
+        """Inside one pinned section (a hook context): yield like :meth:`yield_point`, pin undone.
+
+        A hook context pins the lock because its hooks are global state on the shared model.
+        Between two of its forward passes the hooks can be taken off (``undo``), the model lent
+        to a job that attained less, and the hooks put back (``redo``) before the next pass; the
+        context's own tensors (a KV cache, captured activations) are untouched meanwhile. Does
+        nothing in nested pins (weights changed, hooks inside hooks) or when no waiter is shorter.
+        """
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me or self._pins != 1:
+                return
+            job = self._owner_job or self._current_job()
+            if not self._should_yield(job):
+                return
+            undo()
+            self._pins = 0
+            try:
+                self._yield_to_waiter(me, job)  # the model is ours again when it returns or raises
+            finally:
+                self._pins = 1
+                redo()
 
     # -------------------------------------------------------------------- internals
     def _should_yield(self, job: Job) -> bool:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from lenslab.models.scheduler import FairLock
 from lenslab.progress import Cancelled
@@ -261,3 +262,75 @@ def test_a_job_cancelled_while_parked_leaves_the_lock_free():
     assert sorted(outcome) == ["cancelled", "other ran"] and lock.queue_length() == 0  # never ran again
     with lock:  # free again
         assert lock.held_by_me()
+
+
+def test_a_hook_context_lends_the_model_between_passes_with_its_hooks_off():
+    lock, order = FairLock(poll_s=0.01), []
+    first_pass, go_on = threading.Event(), threading.Event()
+
+    def long_run():
+        with lock.job("long") as job, lock.exclusive():  # one hook context
+            job.held_s = 100.0
+            order.append("long: pass 1")
+            first_pass.set()
+            go_on.wait(30)
+            with lock.exclusive():  # nested pin (weights changed): never yields
+                lock.yield_pinned(lambda: order.append("wrong undo"), lambda: order.append("wrong redo"))
+            lock.yield_pinned(lambda: order.append("long: hooks off"), lambda: order.append("long: hooks on"))
+            order.append("long: pass 2")
+
+    def short_run():
+        with lock.job("short"), lock:
+            order.append("short")
+
+    first = _start(long_run)
+    first_pass.wait(30)
+    second = _start(short_run)
+    _wait_for(lambda: lock.queue_length() == 1)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["long: pass 1", "long: hooks off", "short", "long: hooks on", "long: pass 2"]
+
+
+def test_a_shorter_job_runs_between_two_hooked_passes_without_the_hooks(tiny_gemma):
+    """Inside ``session.hooks`` the hooks come off while another job's forward runs, then return."""
+    session = tiny_gemma
+    tokens = session.tokenize("The cat sat on the mat")
+    name = session.resid_name(0)
+    fired: list[str] = []
+    first_pass, go_on = threading.Event(), threading.Event()
+    expected = session.run(tokens).logits.clone()
+
+    def mark(activation, *, hook):
+        fired.append(threading.current_thread().name)
+        return activation + 1.0  # an intervention another job must never see
+
+    def long_run():
+        with session.lock.job("long") as job, session.hooks([(name, mark)]) as model:
+            job.held_s = 100.0
+            model(tokens)
+            first_pass.set()
+            go_on.wait(30)
+            model(tokens)  # yields before this pass: the short job is queued and attained less
+
+    got = {}
+
+    def short_run():
+        with session.lock.job("short"):
+            got["logits"] = session.run(tokens).logits.clone()
+            got["active_hooks"] = session.active_hook_count()
+            fired.append("short")
+
+    first = threading.Thread(target=long_run, name="long")
+    first.start()
+    first_pass.wait(30)
+    second = threading.Thread(target=short_run, name="short")
+    second.start()
+    _wait_for(lambda: session.lock.queue_length() == 1)
+    go_on.set()
+    first.join(60)
+    second.join(60)
+    assert fired == ["long", "short", "long"]  # in between, and only the long job's passes hooked
+    assert got["active_hooks"] == 0 and torch.equal(got["logits"], expected)
+    assert session.active_hook_count() == 0
