@@ -247,12 +247,13 @@ def main() -> None:
             walls = [j.elapsed_s for j in jobs]
             ratio = statistics.median(walls) / solo
             waited = statistics.median(j.waited_s for j in jobs)
+            ran = statistics.median(j.ran_s for j in jobs)
             long_ratios = [
                 j.elapsed_s / next(w[2] for w in work if w[0] == j.label) for j in out["long"]
             ] or [float("nan")]
             rows.append(
                 f"| {users} | {kind} | {short[0]} | {solo:.2f} | {statistics.median(walls):.2f} "
-                f"[{min(walls):.2f}, {max(walls):.2f}] | {ratio:.2f}× | {waited:.2f} | "
+                f"[{min(walls):.2f}, {max(walls):.2f}] | {ratio:.2f}× | {waited:.2f} | {ran:.2f} | "
                 f"{statistics.median(long_ratios):.2f}× (n={len(out['long'])}) | {out['mismatches']} | "
                 f"{os.getloadavg()[0]:.1f} |"
             )
@@ -271,16 +272,17 @@ def main() -> None:
         + f". User 0 runs the short probe ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
         "after the others, who loop over the longer probes. Wall = the short probe's wall time "
         "under contention (median [min, max] over its runs); ratio = median wall / solo; waited = "
-        "median seconds queued for the model; solo = the short probe alone, median of "
+        "median seconds queued for the model; ran = median of wall minus waited; solo = the short "
+        "probe alone, median of "
         f"{args.repeat} runs right before and {args.repeat} right after its row; long ratio = the "
         "long probes' wall / solo (median; runs still going when the short user finished are "
         "cancelled and not counted). "
         "Mismatches = results under contention not bit-equal to the solo result. Load = the 1-minute "
         "load average when the row finished (the machine's other jobs compete for the same cores).",
         "",
-        "| users | lock | short probe | solo s | wall s | ratio | waited s | long ratio | mismatches "
-        "| load |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| users | lock | short probe | solo s | wall s | ratio | waited s | ran s | long ratio "
+        "| mismatches | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"Target: fair lock, short-probe ratio ≤ 3× (n = {args.short_runs} short runs per row): "

@@ -49,12 +49,14 @@ class Job:
     waits: int = 0  # how many times it queued behind someone
     yields: int = 0  # how many times it gave the model up mid-run
     max_ahead: int = 0
+    ended: float | None = None  # perf_counter when the job's block exited
     declared: bool = False  # opened with FairLock.job: keeps the model between its lock sections
 
     @property
     def elapsed_s(self) -> float:
-        """Wall-clock seconds since the job started."""
-        return time.perf_counter() - self.started
+        """Wall-clock seconds from the job's start to its end (to now while it runs)."""
+        end = self.ended if self.ended is not None else time.perf_counter()
+        return end - self.started
 
     @property
     def ran_s(self) -> float:
@@ -107,6 +109,7 @@ class FairLock:
                     self._wait_turn(me, current, depth=0)
             yield current
         finally:
+            current.ended = time.perf_counter()
             self._local.job = outer
             self._end_job(current, outer)
 

@@ -221,6 +221,9 @@ def test_a_long_job_parks_while_a_shorter_job_runs_alone():
     long_job, short_job = record["long"], record["short"]
     assert long_job.yields == 1 and long_job.waits == 1 and long_job.waited_s > 0  # parked = waited
     assert short_job.waits == 1 and short_job.yields == 0
+    frozen = short_job.elapsed_s  # a finished job's wall time stops at its end
+    _wait_for(lambda: time.perf_counter() > short_job.ended + 0.01)
+    assert short_job.elapsed_s == frozen and short_job.ran_s <= frozen
     assert lock.queue_length() == 0 and not lock.kept_by_me()
 
 
