@@ -146,14 +146,25 @@ def workloads(
 
 
 def solo_seconds(session, item, repeat: int) -> list[float]:
-    """Wall times of the short probe alone, measured again right before and after a contended row."""
-    session.lock = FairLock()
+    """Wall times of the short probe alone, measured again right before and after a contended row.
+
+    Each run is a job in a fresh thread, as under contention: on this CPU build a probe in the
+    main thread runs about 2× slower than in a worker thread (OpenMP teams differ), which would
+    flatter the ratio.
+    """
+    session.lock = lock = FairLock()
     name, config, _, _ = item
-    times = []
+    times: list[float] = []
+
+    def one() -> None:
+        with lock.job(name) as job:
+            get_probe(name).run(session, PROMPT, config)
+        times.append(job.elapsed_s)
+
     for _ in range(repeat):
-        started = time.perf_counter()
-        get_probe(name).run(session, PROMPT, config)
-        times.append(time.perf_counter() - started)
+        thread = threading.Thread(target=one)
+        thread.start()
+        thread.join()
     return times
 
 
@@ -242,7 +253,9 @@ def main() -> None:
             lock = locks[kind]()
             before = solo_seconds(session, short, args.repeat)  # around the row: the load drifts
             out = contend(session, lock, work, users, args.short_runs)
-            solo = statistics.median([*before, *solo_seconds(session, short, args.repeat)])
+            after = solo_seconds(session, short, args.repeat)
+            solo = statistics.median([*before, *after])
+            print(f"solo runs before {before} after {after}", file=sys.stderr)
             jobs = out["short"]
             walls = [j.elapsed_s for j in jobs]
             ratio = statistics.median(walls) / solo
