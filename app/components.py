@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import Any
 
 import streamlit as st
@@ -143,7 +145,12 @@ def checked_source(typed: str, label: str, names: tuple[str, ...] = ()) -> str:
 
 
 def config_form(
-    config_cls: type[Config], key: str, session: Any | None = None, start: Config | None = None
+    config_cls: type[Config],
+    key: str,
+    session: Any | None = None,
+    start: Config | None = None,
+    *,
+    link: str | None = None,
 ) -> Config | None:
     """Widgets for every field of ``config_cls``; returns the config or None (error shown).
 
@@ -151,16 +158,24 @@ def config_form(
     config class (so a probe's defaults live in one place), else ``config_cls()``. Each widget
     comes from the field's :class:`~lenslab.probes.fields.WidgetSpec`; text inputs are read back
     with the same parser as the CLI.
+
+    The settings travel in the page's URL (:func:`linked_start`, :func:`link_settings`): a link
+    opens the form at the settings it names, read by the same parsers and range checks as typed
+    input. ``link`` is the prefix of their names in the query string: by default none for a
+    page's main form (``?k=10``) and ``<suffix>.`` for a form keyed ``page:<suffix>``
+    (``?eval.k=10``), so two forms on one page never share a name.
     """
-    start = start if start is not None else _default_config(config_cls)
+    default = start if start is not None else _default_config(config_cls)
+    prefix = link if link is not None else ("" if ":" not in key else key.split(":", 1)[1] + ".")
+    start, unreadable = linked_start(config_cls, default, key, prefix, session)
     values: dict[str, Any] = {}
-    unreadable = []
     for f in config_fields(config_cls):
         value = getattr(start, f.name)
         try:  # a field that does not parse must not hide the widgets after it
             values[f.name] = value if f.hidden else _field_widget(f, value, f"{key}:{f.name}", session)
         except ValueError as exc:
             unreadable.append(str(exc))
+    unreadable = link_settings(config_cls, default, start, values, prefix, unreadable, session)
     if unreadable:
         show_invalid(unreadable)
         return None
@@ -172,6 +187,115 @@ def config_form(
         show_invalid([str(exc)])
         return None
     return config
+
+
+def _linked_fields(config_cls: type[Config]) -> list[ConfigField]:
+    """The fields a URL carries: every shown field except file sources (an upload cannot travel)."""
+    return [
+        f
+        for f in config_fields(config_cls)
+        if not f.hidden
+        and f.kind.widget != "fixed"
+        and not (
+            f.kind.widget == "text" and f.hint is str and userfiles.mentions_file(f.metadata.get("help"))
+        )
+    ]
+
+
+def _is_file_source(f: ConfigField) -> bool:
+    return f.kind.widget == "text" and f.hint is str and userfiles.mentions_file(f.metadata.get("help"))
+
+
+def _url_value(f: ConfigField, raw: str, session: Any | None) -> Any:
+    """The value a link's text denotes for ``f``: the CLI's parser, then the layer range check.
+
+    Number ranges are checked by the widget (the same message as a typed value); layers are
+    checked here, since a multiselect cannot even show a layer the model does not have.
+    """
+    value = f.parse(raw)
+    if f.name == "layers" and f.kind.widget == "int_list" and session is not None and value:
+        session.check_layers(value)
+    return value
+
+
+def linked_start(
+    config_cls: type[Config], default: Config, key: str, prefix: str, session: Any | None
+) -> tuple[Config, list[str]]:
+    """Where the form starts, and the link's settings that were refused (each names its field).
+
+    The URL is read on the form's first render in a browser session (later edits are the
+    widgets'); a refused setting starts at its default and keeps the form from running for as
+    long as the URL holds it (:func:`link_settings`).
+    """
+    stored = f"{key}:_linked_start"
+    problems = []
+    for f in _linked_fields(config_cls):
+        raw = st.query_params.get(prefix + f.name)
+        if raw is None:
+            continue
+        try:
+            _url_value(f, raw, session)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if stored not in st.session_state:
+        values = {}
+        for f in _linked_fields(config_cls):
+            raw = st.query_params.get(prefix + f.name)
+            if raw is not None:
+                with contextlib.suppress(ValueError):  # refused: listed above, starts at the default
+                    values[f.name] = _url_value(f, raw, session)
+        st.session_state[stored] = values
+    # only the link's values are kept: fields the page sets (hidden ones) follow its current start
+    return dataclasses.replace(default, **st.session_state[stored]), problems
+
+
+def _same(f: ConfigField, a: Any, b: Any) -> bool:
+    """Whether two values of ``f`` read the same (floats and tuples compared by their text)."""
+    try:
+        return f.format(a) == f.format(b)
+    except ValueError:
+        return a == b
+
+
+def link_settings(
+    config_cls: type[Config],
+    default: Config,
+    start: Config,
+    values: dict[str, Any],
+    prefix: str,
+    problems: list[str],
+    session: Any | None = None,
+) -> list[str]:
+    """Write the form's settings that differ from the defaults into the URL; returns the problems left.
+
+    A setting the link gave but could not be read stays in the URL (and its message on screen)
+    until its widget is changed: the page runs nothing meanwhile.
+    """
+    left = list(problems)
+    for f in _linked_fields(config_cls):
+        if f.name not in values:  # its widget refused the value: the message is already listed
+            continue
+        name, value = prefix + f.name, values[f.name]
+        raw = st.query_params.get(name)
+        if raw is not None:
+            try:
+                _url_value(f, raw, session)
+                refused = None
+            except ValueError as exc:
+                refused = str(exc)
+            if refused is not None:
+                if _same(f, value, getattr(start, f.name)):
+                    continue  # untouched: the refusal stands
+                left = [p for p in left if p != refused]
+        try:
+            text = None if _same(f, value, getattr(default, f.name)) else f.format(value)
+        except ValueError:
+            continue  # no text reads back as this value: it cannot travel in a link
+        if text is None and raw is not None:
+            del st.query_params[name]
+        elif text is not None and raw != text:
+            st.query_params[name] = text
+    return left
 
 
 def _default_config(config_cls: type[Config]) -> Config:

@@ -7,18 +7,22 @@ Then ``users`` threads start together: user 0 runs the shortest probe (the "shor
 scheduler job, so waited and held seconds are measured, not inferred. Two locks are compared in
 the same process, on the same model and inputs:
 
-* ``fair``: the session's FairLock (least attained service, yields between forward passes);
+* ``fair``: the session's FairLock (least attained service; a job keeps the model between its
+  forward passes, so its own work outside them is not slowed by other users' compute, and yields
+  at section boundaries to a job that has attained less);
 * ``plain``: an RLock held for the whole probe, as before (no yields, first come first served
   by the OS).
 
 Target: with 4 users, a probe that takes ≤ 2 s alone finishes within 3× its solo time (median
 over its runs). Every result computed under contention is compared with the solo result
-(arrays bit-equal). Run: ``python bench/bench_sharing.py`` (embedded model) or ``--tiny``.
+(arrays bit-equal). Run: ``python bench/bench_sharing.py`` (embedded model) or ``--tiny``;
+``--probes logit_lens,jacobian,...`` picks the workloads (the shortest is the short user's).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import threading
@@ -34,6 +38,7 @@ import numpy as np
 from bench.common import machine, write
 from lenslab.models.scheduler import FairLock, Job
 from lenslab.probes import get_probe, registered_probes
+from lenslab.progress import NO_PROGRESS, Cancelled
 
 PROMPT = "The Eiffel Tower is located in the city of"
 
@@ -63,6 +68,9 @@ class PlainLock:
         self._lock.release()
 
     def yield_point(self) -> None:
+        """Never gives the model up."""
+
+    def yield_pinned(self, undo, redo) -> None:
         """Never gives the model up."""
 
     def held_by_me(self) -> bool:
@@ -101,23 +109,32 @@ def same(a, b) -> bool:
     return left.keys() == right.keys() and all(np.array_equal(left[k], right[k]) for k in left)
 
 
-def workloads(session, max_solo: float, repeat: int) -> list[tuple[str, object, float, object]]:
-    """(name, config, solo seconds, solo result) of every probe that runs here alone."""
+def workloads(
+    session, max_solo: float, repeat: int, names: list[str] | None = None, long_repeat: int = 1
+) -> list[tuple[str, object, float, object]]:
+    """(name, config, solo seconds, solo result) of every probe (or of ``names``) that runs here alone.
+
+    The first (the short user's when ``names`` starts with it) is timed ``repeat`` runs after
+    a warm-up run; the others' first run is their timing when ``long_repeat`` is 1 (their solo
+    time only scales the long-ratio column), else ``long_repeat`` runs after it.
+    """
     from lenslab.models import guards
-    from lenslab.progress import NO_PROGRESS
 
     found = []
-    for name in sorted(registered_probes()):
+    for name in names or sorted(registered_probes()):
         probe = get_probe(name)
         config = probe.default_config()
         try:
+            started = time.perf_counter()
             with guards.deadline(max_solo * 2):
-                probe.run(session, PROMPT, config, guards.time_limited(NO_PROGRESS, max_solo * 2))
+                result = probe.run(session, PROMPT, config, guards.time_limited(NO_PROGRESS, max_solo * 2))
+            first = time.perf_counter() - started
         except Exception as exc:  # missing artefacts, hub, time limit: not a workload here
             print(f"skip {name}: {type(exc).__name__}: {str(exc)[:80]}", file=sys.stderr)
             continue
-        times, result = [], None
-        for _ in range(repeat):
+        runs = repeat if not found else long_repeat
+        times = [first] if found and long_repeat == 1 else []
+        for _ in range(runs - len(times)):
             started = time.perf_counter()
             result = probe.run(session, PROMPT, config)
             times.append(time.perf_counter() - started)
@@ -128,6 +145,29 @@ def workloads(session, max_solo: float, repeat: int) -> list[tuple[str, object, 
     return sorted(found, key=lambda w: w[2])
 
 
+def solo_seconds(session, item, repeat: int) -> list[float]:
+    """Wall times of the short probe alone, measured again right before and after a contended row.
+
+    Each run is a job in a fresh thread, as under contention: on this CPU build a probe in the
+    main thread runs about 2× slower than in a worker thread (OpenMP teams differ), which would
+    flatter the ratio.
+    """
+    session.lock = lock = FairLock()
+    name, config, _, _ = item
+    times: list[float] = []
+
+    def one() -> None:
+        with lock.job(name) as job:
+            get_probe(name).run(session, PROMPT, config)
+        times.append(job.elapsed_s)
+
+    for _ in range(repeat):
+        thread = threading.Thread(target=one)
+        thread.start()
+        thread.join()
+    return times
+
+
 def contend(session, lock, work, users: int, short_runs: int) -> dict[str, object]:
     """Run ``users`` threads at once; user 0 repeats the short probe, the rest loop over long ones."""
     session.lock = lock
@@ -135,15 +175,22 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
     start, stop = threading.Barrier(users), threading.Event()
     short_jobs: list[Job] = []
     long_jobs: list[Job] = []
-    mismatches = [0]
+    results: list[tuple[object, object]] = []  # compared after the run: not extra load meanwhile
 
-    def run(item, jobs: list[Job]) -> None:
+    def until_stopped(fraction: float, message: str = "") -> None:
+        if stop.is_set():  # the short user is done: long runs end at their next progress report
+            raise Cancelled("the benchmark row is over")
+
+    def run(item, jobs: list[Job], progress=NO_PROGRESS) -> None:
         name, config, _, expected = item
-        with lock.job(name) as job:
-            got = get_probe(name).run(session, PROMPT, config)
+        on_wait = None if progress is NO_PROGRESS else (lambda ahead: progress(0.0))  # parked: end too
+        try:
+            with lock.job(name, on_wait) as job:
+                got = get_probe(name).run(session, PROMPT, config, progress)
+        except Cancelled:
+            return
         jobs.append(job)
-        if not same(got, expected):
-            mismatches[0] += 1
+        results.append((got, expected))
 
     def short_user() -> None:
         start.wait()
@@ -156,7 +203,7 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
         start.wait()
         k = i
         while not stop.is_set():
-            run(longs[k % len(longs)], long_jobs)
+            run(longs[k % len(longs)], long_jobs, until_stopped)
             k += 1
 
     threads = [threading.Thread(target=short_user)]
@@ -165,7 +212,8 @@ def contend(session, lock, work, users: int, short_runs: int) -> dict[str, objec
         t.start()
     for t in threads:
         t.join()
-    return {"short": short_jobs, "long": long_jobs, "mismatches": mismatches[0]}
+    mismatches = sum(not same(got, expected) for got, expected in results)
+    return {"short": short_jobs, "long": long_jobs, "mismatches": mismatches}
 
 
 def main() -> None:
@@ -175,8 +223,13 @@ def main() -> None:
     parser.add_argument("--max-solo", type=float, default=30.0)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--short-runs", type=int, default=5)
+    parser.add_argument("--long-repeat", type=int, default=1, help="solo runs of each long probe")
+    parser.add_argument("--probes", default="", help="comma-separated workloads (default: all that run)")
+    parser.add_argument("--short", default="", help="the short user's probe (default: the fastest)")
+    parser.add_argument("--locks", default="plain,fair", help="which locks to compare")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    locks = {"plain": PlainLock, "fair": FairLock}
     if args.tiny:
         from lenslab.models.tiny import tiny_session
 
@@ -186,23 +239,36 @@ def main() -> None:
 
         session = ModelSession.load()
         model = session.model_id
-    work = workloads(session, args.max_solo, args.repeat)
+    load_before = os.getloadavg()
+    names = [n for n in args.probes.split(",") if n]
+    if args.short and names:  # the short user's probe first: timed `repeat` times
+        names = [args.short, *[n for n in names if n != args.short]]
+    work = workloads(session, args.max_solo, args.repeat, names, args.long_repeat)
+    if args.short:  # the short user's probe named, not picked by a noisy solo time
+        work = [w for w in work if w[0] == args.short] + [w for w in work if w[0] != args.short]
     short = work[0]
     rows, verdicts = [], []
     for users in args.users:
-        for kind, lock in (("plain", PlainLock()), ("fair", FairLock())):
+        for kind in args.locks.split(","):
+            lock = locks[kind]()
+            before = solo_seconds(session, short, args.repeat)  # around the row: the load drifts
             out = contend(session, lock, work, users, args.short_runs)
+            after = solo_seconds(session, short, args.repeat)
+            solo = statistics.median([*before, *after])
+            print(f"solo runs before {before} after {after}", file=sys.stderr)
             jobs = out["short"]
             walls = [j.elapsed_s for j in jobs]
-            ratio = statistics.median(walls) / short[2]
+            ratio = statistics.median(walls) / solo
             waited = statistics.median(j.waited_s for j in jobs)
+            ran = statistics.median(j.ran_s for j in jobs)
             long_ratios = [
                 j.elapsed_s / next(w[2] for w in work if w[0] == j.label) for j in out["long"]
             ] or [float("nan")]
             rows.append(
-                f"| {users} | {kind} | {short[0]} | {short[2]:.2f} | {statistics.median(walls):.2f} "
-                f"[{min(walls):.2f}, {max(walls):.2f}] | {ratio:.2f}× | {waited:.2f} | "
-                f"{statistics.median(long_ratios):.2f}× (n={len(out['long'])}) | {out['mismatches']} |"
+                f"| {users} | {kind} | {short[0]} | {solo:.2f} | {statistics.median(walls):.2f} "
+                f"[{min(walls):.2f}, {max(walls):.2f}] | {ratio:.2f}× | {waited:.2f} | {ran:.2f} | "
+                f"{statistics.median(long_ratios):.2f}× (n={len(out['long'])}) | {out['mismatches']} | "
+                f"{os.getloadavg()[0]:.1f} |"
             )
             if kind == "fair":
                 verdicts.append((users, ratio))
@@ -211,19 +277,28 @@ def main() -> None:
     lines = [
         "## Fair sharing of one model (bench_sharing.py)",
         "",
-        f"Model {model}; {machine()}. Workloads (page defaults, solo median of {args.repeat}): "
+        f"Model {model}; {machine()}; load average (1, 5, 15 min) at the start "
+        f"{', '.join(f'{x:.1f}' for x in load_before)}, at the end "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. Workloads (page defaults, solo median "
+        f"of {args.repeat}): "
         + ", ".join(f"{w[0]} {w[2]:.2f} s" for w in work)
-        + f". User 0 runs the shortest ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
+        + f". User 0 runs the short probe ({short[0]}) {args.short_runs}× back to back, starting 0.2 s "
         "after the others, who loop over the longer probes. Wall = the short probe's wall time "
         "under contention (median [min, max] over its runs); ratio = median wall / solo; waited = "
-        "median seconds queued for the model; long ratio = the long probes' wall / solo (median). "
-        "Mismatches = results under contention not bit-equal to the solo result.",
+        "median seconds queued for the model; ran = median of wall minus waited; solo = the short "
+        "probe alone, median of "
+        f"{args.repeat} runs right before and {args.repeat} right after its row; long ratio = the "
+        "long probes' wall / solo (median; runs still going when the short user finished are "
+        "cancelled and not counted). "
+        "Mismatches = results under contention not bit-equal to the solo result. Load = the 1-minute "
+        "load average when the row finished (the machine's other jobs compete for the same cores).",
         "",
-        "| users | lock | short probe | solo s | wall s | ratio | waited s | long ratio | mismatches |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| users | lock | short probe | solo s | wall s | ratio | waited s | ran s | long ratio "
+        "| mismatches | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
         "",
-        "Target: fair lock, 4 users, short-probe ratio ≤ 3×: "
+        f"Target: fair lock, short-probe ratio ≤ 3× (n = {args.short_runs} short runs per row): "
         + "; ".join(f"{u} users {r:.2f}× ({'met' if r <= 3 else 'missed'})" for u, r in verdicts),
     ]
     if not args.no_write:

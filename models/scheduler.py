@@ -7,10 +7,18 @@ Several browser sessions share one model. A plain ``RLock`` held for a whole pro
 * waiters are served by **least attained service**: the job that has held the model for the
   shortest time so far goes first (ties: first come, first served), so a new short job overtakes
   long-running ones, and equal long jobs take turns;
-* a long job gives the model up at **yield points**, the end of each forward pass
-  (:meth:`yield_point`, called by ``ModelSession``), whenever a waiter has attained less than it,
-  and queues again with what it had. Hook contexts and :meth:`exclusive` sections pin the lock:
-  no yield happens while hooks are attached or weights are modified;
+* a declared :meth:`job` queues for the model when it starts and **keeps it between its lock
+  sections** until the job ends or yields. Its work outside ``with lock:`` blocks (setup,
+  decoding, statistics) therefore runs alone too: a short job that got the model is not slowed
+  by long jobs computing beside it on the same cores (CPU contention would otherwise undo what
+  the queue order gives it); the long jobs are parked in the queue, and their pause counts as
+  waiting;
+* a long job gives the model up at **yield points**: the end of each forward pass
+  (:meth:`yield_point`, called by ``ModelSession``) and every release to depth 0, whenever a
+  waiter has attained less than it, and queues again with what it had. Hook contexts and
+  :meth:`exclusive` sections pin the lock: no other job runs while hooks are attached or weights
+  are modified; a hook context running many passes (a KV-cached generation) yields between two
+  of them by taking its hooks off first (:meth:`yield_pinned`);
 * every acquisition is accounted to the thread's current :class:`Job`: seconds waited for the
   model vs seconds holding it, and how many were ahead when it started waiting.
 
@@ -41,11 +49,14 @@ class Job:
     waits: int = 0  # how many times it queued behind someone
     yields: int = 0  # how many times it gave the model up mid-run
     max_ahead: int = 0
+    ended: float | None = None  # perf_counter when the job's block exited
+    declared: bool = False  # opened with FairLock.job: keeps the model between its lock sections
 
     @property
     def elapsed_s(self) -> float:
-        """Wall-clock seconds since the job started."""
-        return time.perf_counter() - self.started
+        """Wall-clock seconds from the job's start to its end (to now while it runs)."""
+        end = self.ended if self.ended is not None else time.perf_counter()
+        return end - self.started
 
     @property
     def ran_s(self) -> float:
@@ -81,14 +92,42 @@ class FairLock:
     # --------------------------------------------------------------------------- jobs
     @contextmanager
     def job(self, label: str = "", on_wait: WaitCallback | None = None) -> Iterator[Job]:
-        """Account every acquisition of this thread inside the block to one :class:`Job`."""
+        """One unit of user work: it queues for the model on entry and keeps it until the end.
+
+        The whole block is scheduled, not only its forward passes: setup and post-processing
+        outside ``with lock:`` also run while no other job computes (a job nested in another
+        of the same thread runs inside the outer one's turn). Every acquisition in the block is
+        accounted to the returned :class:`Job`.
+        """
         outer = getattr(self._local, "job", None)
-        current = Job(label, on_wait)
+        current = Job(label, on_wait, declared=True)
         self._local.job = current
         try:
+            with self._cond:
+                me = threading.get_ident()
+                if self._owner != me:
+                    self._wait_turn(me, current, depth=0)
             yield current
         finally:
+            current.ended = time.perf_counter()
             self._local.job = outer
+            self._end_job(current, outer)
+
+    def current_job(self) -> Job | None:
+        """The calling thread's declared job, if it is inside :meth:`job`."""
+        return getattr(self._local, "job", None)
+
+    def _end_job(self, job: Job, outer: Job | None) -> None:
+        """A job ended: give up the model it kept, or account its part of a still-open section."""
+        with self._cond:
+            if self._owner != threading.get_ident() or self._owner_job is not job:
+                return
+            if self._depth == 0:
+                self._hand_over()
+                return
+            now = time.perf_counter()  # the job ended inside a `with lock:` of an outer scope
+            job.held_s += now - self._granted_at
+            self._owner_job, self._granted_at = outer if outer is not None else Job(), now
 
     def _current_job(self) -> Job:
         job = getattr(self._local, "job", None)
@@ -105,6 +144,9 @@ class FairLock:
         me = threading.get_ident()
         with self._cond:
             if self._owner == me:
+                job = self._owner_job
+                if self._depth == 0 and job is not None and self._should_yield(job):
+                    self._yield_to_waiter(me, job)  # a kept model between two sections: yield
                 self._depth += 1
                 return True
             self._wait_turn(me, self._current_job(), depth=1)
@@ -117,7 +159,11 @@ class FairLock:
                 raise RuntimeError("FairLock released by a thread that does not hold it")
             self._depth -= 1
             if self._depth == 0:
-                self._hand_over()
+                job = self._owner_job
+                if job is None or not job.declared or self._pins:
+                    self._hand_over()
+                elif self._should_yield(job):  # between two sections: a shorter job goes first
+                    self._yield_to_waiter(threading.get_ident(), job)
 
     __enter__ = acquire
 
@@ -125,7 +171,11 @@ class FairLock:
         self.release()
 
     def held_by_me(self) -> bool:
-        """Whether the calling thread holds the lock."""
+        """Whether the calling thread is inside a ``with lock:`` block."""
+        return self._owner == threading.get_ident() and self._depth > 0
+
+    def kept_by_me(self) -> bool:
+        """Whether the calling thread's job has the model (inside a lock section or between two)."""
         return self._owner == threading.get_ident()
 
     @contextmanager
@@ -146,26 +196,61 @@ class FairLock:
         """
         me = threading.get_ident()
         with self._cond:
-            if self._owner != me or self._pins or not self._waiters:
+            if self._owner != me or self._pins:
                 return
             job = self._owner_job or self._current_job()
-            mine = job.held_s + (time.perf_counter() - self._granted_at)
-            if min(w.key() for w in self._waiters)[0] >= mine:
+            if self._should_yield(job):
+                self._yield_to_waiter(me, job)
+
+    def yield_pinned(self, undo: Callable[[], None], redo: Callable[[], None]) -> None:
+        """Inside one pinned section (a hook context): yield like :meth:`yield_point`, pin undone.
+
+        A hook context pins the lock because its hooks are global state on the shared model.
+        Between two of its forward passes the hooks can be taken off (``undo``), the model lent
+        to a job that attained less, and the hooks put back (``redo``) before the next pass; the
+        context's own tensors (a KV cache, captured activations) are untouched meanwhile. Does
+        nothing in nested pins (weights changed, hooks inside hooks) or when no waiter is shorter.
+        """
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner != me or self._pins != 1:
                 return
-            depth = self._depth
-            job.yields += 1
-            self._hand_over()
+            job = self._owner_job or self._current_job()
+            if not self._should_yield(job):
+                return
+            undo()
+            self._pins = 0
             try:
-                self._wait_turn(me, job, depth=depth)
-            except BaseException:  # cancelled while queued: take the lock back so the caller's
-                callback, job.on_wait = job.on_wait, None  # `with` blocks release what they hold
-                try:
-                    self._wait_turn(me, job, depth=depth)
-                finally:
-                    job.on_wait = callback
-                raise
+                self._yield_to_waiter(me, job)  # the model is ours again when it returns or raises
+            finally:
+                self._pins = 1
+                redo()
 
     # -------------------------------------------------------------------- internals
+    def _should_yield(self, job: Job) -> bool:
+        """Whether a waiter has attained less service than ``job`` (call with the condition held)."""
+        if not self._waiters:
+            return False
+        mine = job.held_s + (time.perf_counter() - self._granted_at)
+        return min(w.key() for w in self._waiters)[0] < mine
+
+    def _yield_to_waiter(self, me: int, job: Job) -> None:
+        """Hand the model over and queue again with the same depth (call with the condition held)."""
+        depth = self._depth
+        job.yields += 1
+        self._hand_over()
+        try:
+            self._wait_turn(me, job, depth=depth)
+        except BaseException:  # cancelled while queued: take the lock back so the caller's
+            if depth == 0:  # `with` blocks release what they hold (none at depth 0)
+                raise
+            callback, job.on_wait = job.on_wait, None
+            try:
+                self._wait_turn(me, job, depth=depth)
+            finally:
+                job.on_wait = callback
+            raise
+
     def _hand_over(self) -> None:
         """Account the holder's time and pass the lock on (call with the condition held)."""
         if self._owner_job is not None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -261,12 +261,14 @@ class ModelSession:
                 raise ValueError(f"unknown hook point {name!r} for {self.model_id}")
         guards.check_deadline()
         with self.lock.exclusive():  # no other job runs while these hooks are attached
+            attached = _AttachedHooks(self.bridge, list(fwd_hooks), list(bwd_hooks))
             try:
-                with self.bridge.hooks(fwd_hooks=list(fwd_hooks), bwd_hooks=list(bwd_hooks)):
-                    yield HookedModel(self)
+                attached.attach()
+                yield HookedModel(self, attached)
             finally:
-                # The bridge's context already detached these hooks; its full reset walks every
-                # module (≈0.1 s, more than a short prompt's forward), so it runs only for a leftover.
+                attached.detach()
+                # The full reset walks every module (≈0.1 s, more than a short prompt's forward),
+                # so it runs only when something was left attached.
                 if self.active_hook_count():
                     self.bridge.reset_hooks(including_permanent=False)
         self.lock.yield_point()  # between forward passes a waiting shorter job may go first
@@ -590,6 +592,34 @@ class StopForward(Exception):
     """
 
 
+class _AttachedHooks:
+    """The hooks of one ``session.hooks(...)`` context on the bridge; they come off between passes.
+
+    Taking them off lets the context lend the model to a shorter job between two of its forward
+    passes (``FairLock.yield_pinned``) without that job's passes firing them. Backward hooks stay
+    (a pending autograd graph may still need them), and so the context does not yield then.
+    """
+
+    def __init__(self, bridge: Any, fwd: list[Any], bwd: list[Any]) -> None:
+        self._bridge, self._fwd, self._bwd = bridge, fwd, bwd
+        self._stack: ExitStack | None = None
+
+    @property
+    def movable(self) -> bool:
+        """Whether the hooks may come off between passes (forward hooks only)."""
+        return not self._bwd
+
+    def attach(self) -> None:
+        stack = ExitStack()
+        stack.enter_context(self._bridge.hooks(fwd_hooks=self._fwd, bwd_hooks=self._bwd))
+        self._stack = stack
+
+    def detach(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+
 class HookedModel:
     """The model as seen inside ``session.hooks(...)``: every forward is guarded.
 
@@ -598,10 +628,16 @@ class HookedModel:
     through this object or the session's own methods, never through the bridge.
     """
 
-    def __init__(self, session: ModelSession) -> None:
+    def __init__(self, session: ModelSession, attached: _AttachedHooks | None = None) -> None:
         self._session = session
+        self._attached = attached
+        self._passes = 0
 
     def _guard(self, tokens: Tensor | None, embeds: Tensor | None, cached: Sequence[str]) -> None:
+        if self._passes and self._attached is not None and self._attached.movable:
+            # between two passes of this context: a shorter job may use the model, hooks off
+            self._session.lock.yield_pinned(self._attached.detach, self._attached.attach)
+        self._passes += 1
         shape = tokens.shape if tokens is not None else embeds.shape[:-1]  # type: ignore[union-attr]
         batch, seq = (int(shape[0]), int(shape[-1])) if len(shape) > 1 else (1, int(shape[-1]))
         guards.check_deadline()

@@ -8,6 +8,7 @@ import streamlit as st
 
 from lenslab.app import state
 from lenslab.app.components import settings_and_run, show_result
+from lenslab.app.plain import md, md_code
 from lenslab.probes import get_probe
 from lenslab.probes.neurosymbolic.probe import (
     DEFAULT_PROBLEM,
@@ -105,17 +106,17 @@ def _overview(summary: FitSummary) -> None:
 
 def _explain(result) -> None:
     top = float(result.operation_scores.max())
-    decoded = f"**{result.decoded_text}**"
+    decoded = f"**{md(result.decoded_text)}**"  # decoded from the model: text, never markup
     if result.fired:
         action = (
             f"confidence {result.confidence:.2f} ≥ calibrated {result.gate_threshold:.2f}, score "
             f"{top:.2f} ≥ {result.config.threshold:g}: the system **acts** and computes "
-            f"**{result.system_answer}**"
+            f"**{md(result.system_answer)}**"
         )
         if not result.config.calibrated_gate:
             action += " (calibrated gate switched off: the paper's score gate alone)"
     else:
-        action = f"the system **abstains**: {result.abstain_reason}"
+        action = f"the system **abstains**: {md(result.abstain_reason)}"
     right = (
         result.decoded_operation == result.operation
         and result.decoded_first == result.first
@@ -123,7 +124,7 @@ def _explain(result) -> None:
     )
     st.markdown(
         f"Layer {result.readout_layer}'s encoder reads {decoded} ({action}). Exact answer: "
-        f"**{result.exact_answer}**; the read-out is {'right' if right else 'wrong'}."
+        f"**{md(result.exact_answer)}**; the read-out is {'right' if right else 'wrong'}."
     )
     if result.fired and math.isfinite(result.gate_threshold):
         st.caption(f"Gate on held-out problems: {result.fit.gate_text(result.readout_layer)}.")
@@ -134,10 +135,10 @@ def _explain(result) -> None:
         )
     col1, col2 = st.columns(2)
     col1.markdown(
-        f"Model alone (few-shot): `{result.baseline_answer.strip() or '∅'}` · CE of the exact answer "
+        f"Model alone (few-shot): {md_code(result.baseline_answer.strip() or '∅')} · CE of the exact answer "
         f"{result.baseline_answer_ce:.3g} nats"
     )
-    merged = "unchanged (no merge)" if not result.fired else f"`{result.merged_answer.strip() or '∅'}`"
+    merged = "unchanged (no merge)" if not result.fired else md_code(result.merged_answer.strip() or "∅")
     col2.markdown(
         f"With merge (layer {result.merge_layer}): {merged} · CE {result.merged_answer_ce:.3g} nats"
     )

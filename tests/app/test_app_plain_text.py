@@ -128,3 +128,58 @@ def test_display_helpers_round_floats_and_keep_text():
         "rows": [1.235, "x"],
         "n": 7,
     }
+
+
+def _neurosymbolic_explanations(payloads: list[str]) -> None:
+    """The neurosymbolic page's read-out block, for results whose model text carries each payload."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from lenslab.app.views.neurosymbolic import _explain
+
+    fit = SimpleNamespace(gate_text=lambda layer: "acts on 40% of problems")
+    for i, payload in enumerate(payloads):
+        _explain(
+            SimpleNamespace(
+                operation_scores=np.array([0.9]),
+                decoded_text=payload,
+                fired=i % 2 == 0,
+                confidence=0.9,
+                gate_threshold=0.5,
+                config=SimpleNamespace(threshold=0.5, calibrated_gate=True),
+                system_answer=7,
+                abstain_reason=payload,
+                decoded_operation="+",
+                operation="+",
+                decoded_first=3,
+                first=3,
+                decoded_second=4,
+                second=4,
+                readout_layer=2,
+                exact_answer=7,
+                fit=fit,
+                baseline_answer=payload,
+                baseline_answer_ce=1.0,
+                merged_answer=payload,
+                merged_answer_ce=0.5,
+                merge_layer=3,
+                few_shot_prompt=payload,
+            )
+        )
+
+
+def test_neurosymbolic_page_shows_decoded_text_and_answers_as_text():
+    at = AppTest.from_function(_neurosymbolic_explanations, args=(PAYLOADS,), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    strings = [
+        s for s in _markdown_strings(at) if "encoder reads" in s or "Model alone" in s or "With merge" in s
+    ]
+    assert len(strings) >= 2 * len(PAYLOADS)  # the read-out line and the model-alone line of each
+    page_own = re.compile(r"</?(strong|code)>")  # the page's bold figures and inline code
+    for text in strings:
+        out = page_own.sub("", rendered(text))
+        assert not TAGS.search(out) and "<" not in out.replace("&lt;", ""), (text, out)
+    shown = " ".join(html.unescape(page_own.sub("", rendered(t))) for t in strings)
+    for payload in PAYLOADS:  # the text itself survives, as text (emphasis would eat its stars)
+        assert " ".join(payload.splitlines()) in shown, payload

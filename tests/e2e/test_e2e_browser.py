@@ -339,3 +339,60 @@ def test_editing_the_prompt_updates_the_link_and_the_root_is_an_overview(page, s
     except Exception:
         screenshot(page, "e2e-deep-link-edit")
         raise
+
+
+@pytest.mark.parametrize(
+    ("url", "query", "number", "chips", "select"),
+    [
+        ("logit-lens", {"k": "7", "layers": "2,5"}, "k", ["2", "5"], None),
+        ("jacobian", {"method": "randomized", "n_components": "3"}, "n_components", None, "method"),
+    ],
+    ids=["logit-lens", "jacobian"],
+)
+def test_deep_link_restores_the_page_settings(url, query, number, chips, select, page, server):
+    """``/<page>?prompt=...&k=7`` opens the page with its settings; editing one rewrites the link."""
+    from urllib.parse import urlencode
+
+    link = f"{server.url}/{url}?{urlencode({'prompt': DEEP_PROMPT, **query})}"
+    try:
+        page.goto(link, wait_until="domcontentloaded")
+        page.locator("textarea").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+        idle(page, timeout_s=LOAD_TIMEOUT_S)
+        page.get_by_text("Settings", exact=True).first.click()  # open the settings expander
+        idle(page)
+        assert not page.get_by_text("Invalid settings").count()
+        box = page.get_by_label(number.replace("_", " "), exact=True)
+        assert box.input_value() == query[number], f"/{url}: {number} shows {box.input_value()}"
+        if chips is not None:  # the layers multiselect shows one chip per layer
+            shown = page.locator("[data-testid='stMultiSelect']").first.inner_text()
+            lines = [line.strip() for line in shown.splitlines()]
+            assert all(chip in lines for chip in chips) and "0" not in lines, shown
+        if select is not None:
+            box_of = page.locator("[data-testid='stSelectbox']").filter(has_text=select).first
+            shown = (
+                box_of.inner_text()
+                + " "
+                + " ".join(box_of.locator("input").evaluate_all("inputs => inputs.map(i => i.value)"))
+            )
+            assert query[select] in shown or page.get_by_text(query[select], exact=True).count(), shown
+        edited = str(int(query[number]) + 1)
+        box.fill(edited)
+        box.press("Enter")
+        idle(page)
+        assert f"{number}={edited}" in page.url, page.url
+    except Exception:
+        screenshot(page, f"e2e-deep-link-settings-{url}")
+        raise
+
+
+def test_a_bad_setting_in_a_link_is_refused_in_the_browser(page, server):
+    """``?k=abc`` shows the one refusal message and leaves the Run button disabled."""
+    try:
+        page.goto(f"{server.url}/logit-lens?k=abc", wait_until="domcontentloaded")
+        page.locator("textarea").first.wait_for(state="visible", timeout=LOAD_TIMEOUT_S * 1000)
+        idle(page, timeout_s=LOAD_TIMEOUT_S)
+        assert page.get_by_text("cannot read 'abc'").count(), "no refusal for ?k=abc"
+        assert page.get_by_role("button", name="Run").first.is_disabled()
+    except Exception:
+        screenshot(page, "e2e-deep-link-bad-setting")
+        raise

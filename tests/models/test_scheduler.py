@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from lenslab.models.scheduler import FairLock
 from lenslab.progress import Cancelled
@@ -52,19 +53,22 @@ def test_the_job_that_held_the_model_least_goes_first():
     lock, order = FairLock(poll_s=0.01), []
     lock.acquire()
 
-    def waiter(name: str, held: float):
+    def waiter(name: str, held: float, queued: threading.Event):
+        def as_if_it_had_run(ahead: int) -> None:  # called while it queues at the job's start
+            lock.current_job().held_s = held
+            queued.set()
+
         def run():
-            with lock.job(name) as job:
-                job.held_s = held
-                with lock:
-                    order.append(name)
+            with lock.job(name, as_if_it_had_run), lock:
+                order.append(name)
 
         return run
 
-    long_job = _start(waiter("long", 50.0))
-    _wait_for(lambda: lock.queue_length() == 1)
-    short_job = _start(waiter("short", 0.0))  # arrives later, has used the model less
-    _wait_for(lambda: lock.queue_length() == 2)
+    queued_long, queued_short = threading.Event(), threading.Event()
+    long_job = _start(waiter("long", 50.0, queued_long))
+    queued_long.wait(30)
+    short_job = _start(waiter("short", 0.0, queued_short))  # arrives later, has used the model less
+    queued_short.wait(30)
     lock.release()
     long_job.join(30)
     short_job.join(30)
@@ -111,7 +115,7 @@ def test_waiting_callback_reports_how_many_are_ahead_and_can_cancel():
             if len(seen) >= 3:
                 raise Cancelled("user pressed cancel")
 
-        with lock.job("x", on_wait), pytest.raises(Cancelled), lock:
+        with pytest.raises(Cancelled), lock.job("x", on_wait), lock:
             pass
 
     t = _start(cancelled_waiter)
@@ -142,3 +146,194 @@ def test_parallel_probe_runs_equal_the_serial_ones(tiny_gemma):
         got = parallel[i]
         assert np.array_equal(got.top_ids, expected.top_ids)
         assert np.array_equal(got.top_probs, expected.top_probs)
+
+
+def test_a_job_keeps_the_model_between_its_lock_sections():
+    """Work a job does outside ``with lock:`` runs alone: a waiter gets the model only when the job ends."""
+    lock, order = FairLock(poll_s=0.01), []
+    between, finish = threading.Event(), threading.Event()
+
+    def job_a():
+        with lock.job("a"):
+            with lock:
+                order.append("a: section")
+            between.set()  # outside the lock, still inside the job
+            finish.wait(30)
+            order.append("a: work between sections")
+
+    def job_b():
+        with lock.job("b") as job:
+            job.held_s = 100.0  # has attained more: no reason for "a" to yield
+            with lock:
+                order.append("b")
+
+    first = _start(job_a)
+    between.wait(30)
+    assert not lock.held_by_me() and lock.queue_length() == 0
+    second = _start(job_b)
+    _wait_for(lambda: lock.queue_length() == 1)  # "b" queues although "a" is in no lock section
+    finish.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["a: section", "a: work between sections", "b"]
+
+
+def test_a_long_job_parks_while_a_shorter_job_runs_alone():
+    """At its next section boundary a long job yields; it resumes only after the short job's whole run."""
+    lock, order = FairLock(poll_s=0.01), []
+    kept, go_on = threading.Event(), threading.Event()
+    record: dict[str, object] = {}
+
+    def long_run():
+        with lock.job("long") as job:
+            job.held_s = 100.0
+            with lock:
+                order.append("long: pass 1")
+            kept.set()
+            go_on.wait(30)
+            with lock:  # a new section: the short job, queued meanwhile, goes first
+                order.append("long: pass 2")
+        record["long"] = job
+
+    def short_run():
+        with lock.job("short") as job:
+            with lock:
+                order.append("short: pass")
+            order.append("short: decoding outside the lock")
+            with lock:
+                order.append("short: pass 2")
+        record["short"] = job
+
+    first = _start(long_run)
+    kept.wait(30)
+    second = _start(short_run)
+    _wait_for(lambda: lock.queue_length() == 1)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert order == [
+        "long: pass 1",
+        "short: pass",
+        "short: decoding outside the lock",
+        "short: pass 2",
+        "long: pass 2",
+    ]
+    long_job, short_job = record["long"], record["short"]
+    assert long_job.yields == 1 and long_job.waits == 1 and long_job.waited_s > 0  # parked = waited
+    assert short_job.waits == 1 and short_job.yields == 0
+    frozen = short_job.elapsed_s  # a finished job's wall time stops at its end
+    _wait_for(lambda: time.perf_counter() > short_job.ended + 0.01)
+    assert short_job.elapsed_s == frozen and short_job.ran_s <= frozen
+    assert lock.queue_length() == 0 and not lock.kept_by_me()
+
+
+def test_a_job_cancelled_while_parked_leaves_the_lock_free():
+    lock = FairLock(poll_s=0.01)
+    kept, go_on, parked = threading.Event(), threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def on_wait(ahead: int) -> None:
+        if ahead:
+            parked.set()
+            raise Cancelled("user pressed cancel")
+
+    def long_run():
+        try:
+            with lock.job("long", on_wait) as job:
+                job.held_s = 100.0
+                with lock:
+                    pass
+                kept.set()
+                go_on.wait(30)
+                with lock:
+                    outcome.append("long ran again")
+        except Cancelled:
+            outcome.append("cancelled")
+
+    def other_user():
+        with lock:  # no declared job: attained 0, so "long" yields to it at its next section
+            outcome.append("other ran")
+            parked.wait(30)
+
+    first = _start(long_run)
+    kept.wait(30)
+    second = _start(other_user)
+    _wait_for(lambda: lock.queue_length() == 1)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert sorted(outcome) == ["cancelled", "other ran"] and lock.queue_length() == 0  # never ran again
+    with lock:  # free again
+        assert lock.held_by_me()
+
+
+def test_a_hook_context_lends_the_model_between_passes_with_its_hooks_off():
+    lock, order = FairLock(poll_s=0.01), []
+    first_pass, go_on = threading.Event(), threading.Event()
+
+    def long_run():
+        with lock.job("long") as job, lock.exclusive():  # one hook context
+            job.held_s = 100.0
+            order.append("long: pass 1")
+            first_pass.set()
+            go_on.wait(30)
+            with lock.exclusive():  # nested pin (weights changed): never yields
+                lock.yield_pinned(lambda: order.append("wrong undo"), lambda: order.append("wrong redo"))
+            lock.yield_pinned(lambda: order.append("long: hooks off"), lambda: order.append("long: hooks on"))
+            order.append("long: pass 2")
+
+    def short_run():
+        with lock.job("short"), lock:
+            order.append("short")
+
+    first = _start(long_run)
+    first_pass.wait(30)
+    second = _start(short_run)
+    _wait_for(lambda: lock.queue_length() == 1)
+    go_on.set()
+    first.join(30)
+    second.join(30)
+    assert order == ["long: pass 1", "long: hooks off", "short", "long: hooks on", "long: pass 2"]
+
+
+def test_a_shorter_job_runs_between_two_hooked_passes_without_the_hooks(tiny_gemma):
+    """Inside ``session.hooks`` the hooks come off while another job's forward runs, then return."""
+    session = tiny_gemma
+    tokens = session.tokenize("The cat sat on the mat")
+    name = session.resid_name(0)
+    fired: list[str] = []
+    first_pass, go_on = threading.Event(), threading.Event()
+    expected = session.run(tokens).logits.clone()
+
+    def mark(activation, *, hook):
+        fired.append(threading.current_thread().name)
+        return activation + 1.0  # an intervention another job must never see
+
+    def long_run():
+        with session.lock.job("long") as job, session.hooks([(name, mark)]) as model:
+            job.held_s = 100.0
+            model(tokens)
+            first_pass.set()
+            go_on.wait(30)
+            model(tokens)  # yields before this pass: the short job is queued and attained less
+
+    got = {}
+
+    def short_run():
+        with session.lock.job("short"):
+            got["logits"] = session.run(tokens).logits.clone()
+            got["active_hooks"] = session.active_hook_count()
+            fired.append("short")
+
+    first = threading.Thread(target=long_run, name="long")
+    first.start()
+    first_pass.wait(30)
+    second = threading.Thread(target=short_run, name="short")
+    second.start()
+    _wait_for(lambda: session.lock.queue_length() == 1)
+    go_on.set()
+    first.join(60)
+    second.join(60)
+    assert fired == ["long", "short", "long"]  # in between, and only the long job's passes hooked
+    assert got["active_hooks"] == 0 and torch.equal(got["logits"], expected)
+    assert session.active_hook_count() == 0
