@@ -186,51 +186,6 @@ def ridge_path(
     return out
 
 
-class _LayerGram:
-    """The eigendecomposition of one layer's centred XᵀX (float64), shared by every target and ridge.
-
-    The four horizons of a layer regress different targets on the same states, so one ``eigh``
-    per (layer, row set) serves all of them and the whole ridge grid; the solution is
-    :func:`ridge_path`'s, term for term.
-    """
-
-    def __init__(self, x: Float[Tensor, "n d"]) -> None:
-        x64 = x.double()
-        self.x_mean = x64.mean(0)
-        self.xc = x64 - self.x_mean
-        gram = self.xc.T @ self.xc
-        self.values, self.vectors = torch.linalg.eigh(gram)
-        self.scale = torch.trace(gram) / gram.shape[0]
-
-    def solve(self, y: Float[Tensor, "n d_out"], ridge: float, *, toward_identity: bool) -> Tensor:
-        """The relative-``ridge`` weight for targets ``y`` (float32), as :func:`ridge_path` computes it."""
-        y64 = y.double()
-        cross = self.vectors.T @ (self.xc.T @ (y64 - y64.mean(0)))
-        lam = ridge * self.scale
-        rhs = cross + lam * self.vectors.T if toward_identity else cross
-        return (self.vectors @ (rhs / (self.values.clamp_min(0) + lam)[:, None])).float()
-
-
-def _validation_scores(
-    gram: _LayerGram,
-    y_fit: Tensor,
-    validation: tuple[Tensor, Tensor],
-    grid: tuple[float, ...],
-    toward_identity: bool,
-    transform: Callable[[Tensor], Tensor],
-) -> list[float]:
-    """Validation MSE of each ridge in ``grid`` (what :func:`choose_ridge` scores), one ``eigh``."""
-    x_val, y_val = validation
-    target = transform(y_val.float())
-    y_mean = y_fit.double().mean(0).float()
-    scores = []
-    for ridge in grid:
-        weight = gram.solve(y_fit, ridge, toward_identity=toward_identity)
-        pred = (x_val.float() - gram.x_mean.float()) @ weight + y_mean
-        scores.append(float((transform(pred) - target).pow(2).mean()))
-    return scores
-
-
 def choose_ridge(
     fit: tuple[Tensor, Tensor],
     validation: tuple[Tensor, Tensor],
@@ -294,24 +249,18 @@ def fit_linear_maps(
         x_fit = torch.as_tensor(data.resid[fit_rows, layer], device=device)
         x_val = torch.as_tensor(data.resid[val_rows, layer], device=device)
         per_n, chosen_n, scores_n = [], [], []
-        fit_gram = _LayerGram(x_fit) if select else None
-        train_gram = _LayerGram(x) if ridge != 0 else None
         for n in range(HORIZONS):
             y = torch.as_tensor(data.final[train, n], device=device)
             value = ridge if ridge is not None else grid[len(grid) // 2]
-            if fit_gram is not None:
-                y_fit = torch.as_tensor(data.final[fit_rows, n], device=device)
+            if select:
+                fit = (x_fit, torch.as_tensor(data.final[fit_rows, n], device=device))
                 val = (x_val, torch.as_tensor(data.final[val_rows, n], device=device))
-                mse = _validation_scores(fit_gram, y_fit, val, grid, toward_identity, final_norm)
-                value = grid[int(np.argmin(mse))]
+                best, mse = choose_ridge(
+                    fit, val, grid, toward_identity=toward_identity, transform=final_norm
+                )
+                value = grid[best]
                 scores_n.append(mse)
-            if train_gram is None:  # ordinary least squares (minimum norm)
-                weight, x_mean, _ = fit_linear_map(x, y, value, toward_identity=toward_identity)
-            else:
-                if toward_identity and x.shape[1] != y.shape[1]:
-                    raise ValueError("shrinking toward the identity needs d_in == d_out")
-                weight = train_gram.solve(y, value, toward_identity=toward_identity)
-                x_mean = train_gram.x_mean.float()
+            weight, x_mean, _ = fit_linear_map(x, y, value, toward_identity=toward_identity)
             per_n.append(weight)
             chosen_n.append(value)
         weights.append(torch.stack(per_n))
