@@ -113,7 +113,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         for family in FAMILIES:  # each family face that trains artefacts exports its preparer
             prepare = getattr(family, "prepare_default_artefacts", None)
             if prepare is not None:
-                prepare(session, _progress_printer(f"prepare {family.__name__.rsplit('.', 1)[-1]}"))
+                name = family.__name__.rsplit(".", 1)[-1]
+                step_started = time.perf_counter()
+                prepare(session, _progress_printer(f"prepare {name}"))
+                print(f"prepare {name}: {time.perf_counter() - step_started:.0f} s", file=sys.stderr)
         _prepared_stamp(args.model).parent.mkdir(parents=True, exist_ok=True)
         _prepared_stamp(args.model).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     print(f"prepared in {time.perf_counter() - started:.0f} s", file=sys.stderr)
@@ -136,6 +139,8 @@ def _prepare_in_background(model: str) -> None:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # below the app's priority: the landing page needs none of it and must not wait for it
+            preexec_fn=lambda: os.nice(10),
         )
     print(f"building default artefacts in the background (log: {log_path})", file=sys.stderr)
 

@@ -42,8 +42,13 @@ from lenslab.probes.sae.loading import DEFAULT_SAE, LoadedSAE, load_sae
 from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained
 from lenslab.progress import NO_PROGRESS, Progress
 
-DEFAULT_TRAINING = SAETrainingConfig(name=DEFAULT_SAE)
-"""The shipped SAE: TopK, 2048 features, k=32, on ``blocks.6.hook_out`` of the embedded model."""
+DEFAULT_TRAINING = SAETrainingConfig(name=DEFAULT_SAE, eval_windows=32)
+"""The shipped SAE: TopK, 2048 features, k=32, on ``blocks.6.hook_out`` of the embedded model.
+
+Its held-out evaluation reads 32 windows from 32 documents (2,016 tokens): the four full-vocabulary
+forwards per window (clean, SAE, zero- and mean-ablated) were the largest cost of set-up, and 64
+windows only narrowed intervals that are already tight (explained variance 0.905 [0.900, 0.910],
+CE recovered 0.967 [0.960, 0.974] on 64); the SAE itself does not depend on this setting."""
 
 
 def prepare_default_artefacts(session: ModelSession, progress: Progress = NO_PROGRESS) -> LoadedSAE:
