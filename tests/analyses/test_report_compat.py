@@ -34,6 +34,9 @@ def test_old_report_loads_as_current_result_classes(tmp_path):
     again = Report(report.results, report.meta).save(tmp_path / "again")
     with np.load(again / "arrays.npz", allow_pickle=False) as stored:
         resaved = dict(stored)
-    assert saved.keys() == resaved.keys()
+    assert saved.keys() <= resaved.keys()
+    # fields added since then come back at their empty defaults: loading invents no data
+    added = resaved.keys() - saved.keys()
+    assert all(resaved[key].size == 0 for key in added), {k: resaved[k].shape for k in added}
     for key, value in saved.items():
         np.testing.assert_array_equal(resaved[key], value, err_msg=key)
