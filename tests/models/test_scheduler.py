@@ -30,6 +30,19 @@ def _start(target) -> threading.Thread:
     return thread
 
 
+def _holder_then_waiter(
+    lock: FairLock, holder, holding: threading.Event, waiter, release: threading.Event
+) -> None:
+    """Start ``holder``; once it signals ``holding``, start ``waiter``; when that one queues, ``release``."""
+    first = _start(holder)
+    holding.wait(30)
+    second = _start(waiter)
+    _wait_for(lambda: lock.queue_length() == 1)
+    release.set()
+    first.join(30)
+    second.join(30)
+
+
 def test_mutual_exclusion_and_reentrancy():
     lock, inside, worst = FairLock(poll_s=0.01), [0], [0]
 
@@ -95,13 +108,7 @@ def test_a_long_job_yields_between_forward_passes_but_not_while_pinned():
         with lock.job("short"), lock:
             order.append("short")
 
-    first = _start(long_run)
-    ready.wait(30)
-    second = _start(short_run)
-    _wait_for(lambda: lock.queue_length() == 1)
-    proceed.set()
-    first.join(30)
-    second.join(30)
+    _holder_then_waiter(lock, long_run, ready, short_run, proceed)
     assert order == ["long: pinned pass", "short", "long: after yield"]
 
 
@@ -204,13 +211,7 @@ def test_a_long_job_parks_while_a_shorter_job_runs_alone():
                 order.append("short: pass 2")
         record["short"] = job
 
-    first = _start(long_run)
-    kept.wait(30)
-    second = _start(short_run)
-    _wait_for(lambda: lock.queue_length() == 1)
-    go_on.set()
-    first.join(30)
-    second.join(30)
+    _holder_then_waiter(lock, long_run, kept, short_run, go_on)
     assert order == [
         "long: pass 1",
         "short: pass",
@@ -255,13 +256,7 @@ def test_a_job_cancelled_while_parked_leaves_the_lock_free():
             outcome.append("other ran")
             parked.wait(30)
 
-    first = _start(long_run)
-    kept.wait(30)
-    second = _start(other_user)
-    _wait_for(lambda: lock.queue_length() == 1)
-    go_on.set()
-    first.join(30)
-    second.join(30)
+    _holder_then_waiter(lock, long_run, kept, other_user, go_on)
     assert sorted(outcome) == ["cancelled", "other ran"] and lock.queue_length() == 0  # never ran again
     with lock:  # free again
         assert lock.held_by_me()
@@ -286,13 +281,7 @@ def test_a_hook_context_lends_the_model_between_passes_with_its_hooks_off():
         with lock.job("short"), lock:
             order.append("short")
 
-    first = _start(long_run)
-    first_pass.wait(30)
-    second = _start(short_run)
-    _wait_for(lambda: lock.queue_length() == 1)
-    go_on.set()
-    first.join(30)
-    second.join(30)
+    _holder_then_waiter(lock, long_run, first_pass, short_run, go_on)
     assert order == ["long: pass 1", "long: hooks off", "short", "long: hooks on", "long: pass 2"]
 
 
