@@ -66,8 +66,13 @@ def wilson(successes: int, trials: int) -> Interval:
     return Interval(successes / trials, float(ci.low), float(ci.high), int(trials), "wilson")
 
 
-def mean_ci(values: Float[np.ndarray, " n"]) -> Interval:
-    """Mean of independent ``values`` with a Student-t interval (NaN interval for n < 2)."""
+def mean_ci(values: Float[np.ndarray, " n"], bounds: tuple[float, float] | None = None) -> Interval:
+    """Mean of independent ``values`` with a Student-t interval (NaN interval for n < 2).
+
+    ``bounds`` is the range the quantity can take (e.g. (0, 1) for an attention weight): the
+    symmetric t interval is cut to it, so a few values near a bound never yield an impossible
+    endpoint such as 1.05; the method then reads "t, cut to [lo, hi]".
+    """
     x = np.asarray(values, dtype=np.float64).ravel()
     n = int(x.size)
     if n == 0:
@@ -77,7 +82,11 @@ def mean_ci(values: Float[np.ndarray, " n"]) -> Interval:
         return Interval(mean, math.nan, math.nan, n, "t")
     sem = float(x.std(ddof=1) / math.sqrt(n))
     half = float(scipy_stats.t.ppf(0.5 + LEVEL / 2, n - 1)) * sem
-    return Interval(mean, mean - half, mean + half, n, "t")
+    low, high = mean - half, mean + half
+    if bounds is None or (bounds[0] <= low and high <= bounds[1]):
+        return Interval(mean, low, high, n, "t")
+    low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Interval(mean, low, high, n, f"t, cut to [{bounds[0]:g}, {bounds[1]:g}]")
 
 
 def bootstrap_by_group(

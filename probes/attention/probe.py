@@ -10,6 +10,8 @@ attribution split (:mod:`lenslab.probes.dla.split`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from jaxtyping import Float, Int
@@ -78,7 +80,7 @@ class AttentionHeads(Probe[AttentionConfig, AttentionResult]):
             patterns=to_numpy(patterns).astype(np.float32),
             prev_token=_prompt_score(scores.previous_token(patterns)),
             first_token=_prompt_score(scores.first_token(patterns)),
-            entropy=_prompt_score(scores.entropy(patterns)),
+            entropy=_prompt_score(scores.entropy(patterns), bounds=(0.0, math.inf)),
             n_queries=int(tokens.shape[-1]) - 1,
             induction=induction,
             induction_n=config.induction_sequences if config.induction else 0,
@@ -88,9 +90,11 @@ class AttentionHeads(Probe[AttentionConfig, AttentionResult]):
         )
 
 
-def _prompt_score(values: Float[Tensor, "layer head n"]) -> Float[np.ndarray, "layer head 3"]:
-    """Mean over query positions with its interval; NaN interval for a one-token prompt."""
-    return scores.intervals(to_numpy(values).astype(np.float64))
+def _prompt_score(
+    values: Float[Tensor, "layer head n"], bounds: tuple[float, float] = (0.0, 1.0)
+) -> Float[np.ndarray, "layer head 3"]:
+    """Mean over query positions with its interval (cut to ``bounds``); NaN for a one-token prompt."""
+    return scores.intervals(to_numpy(values).astype(np.float64), bounds)
 
 
 def random_repeated_tokens(session: ModelSession, length: int, n: int, seed: int) -> Int[Tensor, "n seq"]:

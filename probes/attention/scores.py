@@ -47,9 +47,14 @@ def induction(pattern: Float[Tensor, "... q k"], period: int, start: int) -> Flo
     return stripe[..., first : first + period]
 
 
-def intervals(values: Float[np.ndarray, "layer head n"]) -> Float[np.ndarray, "layer head 3"]:
-    """Mean and Student-t 95% interval of the last axis, per (layer, head): ``[estimate, low, high]``."""
+def intervals(
+    values: Float[np.ndarray, "layer head n"], bounds: tuple[float, float] | None = (0.0, 1.0)
+) -> Float[np.ndarray, "layer head 3"]:
+    """Mean and Student-t 95% interval of the last axis, per (layer, head): ``[estimate, low, high]``.
+
+    The interval is cut to ``bounds``, the range the score can take (attention weights: [0, 1]).
+    """
     out = np.full((*values.shape[:2], 3), math.nan)
     for index in np.ndindex(*values.shape[:2]):
-        out[index] = mean_ci(values[index]).as_tuple()
+        out[index] = mean_ci(values[index], bounds).as_tuple()
     return out

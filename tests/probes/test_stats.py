@@ -38,6 +38,16 @@ def test_mean_ci_is_the_t_interval():
     assert math.isnan(mean_ci(np.array([1.0])).low)
 
 
+def test_mean_ci_is_cut_to_the_range_of_the_quantity():
+    x = np.array([0.42, 0.99])  # two attention weights: the plain t interval passes 1
+    plain, cut = mean_ci(x), mean_ci(x, bounds=(0.0, 1.0))
+    assert plain.high > 1 and plain.low < 0
+    assert (cut.estimate, cut.low, cut.high) == (plain.estimate, 0.0, 1.0)
+    assert cut.method == "t, cut to [0, 1]"
+    inside = mean_ci(np.array([0.4, 0.5, 0.6]), bounds=(0.0, 1.0))
+    assert inside == mean_ci(np.array([0.4, 0.5, 0.6]))  # nothing to cut: the t interval as is
+
+
 def test_bootstrap_resamples_groups_not_items():
     # Two documents, each internally constant: the mean can only move between the document means,
     # so every resample is 0, 0.5 or 1 and the interval spans [0, 1]. Resampling items instead

@@ -136,3 +136,14 @@ def test_layer_subset_stops_early_and_the_lens_names_heads(tiny_gemma):
     assert lens.lines[0].split(": ", 1)[1].startswith(f"H{strongest} ← ")
     assert "reading" in lens.lines[1]
     assert outcomes["dla"].error is None
+
+
+def test_score_intervals_stay_inside_what_the_scores_can_take(tiny_gemma):
+    """Two induction sequences give a wide t interval; it must not leave [0, 1] (entropy: ≥ 0)."""
+    config = AttentionConfig(head_logits=False, induction_length=6, induction_sequences=2, seed=0)
+    result = AttentionHeads().run(tiny_gemma, "abcab", config)
+    for name in ("prev_token", "first_token", "induction"):
+        values = getattr(result, name)
+        finite = values[np.isfinite(values)]
+        assert finite.size and finite.min() >= 0.0 and finite.max() <= 1.0, name
+    assert np.nanmin(result.entropy) >= 0.0
