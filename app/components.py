@@ -379,7 +379,11 @@ def _inspect_link(result: Result, figure: str, event: Any, key: str) -> None:
     picked = result.state_at(figure, points[0]) if points else None
     if picked is not None:
         layer, position = picked
-        if st.button(f"🔍 Inspect layer {layer}, position {position}", key=f"{key}:{figure}:inspect"):
+        if st.button(
+            f"Inspect layer {layer}, position {position}",
+            key=f"{key}:{figure}:inspect",
+            icon=":material/frame_inspect:",
+        ):
             state.open_inspector(result.prompt, layer, position)
     else:
         st.caption("Click a cell to open the state inspector on that hidden state.")
@@ -438,8 +442,8 @@ def run_hint(label: str) -> None:
     if expected is not None and expected[0] > SLOW_S:
         seconds, n = expected
         st.caption(
-            f"⏱ Expected ≈ {seconds:.0f} s (median of {n} earlier run{'s' if n != 1 else ''} on this server, "
-            "without waiting for other users)."
+            f":material/timer: Expected ≈ {seconds:.0f} s (median of {n} earlier "
+            f"run{'s' if n != 1 else ''} on this server, without waiting for other users)."
         )
 
 

@@ -9,7 +9,7 @@ import streamlit as st
 from lenslab.app import access, state
 from lenslab.app.views import discover, home
 
-st.set_page_config(page_title="lenslab", page_icon="🔬", layout="wide")
+st.set_page_config(page_title="lenslab", page_icon=":material/biotech:", layout="wide")
 access.require_access()
 state.sidebar()
 modules = discover()

@@ -70,7 +70,7 @@ def sidebar() -> None:
     """Model picker, device/dtype and memory facts; stores the choice in session state."""
     ss = st.session_state
     with st.sidebar:
-        st.markdown("### 🔬 lenslab")
+        st.markdown("### :material/biotech: lenslab")
         offline = available_offline()
         options = [*offline, OTHER]
         default = os.environ.get("LENSLAB_MODEL", DEFAULT_MODEL)
@@ -165,7 +165,8 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
     scheduler = getattr(shared, "lock", None)
     cancel_slot = st.empty()
     cancel_slot.button(
-        "⏹ Cancel",
+        "Cancel",
+        icon=":material/stop:",
         key=f"cancel-button:{label}",
         on_click=request_cancel,
         args=(label,),
@@ -192,7 +193,7 @@ def request_cancel(label: str) -> None:
     """
     st.session_state[f"cancel:{label}"] = True
     st.session_state[f"cancelled:{label}"] = True
-    st.toast(f"{md(label)}: cancelling…", icon="⏹")
+    st.toast(f"{md(label)}: cancelling…", icon=":material/stop:")
 
 
 def cancelled_notice(label: str) -> None:
@@ -348,7 +349,7 @@ def save_report(results: list[Result], session_: ModelSession | None, key: str) 
     """A 'save report' form: title field + button; shows where it was saved."""
     with st.form(f"save:{key}", clear_on_submit=False, border=False):
         title = st.text_input("Report title", value=default_title(results), key=f"t:{key}")
-        submitted = st.form_submit_button("💾 Save report")
+        submitted = st.form_submit_button("Save report", icon=":material/save:")
     if not submitted:
         return
     try:

@@ -12,7 +12,7 @@ from lenslab.probes import get_probe
 from lenslab.probes.attention.result import SCORES, AttentionResult
 
 TITLE = "Attention heads"
-ICON = "👀"
+ICON = ":material/visibility:"
 ORDER = 35
 URL = "attention"
 KEY = "attention"

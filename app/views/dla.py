@@ -7,7 +7,7 @@ import streamlit as st
 from lenslab.app.components import probe_page
 
 TITLE = "Direct logit attribution"
-ICON = "🧾"
+ICON = ":material/receipt_long:"
 ORDER = 36
 URL = "dla"
 

@@ -27,7 +27,7 @@ from lenslab.probes.future_lens.probe import (
 from lenslab.probes.future_lens.prompts import DEFAULT_PROTOCOL, PROTOCOLS, PromptTraining
 
 TITLE = "Future Lens"
-ICON = "🔮"
+ICON = ":material/fast_forward:"
 ORDER = 20
 URL = "future-lens"
 KEY = "future_lens"

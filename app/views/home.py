@@ -10,7 +10,7 @@ from lenslab.app import state
 from lenslab.app.views import discover
 
 TITLE = "Overview"
-ICON = "🏠"
+ICON = ":material/home:"
 URL = "overview"
 
 

@@ -12,7 +12,7 @@ from lenslab.app.plain import md, md_code, show_invalid
 from lenslab.probes.inspector import StateRef, inspect_state, state_views
 
 TITLE = "State inspector"
-ICON = "🧭"
+ICON = ":material/frame_inspect:"
 ORDER = 5
 URL = "inspector"
 

@@ -7,7 +7,7 @@ import streamlit as st
 from lenslab.app.components import probe_page
 
 TITLE = "Jacobian"
-ICON = "📐"
+ICON = ":material/functions:"
 ORDER = 30
 URL = "jacobian"
 

@@ -19,7 +19,7 @@ from lenslab.probes.jacobian_lens.artefacts import FAMILY, lens_path
 from lenslab.probes.jacobian_lens.probe import convergence_figure
 
 TITLE = "Jacobian lens"
-ICON = "🧭"
+ICON = ":material/filter_center_focus:"
 ORDER = 35
 URL = "jacobian-lens"
 KEY = "jacobian_lens"

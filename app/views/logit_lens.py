@@ -3,7 +3,7 @@
 from lenslab.app.components import probe_page
 
 TITLE = "Logit lens"
-ICON = "🔎"
+ICON = ":material/search:"
 ORDER = 10
 URL = "logit-lens"
 

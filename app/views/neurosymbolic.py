@@ -20,7 +20,7 @@ from lenslab.probes.neurosymbolic.probe import (
 from lenslab.probes.neurosymbolic.tasks import OPERATIONS
 
 TITLE = "Neurosymbolic"
-ICON = "🧮"
+ICON = ":material/calculate:"
 ORDER = 70
 URL = "neurosymbolic"
 KEY = "neurosymbolic"

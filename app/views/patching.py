@@ -12,7 +12,7 @@ from lenslab.probes import get_probe
 from lenslab.probes.patching.pair import tokenize_pair
 
 TITLE = "Activation patching"
-ICON = "🩹"
+ICON = ":material/healing:"
 ORDER = 35
 URL = "patching"
 KEY = "activation_patching"

@@ -9,7 +9,7 @@ from lenslab.app.components import settings_and_run, show_result
 from lenslab.probes import get_probe
 
 TITLE = "Replications"
-ICON = "✅"
+ICON = ":material/fact_check:"
 ORDER = 88
 URL = "replications"
 

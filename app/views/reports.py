@@ -15,7 +15,7 @@ from lenslab.app.components import show_result
 from lenslab.app.plain import md, md_code, show_text
 
 TITLE = "Reports"
-ICON = "📁"
+ICON = ":material/folder_open:"
 ORDER = 90
 URL = "reports"
 
@@ -40,7 +40,8 @@ def render() -> None:
             cols = st.columns(3)
             opened = cols[0].toggle("Open", key=f"open:{entry.name}")
             cols[1].download_button(
-                "⬇ Download zip",
+                "Download zip",
+                icon=":material/download:",
                 data=zip_report(entry.path),
                 file_name=f"{entry.name}.zip",
                 key=f"dl:{entry.name}",
@@ -53,10 +54,10 @@ def render() -> None:
 
 
 def _delete_button(column, folder, entry) -> None:
-    """🗑 asks for confirmation; confirmed, the report moves to the trash (see Recently deleted)."""
+    """Delete asks for confirmation; confirmed, the report moves to the trash (see Recently deleted)."""
     asking = f"confirm-del:{entry.name}"
     if not st.session_state.get(asking):
-        if column.button("🗑 Delete", key=f"del:{entry.name}"):
+        if column.button("Delete", key=f"del:{entry.name}", icon=":material/delete:"):
             st.session_state[asking] = True
             st.rerun()
         return

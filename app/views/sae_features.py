@@ -31,7 +31,7 @@ from lenslab.probes.sae.steering import MODES, SAESteeringConfig
 from lenslab.probes.sae.training import SAETrainingConfig, train_sae
 
 TITLE = "SAE features"
-ICON = "🧩"
+ICON = ":material/extension:"
 ORDER = 30
 URL = "sae-features"
 KEY = "sae"

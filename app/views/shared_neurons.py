@@ -14,7 +14,7 @@ from lenslab.probes.shared_neurons.tasks import builtin_names, load_task_set
 from lenslab.probes.shared_neurons.units import unit_statistics
 
 TITLE = "Shared neurons"
-ICON = "🧬"
+ICON = ":material/hub:"
 ORDER = 50
 URL = "shared-neurons"
 KEY = "shared_neurons"

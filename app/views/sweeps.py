@@ -15,7 +15,7 @@ from lenslab.sweeps.runner import REPORT_DIR, new_sweep_folder
 from lenslab.sweeps.sources import builtin_sources
 
 TITLE = "Sweeps"
-ICON = "🧹"
+ICON = ":material/tune:"
 ORDER = 85
 URL = "sweeps"
 KEY = "sweeps"
@@ -24,7 +24,7 @@ UPLOAD = "upload a .txt / .jsonl file"
 
 def _start_form() -> None:
     """Probes, prompt source (built-in or uploaded), settings; Start launches ``lenslab sweep``."""
-    with st.expander("▶ Start a sweep", expanded=not list_sweeps()):
+    with st.expander("Start a sweep", expanded=not list_sweeps(), icon=":material/play_arrow:"):
         probes = st.multiselect(
             "Probes", sorted(registered_probes()), default=["logit_lens"], key=f"{KEY}:probes"
         )
@@ -80,13 +80,13 @@ def _show_entry(entry: SweepEntry) -> None:
         st.progress(min(1.0, status.items_done / status.items_total), text=status.line())
         st.caption(f"state: {status.state} · {status.message}")
     cols = st.columns(3)
-    if entry.running and cols[0].button("⏹ Cancel", key=f"{KEY}:cancel:{entry.name}"):
+    if entry.running and cols[0].button("Cancel", key=f"{KEY}:cancel:{entry.name}", icon=":material/stop:"):
         cancel(entry)
         st.info("Cancelling: finished shards are kept; resume to finish the rest.")
     if (
         not entry.running
         and not entry.has_report
-        and cols[1].button("⏯ Resume", key=f"{KEY}:resume:{entry.name}")
+        and cols[1].button("Resume", key=f"{KEY}:resume:{entry.name}", icon=":material/resume:")
     ):
         backend = status.backend if status is not None and status.backend else "ray"
         start_detached(["--resume", str(entry.path), "--backend", backend], entry.path)

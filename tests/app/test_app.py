@@ -41,7 +41,7 @@ def test_logit_lens_run_and_save(lenslab_home):
     assert any(m.label == "next token" for m in at.metric)
     at.get("form_submit_button")  # the save form is present
     at.text_input(key="t:logit_lens").set_value("my report")
-    at.button(key="FormSubmitter:save:logit_lens-💾 Save report").click().run()
+    at.button(key="FormSubmitter:save:logit_lens-Save report").click().run()
     assert any("Saved report" in s.value for s in at.success)
     reports = AppTest.from_string(_page_script("reports"), default_timeout=TIMEOUT).run()
     assert not reports.exception

@@ -22,7 +22,7 @@ def test_page_checks_lengths_runs_sweeps_and_saves(open_page):
     assert not at.error, [e.value for e in at.error]
     assert len(at.get("plotly_chart")) == 4  # resid, attn, mlp, heads
     assert any("normalised so the clean run is 1" in c.value for c in at.caption)
-    at.button(key="FormSubmitter:save:activation_patching-💾 Save report").click().run()
+    at.button(key="FormSubmitter:save:activation_patching-Save report").click().run()
     assert any("Saved report" in s.value for s in at.success)
 
 

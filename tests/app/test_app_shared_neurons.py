@@ -66,5 +66,5 @@ def test_two_models_with_perturbed_copy_and_save(app):
     assert len(at.get("plotly_chart")) == 7  # no B-only group: no dissociation figure
     assert any("noise" in m.value for m in at.markdown)
     at.text_input(key=f"t:{KEY}").set_value("perturbed demo")
-    at.button(key=f"FormSubmitter:save:{KEY}-💾 Save report").click().run()
+    at.button(key=f"FormSubmitter:save:{KEY}-Save report").click().run()
     assert any("Saved report" in s.value for s in at.success)
