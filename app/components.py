@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
@@ -206,16 +207,42 @@ def _is_file_source(f: ConfigField) -> bool:
     return f.kind.widget == "text" and f.hint is str and userfiles.mentions_file(f.metadata.get("help"))
 
 
-def _url_value(f: ConfigField, raw: str, session: Any | None) -> Any:
+def _url_value(
+    f: ConfigField,
+    raw: str,
+    session: Any | None,
+    *,
+    bounded: bool = False,
+    check: Callable[[Any], None] | None = None,
+) -> Any:
     """The value a link's text denotes for ``f``: the CLI's parser, then the layer range check.
 
-    Number ranges are checked by the widget (the same message as a typed value); layers are
-    checked here, since a multiselect cannot even show a layer the model does not have.
+    Number ranges are checked by a config form's widget (the same message as a typed value);
+    ``bounded`` checks them here, for hand-built widgets that cannot even show an out-of-range
+    value (a slider). Layers are checked here, since a multiselect cannot show a layer the model
+    does not have; ``check`` is a page's own test of the value (``ValueError`` with the message).
     """
     value = f.parse(raw)
+    if bounded and f.kind.widget in ("int", "float"):
+        problem = range_problem(f.name, value, f.metadata.get("min"), f.metadata.get("max"))
+        if problem is not None:
+            raise ValueError(problem)
     if f.name == "layers" and f.kind.widget == "int_list" and session is not None and value:
         session.check_layers(value)
+    if check is not None:
+        check(value)
     return value
+
+
+def _link_problem(f: ConfigField, raw: str | None, session: Any | None, **how: Any) -> str | None:
+    """Why the link's text ``raw`` for ``f`` is refused (None: read fine, or no such setting)."""
+    if raw is None:
+        return None
+    try:
+        _url_value(f, raw, session, **how)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def linked_start(
@@ -275,27 +302,86 @@ def link_settings(
     for f in _linked_fields(config_cls):
         if f.name not in values:  # its widget refused the value: the message is already listed
             continue
-        name, value = prefix + f.name, values[f.name]
-        raw = st.query_params.get(name)
-        if raw is not None:
-            try:
-                _url_value(f, raw, session)
-                refused = None
-            except ValueError as exc:
-                refused = str(exc)
-            if refused is not None:
-                if _same(f, value, getattr(start, f.name)):
-                    continue  # untouched: the refusal stands
-                left = [p for p in left if p != refused]
-        try:
-            text = None if _same(f, value, getattr(default, f.name)) else f.format(value)
-        except ValueError:
-            continue  # no text reads back as this value: it cannot travel in a link
-        if text is None and raw is not None:
-            del st.query_params[name]
-        elif text is not None and raw != text:
-            st.query_params[name] = text
+        name = prefix + f.name
+        refused = _link_problem(f, st.query_params.get(name), session)
+        left = _write_link(
+            f, name, values[f.name], getattr(default, f.name), getattr(start, f.name), left, refused
+        )
     return left
+
+
+def _write_link(
+    f: ConfigField, name: str, value: Any, default: Any, start: Any, problems: list[str], refused: str | None
+) -> list[str]:
+    """Write one setting into the URL as ``name`` (left out at its default); returns the problems left.
+
+    ``refused`` is the message for the link's own text, if it was refused: it stays, and the text
+    stays in the URL, while the widget still shows where it started.
+    """
+    raw = st.query_params.get(name)
+    left = list(problems)
+    if raw is not None and refused is not None:
+        if _same(f, value, start):
+            return left  # untouched: the refusal stands
+        left = [p for p in left if p != refused]
+    try:
+        text = None if _same(f, value, default) else f.format(value)
+    except ValueError:
+        return left  # no text reads back as this value: it cannot travel in a link
+    if text is None and raw is not None:
+        del st.query_params[name]
+    elif text is not None and raw != text:
+        st.query_params[name] = text
+    return left
+
+
+class LinkedWidgets:
+    """Hand-built widgets whose values travel in the page's URL, as a config form's settings do.
+
+    For widgets a page draws itself (a slider, a prompt-set picker, a problem box), one per config
+    field: :meth:`start` gives the value the widget starts at (the link's, read on the browser
+    session's first render with the CLI's parser, the field's range and the page's ``check``; else
+    ``default``); :meth:`keep` writes the widget's value back (left out at the default).
+    :meth:`problems` lists the link's refused settings, worded as a config form's: each stays, and
+    the page runs nothing, until its widget is changed. ``prefix`` keeps two panels of one page
+    apart in the query string.
+    """
+
+    def __init__(self, key: str, *, prefix: str = "", session: Any | None = None) -> None:
+        self.key, self.prefix, self.session = key, prefix, session
+        self._started: dict[str, tuple[Any, Any, str | None]] = {}  # name → (default, start, refusal)
+        self._problems: list[str] = []
+
+    def start(self, f: ConfigField, default: Any, check: Callable[[Any], None] | None = None) -> Any:
+        """Where the widget for ``f`` starts: the link's value if it is readable, else ``default``."""
+        raw = st.query_params.get(self.prefix + f.name)
+        refused = _link_problem(f, raw, self.session, bounded=True, check=check)
+        if refused is not None and refused not in self._problems:
+            self._problems.append(refused)
+        stored = f"{self.key}:_linked:{self.prefix}{f.name}"
+        if stored not in st.session_state:  # later edits are the widget's
+            readable = raw is not None and refused is None
+            st.session_state[stored] = {"value": f.parse(raw)} if readable else {}
+        start = st.session_state[stored].get("value", default)
+        self._started[f.name] = (default, start, refused)
+        return start
+
+    def keep(self, f: ConfigField, value: Any) -> None:
+        """Write the widget's ``value`` into the URL (call after :meth:`start` for the same field)."""
+        default, start, refused = self._started[f.name]
+        self._problems = _write_link(f, self.prefix + f.name, value, default, start, self._problems, refused)
+
+    def drop(self, f: ConfigField) -> None:
+        """The widget holds what cannot travel in a link (an uploaded file): the URL names nothing."""
+        name = self.prefix + f.name
+        if name in st.query_params:
+            del st.query_params[name]
+        refused = self._started.get(f.name, (None, None, None))[2]
+        self._problems = [p for p in self._problems if p != refused]
+
+    def problems(self) -> list[str]:
+        """The link's settings that were refused and are still in the URL."""
+        return list(self._problems)
 
 
 def _default_config(config_cls: type[Config]) -> Config:
@@ -360,7 +446,11 @@ def show_result(result: Result, key: str, skip: tuple[str, ...] = ()) -> None:
     if summary:
         cols = st.columns(min(len(summary), 4))
         for col, (name, value) in zip(cols * 4, summary.items(), strict=False):
-            col.metric(md(name), _fmt(value))
+            if _is_sentence(value):  # st.metric would cut it off with an ellipsis: plain, wrapped text
+                col.caption(md(name))
+                col.markdown(md(value))
+            else:
+                col.metric(md(name), _fmt(value))
     for name, fig in result.figures().items():
         if name in skip:
             continue
@@ -389,6 +479,14 @@ def _inspect_link(result: Result, figure: str, event: Any, key: str) -> None:
         st.caption("Click a cell to open the state inspector on that hidden state.")
 
 
+METRIC_CHARS = 12  # longer text does not fit a metric's large font in a quarter of a 1280 px page
+
+
+def _is_sentence(value: Any) -> bool:
+    """Whether a summary value is text too long for ``st.metric`` (shown as a caption line instead)."""
+    return isinstance(value, str) and len(value) > METRIC_CHARS
+
+
 def _fmt(value: Any) -> str:
     """A summary value for ``st.metric`` (whose value is Markdown): numbers short, text literal."""
     if isinstance(value, float):
@@ -412,17 +510,18 @@ def rounded(value: Any) -> Any:
     return value
 
 
-def settings_and_run(probe: Any, key: str, session: Any, text: str) -> Result | None:
+def settings_and_run(probe: Any, key: str, session: Any, text: str, *, ready: bool = True) -> Result | None:
     """Settings form and Run button for ``probe`` on ``text``; returns the result stored under ``key``.
 
     The run goes through :func:`state.run_with_status` (progress, cancel, guards); the result
-    stays in the session so reruns of the page keep showing it.
+    stays in the session so reruns of the page keep showing it. ``ready=False`` (the page refused
+    an input of its own, with the message shown) keeps Run disabled.
     """
     with st.expander("Settings", expanded=False):
         config = config_form(probe.config_cls, key, session, probe.default_config())
     run_hint(probe.title)
-    clicked = st.button("Run", type="primary", key=f"{key}:run", disabled=config is None)
-    if clicked and config is not None:
+    clicked = st.button("Run", type="primary", key=f"{key}:run", disabled=config is None or not ready)
+    if clicked and config is not None and ready:
         state.store(key, None)  # a new run replaces the shown result, also when it is cancelled
         result = state.run_with_status(
             probe.title, lambda progress: probe.run(session, text, config, progress)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+
 import streamlit as st
 
 from lenslab.app import state
 from lenslab.app.components import (
     DEFAULT_PROMPT,
+    LinkedWidgets,
     cell_text,
     config_form,
     number_field,
@@ -14,7 +17,8 @@ from lenslab.app.components import (
     show_result,
     url_prompt,
 )
-from lenslab.app.plain import md
+from lenslab.app.plain import md, show_invalid
+from lenslab.probes.fields import config_field
 from lenslab.probes.future_lens.artefacts import artefact_signature
 from lenslab.probes.future_lens.evaluation import FutureLensEvalConfig, default_eval_layers, run_evaluation
 from lenslab.probes.future_lens.methods import METHODS, Artefacts
@@ -81,16 +85,20 @@ def _saved_artefacts(session) -> Artefacts:
 
 def _grid_panel(session, artefacts: Artefacts) -> None:
     prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
+    links = LinkedWidgets(f"{KEY}:grid", session=session)  # ?method=fixed&horizon=2&layers=3,6&k=4
+    field = functools.partial(config_field, FutureLensConfig)
     cols = st.columns([2, 1, 3, 1, 2])
     default_method = "linear" if artefacts.linear is not None else "direct"
     method = cols[0].selectbox(
         "Method",
         METHODS,
-        index=METHODS.index(default_method),
+        index=METHODS.index(links.start(field("method"), default_method)),
         key=f"{KEY}:method",
-        format_func=lambda m: f"{m} — {METHOD_HELP[m]}",
+        help="; ".join(f"**{m}**: {h}" for m, h in METHOD_HELP.items()),  # the box is too narrow for them
     )
-    horizon = cols[1].slider("N", 0, 3, 3, key=f"{KEY}:horizon", help="show t+1 … t+1+N")
+    horizon = cols[1].slider(
+        "N", 0, 3, links.start(field("horizon"), 3), key=f"{KEY}:horizon", help="show t+1 … t+1+N"
+    )
     if method == "learned":
         default_layers = sorted(artefacts.prompts) or [session.n_layers // 2]
     elif method == "fixed":
@@ -100,19 +108,33 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
     layers = cols[2].multiselect(
         "Layers",
         list(range(session.n_layers)),
-        default=default_layers,
+        default=list(links.start(field("layers"), tuple(default_layers)) or default_layers),
         key=f"{KEY}:layers:{method}",
         help="the causal methods run a short continuation per cell: pick fewer layers on a CPU",
     )
-    k = number_field("top-k", 5, min_value=1, max_value=20, key=f"{KEY}:k", where=cols[3])
+    k = number_field(
+        "top-k", links.start(field("k"), 5), min_value=1, max_value=20, key=f"{KEY}:k", where=cols[3]
+    )
     protocol = cols[4].selectbox(
         "Protocol (N ≥ 1)",
         PROTOCOLS,
-        index=PROTOCOLS.index(DEFAULT_PROTOCOL),
+        index=PROTOCOLS.index(links.start(field("protocol"), DEFAULT_PROTOCOL)),
         key=f"{KEY}:protocol",
         help="fixed / learned only: " + "; ".join(f"{p}: {h}" for p, h in PROTOCOL_HELP.items()),
         disabled=method not in ("fixed", "learned"),
     )
+    for name, value in (
+        ("method", method),
+        ("horizon", horizon),
+        ("layers", tuple(layers)),
+        ("protocol", protocol),
+    ):
+        links.keep(field(name), value)
+    if k is not None:
+        links.keep(field("k"), k)
+    st.caption(f"**{method}**: {METHOD_HELP[method]}.")
+    refused = links.problems()
+    show_invalid(refused)
     missing = artefacts.missing(method, layers)
     if missing:
         st.warning(f"The {method} method needs a trained artefact: {missing}.")
@@ -128,7 +150,7 @@ def _grid_panel(session, artefacts: Artefacts) -> None:
         config = FutureLensConfig(
             method=method, horizon=int(horizon), layers=tuple(layers) or None, k=k, protocol=protocol
         )
-    runnable = config is not None and not missing and bool(layers)
+    runnable = config is not None and not missing and bool(layers) and not refused
     run_hint("Future Lens")
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable) and runnable:
         state.store(KEY, None)  # a new run replaces the shown grid, also when it is cancelled

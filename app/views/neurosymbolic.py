@@ -7,12 +7,14 @@ import math
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import settings_and_run, show_result
-from lenslab.app.plain import md, md_code
+from lenslab.app.components import PROMPT_PARAM, LinkedWidgets, settings_and_run, show_result
+from lenslab.app.plain import md, md_code, show_invalid
 from lenslab.probes import get_probe
+from lenslab.probes.fields import ConfigField, StrKind
 from lenslab.probes.neurosymbolic.probe import (
     DEFAULT_PROBLEM,
     FitSummary,
+    checked_problem,
     fit_summary,
     load_artefact,
     prepare_default_artefacts,
@@ -25,6 +27,7 @@ ORDER = 70
 URL = "neurosymbolic"
 KEY = "neurosymbolic"
 FIT_FIGURES = ("layer_curve", "evaluation", "evaluation_ce")  # drawn once, above the problem
+PROBLEM_FIELD = ConfigField(PROMPT_PARAM, str, StrKind(), {})  # the problem box: ``?prompt=`` in the URL
 
 
 def render() -> None:
@@ -70,14 +73,22 @@ def render() -> None:
 
     st.subheader("Try a problem")
     symbols = ", ".join(f"`{OPERATIONS[op][0]}`" for op in artefact.codebook.operations)
+    links = LinkedWidgets(KEY, session=session)  # ?prompt=What is 12 * 3?
     problem = st.text_input(
         "Problem",
-        value=DEFAULT_PROBLEM,
+        value=links.start(PROBLEM_FIELD, DEFAULT_PROBLEM),
         key=f"{KEY}:prompt",
         help=f"Two whole numbers below {artefact.config.bound} and one of {symbols} "
         "(or words: plus, minus, times, mod, xor, gcd(a, b) ...).",
     )
-    result = settings_and_run(probe, KEY, session, problem)
+    links.keep(PROBLEM_FIELD, problem)
+    try:  # typed or linked: refused here, before Run, in the one message style
+        checked_problem(problem, artefact)
+        refused = []
+    except ValueError as exc:
+        refused = [f"problem: {exc}"]
+    show_invalid(refused)
+    result = settings_and_run(probe, KEY, session, problem, ready=not refused)
     if result is not None:
         _explain(result)
         show_result(result, KEY, skip=FIT_FIGURES)

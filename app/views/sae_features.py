@@ -7,6 +7,7 @@ import streamlit as st
 from lenslab.app import state
 from lenslab.app.components import (
     DEFAULT_PROMPT,
+    LinkedWidgets,
     config_form,
     folder_input,
     number_field,
@@ -18,6 +19,7 @@ from lenslab.app.components import (
 )
 from lenslab.app.plain import html_text, md, show_invalid, show_text
 from lenslab.probes import get_probe
+from lenslab.probes.fields import config_field
 from lenslab.probes.sae.corpus import SUBSETS
 from lenslab.probes.sae.evaluation import quality_lines
 from lenslab.probes.sae.features import (
@@ -104,12 +106,30 @@ def render() -> None:
 def _prompt_tab(session, loaded: LoadedSAE) -> None:
     probe = get_probe("sae_features")
     prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
+    links = LinkedWidgets(f"{KEY}:prompt_tab", session=session)  # ?k=8&n_heatmap=40
+    k_field, n_field = config_field(SAEFeaturesConfig, "k"), config_field(SAEFeaturesConfig, "n_heatmap")
     cols = st.columns(2)
-    k = number_field("top features per token", 5, min_value=1, max_value=64, key=f"{KEY}:k", where=cols[0])
-    n_heat = number_field(
-        "features in the heatmap", 24, min_value=1, max_value=200, key=f"{KEY}:nheat", where=cols[1]
+    k = number_field(
+        "top features per token",
+        links.start(k_field, 5),
+        min_value=1,
+        max_value=64,
+        key=f"{KEY}:k",
+        where=cols[0],
     )
-    valid = k is not None and n_heat is not None
+    n_heat = number_field(
+        "features in the heatmap",
+        links.start(n_field, 24),
+        min_value=1,
+        max_value=200,
+        key=f"{KEY}:nheat",
+        where=cols[1],
+    )
+    for f, value in ((k_field, k), (n_field, n_heat)):
+        if value is not None:
+            links.keep(f, value)
+    show_invalid(links.problems())
+    valid = k is not None and n_heat is not None and not links.problems()
     run_hint("SAE features")
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not valid) and valid:
         config = SAEFeaturesConfig(sae=loaded.spec, k=k, n_heatmap=n_heat)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import streamlit as st
 
 from lenslab.app import state
-from lenslab.app.components import config_form, file_input, show_result
-from lenslab.app.plain import md
+from lenslab.app.components import LinkedWidgets, config_form, file_input, show_result
+from lenslab.app.plain import md, show_invalid
 from lenslab.probes import get_probe
+from lenslab.probes.fields import config_field
 from lenslab.probes.shared_neurons.probe import planned_forwards
 from lenslab.probes.shared_neurons.result import PERTURBED, SharedNeuronsConfig, SharedNeuronsResult
-from lenslab.probes.shared_neurons.tasks import builtin_names, load_task_set
+from lenslab.probes.shared_neurons.tasks import builtin_names, is_typed, load_task_set, parse_lines
 from lenslab.probes.shared_neurons.units import unit_statistics
 
 TITLE = "Shared neurons"
@@ -62,24 +63,54 @@ def _time_estimate(session, config: SharedNeuronsConfig) -> None:
         )
 
 
-def _set_picker(which: str, default: str) -> str:
-    """Built-in set, typed lines or a file path; returns the spec string the probe resolves."""
+def _linkable_set(name: str, allowed: list[str] | None = None, *, empty: bool = False):
+    """The check of a prompt set named in a link: a built-in name (of ``allowed``) or typed lines."""
+    names = builtin_names() if allowed is None else allowed
+
+    def check(spec: str) -> None:
+        if spec in names or (empty and spec == ""):
+            return
+        if allowed is None and is_typed(spec):
+            parse_lines(spec, f"setting {name}")  # a ValueError names the bad line
+            return
+        what = "typed 'prompt => answer' lines" if allowed is None else "empty (no control)"
+        raise ValueError(
+            f"setting {name}: {spec!r} is neither one of {names} nor {what} (a file cannot travel in a link)"
+        )
+
+    return check
+
+
+def _set_picker(which: str, default: str, links: LinkedWidgets) -> str:
+    """Built-in set, typed lines or a file path; returns the spec string the probe resolves.
+
+    A built-in set or typed lines travel in the page's URL (``?set_a=capitals``); a file does not.
+    """
+    field = config_field(SharedNeuronsConfig, f"set_{which.lower()}")
+    start = links.start(field, default, check=_linkable_set(field.name))
     options = [*builtin_names(), TYPED, FILE]
     choice = st.selectbox(
-        f"Prompt set {which}", options, index=options.index(default), key=f"{KEY}:set{which}"
+        f"Prompt set {which}",
+        options,
+        index=options.index(start if start in options else TYPED),
+        key=f"{KEY}:set{which}",
     )
     if choice == TYPED:
-        return st.text_area(
+        typed = st.text_area(
             f"Set {which}: one `prompt => answer` per line (`\\n` for a newline)",
-            value=TYPED_EXAMPLE,
+            value=start if is_typed(start) else TYPED_EXAMPLE,
             key=f"{KEY}:typed{which}",
             height=140,
         )
+        links.keep(field, typed)
+        return typed
     if choice == FILE:
+        links.drop(field)
         return file_input(
             f"Set {which}: a .txt (prompt => answer lines) or .jsonl ({{'prompt', 'answer'}}) file",
             key=f"{KEY}:file{which}",
         )
+    links.keep(field, choice)
     return choice
 
 
@@ -114,13 +145,14 @@ def render() -> None:
         base = config_form(SharedNeuronsConfig, KEY, session)
     n_prompts = base.n_prompts if base is not None else SharedNeuronsConfig.n_prompts
     seed = base.seed if base is not None else 0
+    links = LinkedWidgets(f"{KEY}:sets", session=session)  # ?set_a=capitals&set_b=...&control=
     left, right = st.columns(2)
     with left:
-        spec_a = _set_picker("A", "exact_arithmetic")
+        spec_a = _set_picker("A", "exact_arithmetic", links)
         ok = _preview(spec_a, n_prompts, seed) if spec_a.strip() else False
     with right:
         if mode == TWO_SETS:
-            spec_b, model_b = _set_picker("B", "approximate_arithmetic"), ""
+            spec_b, model_b = _set_picker("B", "approximate_arithmetic", links), ""
             ok = (_preview(spec_b, n_prompts, seed) if spec_b.strip() else False) and ok
         else:
             spec_b = ""
@@ -139,13 +171,23 @@ def render() -> None:
                 model_b = st.text_input(
                     "Model B", key=f"{KEY}:model_b", placeholder="/path/to/finetuned-checkpoint"
                 )
-    controls = [NO_CONTROL, *[n for n in builtin_names() if n not in (spec_a, spec_b)]]
+    unrelated = [n for n in builtin_names() if n not in (spec_a, spec_b)]
+    control_field = config_field(SharedNeuronsConfig, "control")
+    control_start = links.start(
+        control_field,
+        "capitals" if "capitals" in unrelated else "",
+        check=_linkable_set("control", unrelated, empty=True),
+    )
+    controls = [NO_CONTROL, *unrelated]
     control = st.selectbox(
         "Control task (the floor: a task unrelated to both sets)",
         controls,
-        index=controls.index("capitals") if "capitals" in controls else 0,
+        index=controls.index(control_start) if control_start in controls else 0,
         key=f"{KEY}:control",
     )
+    links.keep(control_field, "" if control == NO_CONTROL else control)
+    refused = links.problems()
+    show_invalid(refused)
     config = None
     if base is not None:
         try:
@@ -161,7 +203,7 @@ def render() -> None:
             config = None
     if mode == TWO_MODELS and not model_b.strip():
         st.info("Name the second model (an HF folder or id) or choose the perturbed copy.")
-    runnable = config is not None and ok and (mode == TWO_SETS or bool(model_b.strip()))
+    runnable = config is not None and ok and not refused and (mode == TWO_SETS or bool(model_b.strip()))
     if runnable and config is not None:
         _time_estimate(session, config)
     if st.button("Run", type="primary", key=f"{KEY}:run", disabled=not runnable):

@@ -46,7 +46,13 @@ from lenslab.probes.neurosymbolic.artefact import FORMAT, Artefact, TrainConfig,
 from lenslab.probes.neurosymbolic.fit import Merge, collect
 from lenslab.probes.neurosymbolic.pipeline import fit_artefact
 from lenslab.probes.neurosymbolic.readout import answer_tokens, decoded_steps, greedy_answer, read_out
-from lenslab.probes.neurosymbolic.tasks import OPERATIONS, default_shots, few_shot_prompt, parse_problem
+from lenslab.probes.neurosymbolic.tasks import (
+    OPERATIONS,
+    Problem,
+    default_shots,
+    few_shot_prompt,
+    parse_problem,
+)
 from lenslab.probes.plotting import label
 from lenslab.probes.stats import format_interval
 from lenslab.progress import NO_PROGRESS, Progress
@@ -477,6 +483,25 @@ class NeurosymbolicResult(Result):
         }
 
 
+def checked_problem(text: str, artefact: Artefact) -> Problem:
+    """The problem typed in ``text``, if the fitted encoders can read it (``ValueError`` otherwise).
+
+    It must parse (two whole numbers and an operation), use an operation the encoders were fitted
+    on, and keep both operands below the fit's bound.
+    """
+    problem = parse_problem(text)
+    if problem.operation not in artefact.codebook.operations:
+        raise ValueError(
+            f"the encoders were fitted on {list(artefact.codebook.operations)}, not {problem.operation}"
+        )
+    bound = artefact.config.bound
+    if max(problem.first, problem.second) >= bound:
+        raise ValueError(
+            f"operands must be below {bound} (the encoders were fitted on operands 0..{bound - 1})"
+        )
+    return problem
+
+
 def load_artefact(
     session: ModelSession, train_config: TrainConfig | None = None, folder: Path | None = None
 ) -> Artefact:
@@ -552,16 +577,8 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
         """Read out, solve and answer the problem typed in ``prompt``."""
         config.validate(session)
         artefact = load_artefact(session, self.train_config, self.folder)
-        problem = parse_problem(prompt)
-        if problem.operation not in artefact.codebook.operations:
-            raise ValueError(
-                f"the encoders were fitted on {list(artefact.codebook.operations)}, not {problem.operation}"
-            )
+        problem = checked_problem(prompt, artefact)
         bound = artefact.config.bound
-        if max(problem.first, problem.second) >= bound:
-            raise ValueError(
-                f"operands must be below {bound} (the encoders were fitted on operands 0..{bound - 1})"
-            )
         shots = default_shots(problem.operation, bound, artefact.config.shots, artefact.config.seed)
         text = few_shot_prompt(problem, shots)
         prompt_ids = session.tokenize(text)[0].tolist()

@@ -271,6 +271,11 @@ def _checked(task_set: TaskSet) -> TaskSet:
     return task_set
 
 
+def is_typed(spec: str) -> bool:
+    """Whether ``spec`` is typed ``prompt => answer`` lines (not a set's name or a file's path)."""
+    return "\n" in spec.strip("\r\n ") or SEPARATOR in spec or spec.lstrip().startswith("#")
+
+
 def load_task_set(spec: str, n: int = 24, seed: int = 0) -> TaskSet:
     """Resolve ``spec``: a built-in name, typed ``prompt => answer`` lines, or a .txt/.jsonl path.
 
@@ -278,7 +283,7 @@ def load_task_set(spec: str, n: int = 24, seed: int = 0) -> TaskSet:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"choose a prompt set: one of {builtin_names()}, a .txt/.jsonl file, or typed lines")
-    if "\n" in spec.strip("\r\n ") or SEPARATOR in spec or spec.lstrip().startswith("#"):
+    if is_typed(spec):
         return parse_lines(spec).head(n)
     spec = spec.strip()
     if spec in BUILTIN:
