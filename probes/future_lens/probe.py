@@ -43,6 +43,8 @@ from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
 from lenslab.progress import NO_PROGRESS, Progress
 
+NO_MAP = "no map"  # the text of a grid cell where the linear method has no map
+NO_MAP_NOTE = "no map fitted for this position"
 # The page's dataset: prefixes of 4..16 tokens, so the linear maps cover positions 3..15 of a prompt.
 PAGE_DATA = DataSettings(min_prefix_tokens=4)
 
@@ -117,7 +119,7 @@ class FutureLensResult(Result):
         if self.causal:
             return f"each state transplanted, N ≥ 1 {self.protocol}"
         if self.fitted_positions is not None:
-            return f"mapped from each single state at the fitted positions {self.fitted_positions}"
+            return f"mapped from each single state (maps fitted at {self.fitted_text()})"
         return "decoded from each single state"
 
     @property
@@ -146,10 +148,8 @@ class FutureLensResult(Result):
         if self.causal:
             out["protocol (N ≥ 1)"] = self.protocol
         if self.fitted_positions is not None:
-            first, last = self.fitted_positions
-            out["linear maps fitted at"] = (
-                f"positions {first}–{last} ({int(applied.sum())} of {len(applied)} shown)"
-            )
+            shown = f"{int(applied.sum())} of {len(applied)} shown"
+            out["linear maps fitted at"] = f"{self.fitted_text()} ({shown})"
         for n, value in enumerate(agree):
             out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%" if np.isfinite(value) else "—"
         return out
@@ -168,14 +168,14 @@ class FutureLensResult(Result):
         x = unique_labels(self.tokens)
         y = [f"L{layer}" for layer in self.layers.tolist()]
         applied = self.applied.tolist()
-        blank = f"not shown: the linear maps were fitted at positions {self.fitted_positions} only"
+        blank = f"{NO_MAP_NOTE}: the linear maps were fitted at {self.fitted_text()} only"
         text, hover = [], []
         for row_tokens, row_probs, row_match in zip(
             self.top_tokens, self.top_probs.tolist(), self.matches.tolist(), strict=True
         ):
             text.append(
                 [
-                    " · ".join(label(cell[n][0]) for n in range(horizon)) if shown else ""
+                    " · ".join(label(cell[n][0]) for n in range(horizon)) if shown else NO_MAP
                     for cell, shown in zip(row_tokens, applied, strict=True)
                 ]
             )
@@ -228,6 +228,7 @@ class FutureLensResult(Result):
             line_width=0,
             layer="below",
         )
+        self._mark_unmapped(fig, len(y))
         add_clickable_cells(fig, x, y, hover)
         line_px = font + 4
         fig.update_layout(
@@ -243,6 +244,55 @@ class FutureLensResult(Result):
             margin={"t": 60},
         )
         return fig
+
+    def fitted_text(self) -> str:
+        """``positions 3–15``: where the linear maps were fitted ("" for other methods)."""
+        if self.fitted_positions is None:
+            return ""
+        first, last = self.fitted_positions
+        return f"positions {first}–{last}"
+
+    def _mark_unmapped(self, fig: go.Figure, n_layers: int) -> None:
+        """Grey the layer rows at positions without a linear map, and say why under the grid.
+
+        Those cells hold no prediction (nothing was fitted there), which a blank band would leave
+        the reader to guess: each cell reads "no map" and its hover names the fitted positions.
+        """
+        applied = self.applied.tolist()
+        runs, start = [], None
+        for position, shown in enumerate([*applied, True]):
+            if not shown and start is None:
+                start = position
+            elif shown and start is not None:
+                runs.append((start, position - 1))
+                start = None
+        for first, last in runs:
+            fig.add_shape(
+                type="rect",
+                xref="x",
+                x0=first - 0.5,
+                x1=last + 0.5,
+                yref="y",
+                y0=-0.5,
+                y1=n_layers - 0.5,
+                fillcolor="#e6e6e6",
+                line_width=0,
+                layer="below",
+            )
+        if runs:
+            fig.add_annotation(
+                text=f"Grey “{NO_MAP}” cells: {NO_MAP_NOTE} (the linear maps were fitted at "
+                f"{self.fitted_text()} only).",
+                xref="paper",
+                yref="paper",
+                x=0,
+                y=1,
+                yshift=4,
+                xanchor="left",
+                yanchor="bottom",
+                showarrow=False,
+                font={"size": 12, "color": "#555"},
+            )
 
     def agreement_figure(self) -> go.Figure:
         """Share of positions whose top-1 equals the actual token, per layer and N."""

@@ -20,7 +20,7 @@ from lenslab.probes.future_lens.linear import (
     validation_split,
 )
 from lenslab.probes.future_lens.methods import Artefacts
-from lenslab.probes.future_lens.probe import FutureLens, FutureLensConfig
+from lenslab.probes.future_lens.probe import NO_MAP, FutureLens, FutureLensConfig
 from lenslab.probes.future_lens.prompts import (
     PromptTraining,
     SoftPrompt,
@@ -220,8 +220,8 @@ def test_linear_maps_apply_only_at_fitted_positions(tiny_gemma, corpus, lenslab_
     grid = result.figures()["grid"]
     assert list(grid.data[0].y)[-1] == "actual"  # the model's own continuation, shown everywhere
     text = grid.data[0].text[:-1]  # the layer rows
-    assert all(cell == "" for row in text for p, cell in enumerate(row) if p != 9)
-    assert all(cell for row in text for p, cell in enumerate(row) if p == 9)
+    assert all(cell == NO_MAP for row in text for p, cell in enumerate(row) if p != 9)  # labelled, not blank
+    assert all(cell and cell != NO_MAP for row in text for p, cell in enumerate(row) if p == 9)
     assert not result.matches[:, result.applied == 0].any()
     assert "positions 9–9" in result.summary()["linear maps fitted at"]
     # the evaluation refuses maps fitted at other positions than its examples'
