@@ -13,6 +13,7 @@ from lenslab.app import state, userfiles
 from lenslab.app.plain import md, show_invalid
 from lenslab.probes import Config, Result, get_probe, registered_probes
 from lenslab.probes.fields import ConfigField, config_fields, range_problem, range_text
+from lenslab.probes.plotting import readable
 
 DEFAULT_PROMPT = "The Eiffel Tower is located in the city of"
 ALLOWED = "Allowed:"  # a number field's help ends with "Allowed: <range>."
@@ -443,17 +444,24 @@ def _field_widget(f: ConfigField, start: Any, key: str, session: Any | None) -> 
 def show_result(result: Result, key: str, skip: tuple[str, ...] = ()) -> None:
     """Summary metrics and every figure of ``result`` (except those named in ``skip``: already shown)."""
     summary = result.summary()
-    if summary:
-        cols = st.columns(min(len(summary), 4))
-        for col, (name, value) in zip(cols * 4, summary.items(), strict=False):
-            if _is_sentence(value):  # st.metric would cut it off with an ellipsis: plain, wrapped text
+    lines = {k: v for k, v in summary.items() if isinstance(v, str) and len(v) > LINE_CHARS}
+    grid = {k: v for k, v in summary.items() if k not in lines}
+    if grid:
+        cols = st.columns(min(len(grid), 4))
+        # text values read alike: all as metrics, or (one would be cut off) all as wrapped text
+        texts_fit = all(_fits_metric("", v) for v in grid.values() if isinstance(v, str))
+        for col, (name, value) in zip(cols * 4, grid.items(), strict=False):
+            if not _fits_metric(name, value) or (isinstance(value, str) and not texts_fit):
                 col.caption(md(name))
                 col.markdown(md(value))
             else:
                 col.metric(md(name), _fmt(value))
+    for name, value in lines.items():  # a sentence: one full-width line, not a narrow column
+        st.markdown(f"**{md(name)}:** {md(value)}")
     for name, fig in result.figures().items():
         if name in skip:
             continue
+        readable(fig)
         if name not in result.state_figures:
             st.plotly_chart(fig, key=f"{key}:{name}", width="stretch")
             continue
@@ -480,11 +488,14 @@ def _inspect_link(result: Result, figure: str, event: Any, key: str) -> None:
 
 
 METRIC_CHARS = 12  # longer text does not fit a metric's large font in a quarter of a 1280 px page
+METRIC_LABEL_CHARS = 28  # nor a longer label in its small one
+LINE_CHARS = 48  # longer text gets a full-width line under the summary's grid
 
 
-def _is_sentence(value: Any) -> bool:
-    """Whether a summary value is text too long for ``st.metric`` (shown as a caption line instead)."""
-    return isinstance(value, str) and len(value) > METRIC_CHARS
+def _fits_metric(name: str, value: Any) -> bool:
+    """Whether ``st.metric`` shows this summary entry whole (it cuts label and value with an ellipsis)."""
+    text = value if isinstance(value, str) else _fmt(value)
+    return len(str(name)) <= METRIC_LABEL_CHARS and len(text) <= METRIC_CHARS
 
 
 def _fmt(value: Any) -> str:

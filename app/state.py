@@ -23,6 +23,7 @@ from lenslab.app.plain import md, show_invalid
 from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline, guards
 from lenslab.models.paths import reports_dir
 from lenslab.probes import Result
+from lenslab.probes.plotting import readable
 from lenslab.progress import Cancelled
 
 log = logging.getLogger("lenslab.app")
@@ -176,7 +177,7 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
     early = early_slot.container()
 
     def partial(name: str, figure: Any) -> None:  # a probe's first figures, shown before it ends
-        early.plotly_chart(figure, key=f"partial:{label}:{name}", width="stretch")
+        early.plotly_chart(readable(figure), key=f"partial:{label}:{name}", width="stretch")
 
     try:
         return _run_in_status(label, job, cancel_key, scheduler, partial)

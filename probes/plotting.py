@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -102,3 +103,94 @@ def cell_state(point: dict, layers: Sequence[int] | None = None) -> tuple[int, i
     if layers is not None and layer not in list(layers):
         return None
     return layer, int(head)
+
+
+TITLE_CHARS = 80  # a bold title this long spans a chart in a 1280 px window; longer ones are clipped
+WHOLE_NUMBER_AXES = ("layer", "index", "position", "head", "step", "epoch", "prompt", "rank")
+
+
+def readable(fig: go.Figure) -> go.Figure:
+    """``fig`` made readable at any window width: long titles wrapped, whole-number axes ticked whole.
+
+    Plotly neither wraps a title (a long one runs off the chart) nor keeps ticks integral on an
+    axis of layers or indices (``1, 1.2, 1.4``); both are fixed here, in place, without touching the
+    data. Returns ``fig``.
+    """
+    _wrap_title(fig)
+    _legend_below(fig)
+    for axis in ("xaxis", "yaxis"):
+        _whole_ticks(fig, axis)
+    return fig
+
+
+LEGEND_CHARS = 28  # a legend with longer entries beside the chart leaves the chart a narrow strip
+
+
+def _legend_below(fig: go.Figure) -> None:
+    """Long legend entries go under the chart, in rows, instead of squeezing it from the right."""
+    names = [_visible(t.name) for t in fig.data if t.name and t.showlegend is not False]
+    if len(names) < 2 or max(map(len, names)) <= LEGEND_CHARS or fig.layout.legend.orientation == "h":
+        return
+    rows = (len(names) + 1) // 2  # about two entries per row in a 1280 px window
+    fig.update_layout(
+        legend={"orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "x": 0},
+        height=(fig.layout.height or 450) + 22 * rows,
+        margin={"b": 80 + 22 * rows},  # the axis's ticks and title, then the legend's rows
+    )
+
+
+def wrapped(text: str, width: int = TITLE_CHARS) -> str:
+    """``text`` broken with ``<br>`` at spaces so that no line shows more than ``width`` characters."""
+    lines: list[str] = []
+    for part in text.split("<br>"):
+        line = ""
+        for word in part.split(" "):
+            if line and len(_visible(f"{line} {word}")) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return "<br>".join(lines)
+
+
+def _wrap_title(fig: go.Figure) -> None:
+    text = fig.layout.title.text
+    if not text or max(len(_visible(part)) for part in text.split("<br>")) <= TITLE_CHARS:
+        return
+    lines = wrapped(text).split("<br>")
+    above = any(a.yref == "paper" and (a.y or 0) >= 1 for a in fig.layout.annotations or ())
+    top = 36 + 22 * len(lines) + (22 if above else 0)
+    fig.update_layout(
+        title={"text": "<br>".join(lines), "y": 1, "yref": "container", "yanchor": "top", "pad": {"t": 12}},
+        margin={"t": max(top, fig.layout.margin.t or 0)},
+    )
+
+
+def _visible(text: str) -> str:
+    """The characters a title shows: tags dropped, entities as one character."""
+    return re.sub(r"&[#\w]+;", "x", re.sub(r"<[^>]+>", "", text))
+
+
+def _whole_ticks(fig: go.Figure, axis: str) -> None:
+    """Integral ticks on a numeric axis of layers, indices, positions or heads (never 1.5 layers)."""
+    layout_axis = getattr(fig.layout, axis)
+    title = (layout_axis.title.text or "").lower()
+    if not title.startswith(WHOLE_NUMBER_AXES) or layout_axis.tickmode == "array":
+        return
+    values = []
+    for trace in fig.data:
+        coordinates = getattr(trace, axis[0], None)  # a tuple or a numpy array (tables have none)
+        if coordinates is not None:
+            values.extend(np.asarray(coordinates, dtype=object).ravel().tolist())
+    if not values or not all(_is_whole(v) for v in values):
+        return  # categories, or fractional positions: leave the axis alone
+    span = max(values) - min(values)
+    step = max(1, int(np.ceil(span / 12)))  # at most about a dozen ticks
+    layout_axis.update(tickmode="linear", tick0=int(min(values)), dtick=step, tickformat="d")
+
+
+def _is_whole(value: object) -> bool:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.integer | np.floating):
+        return False
+    return bool(np.isfinite(value)) and float(value).is_integer()

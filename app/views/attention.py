@@ -10,6 +10,7 @@ from lenslab.app import state
 from lenslab.app.components import DEFAULT_PROMPT, settings_and_run, url_prompt
 from lenslab.probes import get_probe
 from lenslab.probes.attention.result import SCORES, AttentionResult
+from lenslab.probes.plotting import readable
 
 TITLE = "Attention heads"
 ICON = ":material/visibility:"
@@ -41,7 +42,7 @@ def render() -> None:
     for tab, name in zip(st.tabs([SCORES[n].split(" (")[0] for n in names]), names, strict=True):
         with tab:
             event = st.plotly_chart(
-                figures[name],
+                readable(figures[name]),
                 key=f"{KEY}:fig:{name}",
                 width="stretch",
                 on_select="rerun",
@@ -50,7 +51,7 @@ def render() -> None:
             _take_click(result, name, event)
     _focus_head(result)
     with st.expander("All patterns (layers × heads)", expanded=False):
-        st.plotly_chart(figures["patterns"], key=f"{KEY}:fig:patterns", width="stretch")
+        st.plotly_chart(readable(figures["patterns"]), key=f"{KEY}:fig:patterns", width="stretch")
     state.save_report([result], session, KEY)
 
 
@@ -85,4 +86,4 @@ def _focus_head(result: AttentionResult) -> None:
         "layer", layers, key=f"{KEY}:focus:layer", format_func=lambda x: result.layer_label(layers.index(x))
     )
     head = right.selectbox("head", heads, key=f"{KEY}:focus:head", format_func=lambda h: f"H{h}")
-    st.plotly_chart(result.head_figure(layer, head), key=f"{KEY}:fig:head", width="stretch")
+    st.plotly_chart(readable(result.head_figure(layer, head)), key=f"{KEY}:fig:head", width="stretch")

@@ -17,6 +17,7 @@ from lenslab.probes.jacobian_lens import (
 )
 from lenslab.probes.jacobian_lens.artefacts import FAMILY, lens_path
 from lenslab.probes.jacobian_lens.probe import convergence_figure
+from lenslab.probes.plotting import readable
 
 TITLE = "Jacobian lens"
 ICON = ":material/filter_center_focus:"
@@ -49,7 +50,9 @@ def render() -> None:
     st.markdown(f"**Lens:** {lens.describe()}")
     spec = lens.provenance.get("spec", {})
     st.plotly_chart(
-        convergence_figure(lens.rel_change, spec.get("tol"), spec.get("smoothing", 10)), key=f"{KEY}:conv"
+        readable(convergence_figure(lens.rel_change, spec.get("tol"), spec.get("smoothing", 10))),
+        key=f"{KEY}:conv",
+        width="stretch",
     )
     prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
     result = settings_and_run(get_probe(KEY), KEY, session, prompt)

@@ -20,6 +20,7 @@ from lenslab.probes.neurosymbolic.probe import (
     prepare_default_artefacts,
 )
 from lenslab.probes.neurosymbolic.tasks import OPERATIONS
+from lenslab.probes.plotting import readable
 
 TITLE = "Neurosymbolic"
 ICON = ":material/calculate:"
@@ -98,7 +99,7 @@ def render() -> None:
 def _overview(summary: FitSummary) -> None:
     figures = summary.figures()
     st.subheader("Where do hidden states hold the problem?")
-    st.plotly_chart(figures["layer_curve"], key=f"{KEY}:curve", width="stretch")
+    st.plotly_chart(readable(figures["layer_curve"]), key=f"{KEY}:curve", width="stretch")
     st.caption(
         f"Encoders fitted on {summary.n_train} problems; gate thresholds chosen on "
         f"{summary.n_calibration} calibration problems; everything scored on {summary.n_test} test "
@@ -111,8 +112,8 @@ def _overview(summary: FitSummary) -> None:
         "embedded 270M model does not produce usable chains of thought (see docs/neurosymbolic.md "
         f"for where one plugs in). {summary.ce_change_verdict()}."
     )
-    st.plotly_chart(figures["evaluation"], key=f"{KEY}:table", width="stretch")
-    st.plotly_chart(figures["evaluation_ce"], key=f"{KEY}:ce", width="stretch")
+    st.plotly_chart(readable(figures["evaluation"]), key=f"{KEY}:table", width="stretch")
+    st.plotly_chart(readable(figures["evaluation_ce"]), key=f"{KEY}:ce", width="stretch")
 
 
 def _explain(result) -> None:

@@ -20,6 +20,7 @@ from lenslab.app.components import (
 from lenslab.app.plain import html_text, md, show_invalid, show_text
 from lenslab.probes import get_probe
 from lenslab.probes.fields import config_field
+from lenslab.probes.plotting import readable
 from lenslab.probes.sae.corpus import SUBSETS
 from lenslab.probes.sae.evaluation import quality_lines
 from lenslab.probes.sae.features import (
@@ -143,8 +144,8 @@ def _prompt_tab(session, loaded: LoadedSAE) -> None:
         return
     show_result(result, "sae_features")
     st.caption(
-        f"CE with the activation zeroed: {result.ce_zero:.3f} · MSE {result.mse:.4g} · "
-        f"{len(result.tokens) / max(result.seconds, 1e-9):.0f} tokens/s (3 forward passes)"
+        f"CE with the activation zeroed: {result.ce_zero:.3f} nats · MSE {result.mse:.4g} · "
+        f"{len(result.tokens) / max(result.seconds, 1e-9):.3g} tokens/s (3 forward passes)"
     )
     options = list(range(1, len(result.tokens))) or [0]
     position = st.selectbox(
@@ -154,7 +155,7 @@ def _prompt_tab(session, loaded: LoadedSAE) -> None:
         format_func=lambda p: f"{p}: {result.tokens[p]!r}",  # options are plain text
         key=f"{KEY}:token",
     )
-    st.plotly_chart(result.token_figure(position), key=f"{KEY}:tokenfig", width="stretch")
+    st.plotly_chart(readable(result.token_figure(position)), key=f"{KEY}:tokenfig", width="stretch")
     pairs = result.token_features(position)
     if pairs:
         picked = st.selectbox(
@@ -234,8 +235,8 @@ def _feature_tab(session, loaded: LoadedSAE) -> None:
             _context_line(context)
     figures = result.figures()
     left, right = st.columns(2)
-    left.plotly_chart(figures["histogram"], key=f"{KEY}:hist", width="stretch")
-    right.plotly_chart(figures["logits"], key=f"{KEY}:logits", width="stretch")
+    left.plotly_chart(readable(figures["histogram"]), key=f"{KEY}:hist", width="stretch")
+    right.plotly_chart(readable(figures["logits"]), key=f"{KEY}:logits", width="stretch")
     state.save_report([result], session, "sae_feature")
 
 

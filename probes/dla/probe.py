@@ -124,7 +124,7 @@ class DLAResult(Result):
         waterfall.update_layout(
             title=f"Direct logit attribution of {self.target_text(escape=True)} at position {self.position} "
             f"(Σ parts − actual = {self.residual:.1e})",
-            yaxis_title="contribution",
+            yaxis_title="contribution (logit units)",
             template="plotly_white",
             height=420,
         )
@@ -139,7 +139,7 @@ class DLAResult(Result):
             title=f"By layer (embeddings: {self.values[0]:+.3g}, biases: {self.constant:+.3g})",
             barmode="group",
             xaxis_title="layer",
-            yaxis_title="contribution",
+            yaxis_title="contribution (logit units)",
             template="plotly_white",
         )
         limit = float(np.abs(self.head_values).max()) or 1.0

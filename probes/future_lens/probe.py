@@ -41,6 +41,7 @@ from lenslab.probes.future_lens.prompts import (
 )
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
+from lenslab.probes.stats import wilson
 from lenslab.progress import NO_PROGRESS, Progress
 
 NO_MAP = "no map"  # the text of a grid cell where the linear method has no map
@@ -139,19 +140,20 @@ class FutureLensResult(Result):
     def summary(self) -> dict[str, object]:
         """How often the single-state predictions agree with the actual continuation."""
         applied = self.applied
-        agree = (
-            self.matches[:, applied].mean(axis=(0, 1))
-            if applied.any()
-            else np.full(self.matches.shape[2], np.nan)
-        )
         out: dict[str, object] = {"method": self.method}
         if self.causal:
             out["protocol (N ≥ 1)"] = self.protocol
         if self.fitted_positions is not None:
             shown = f"{int(applied.sum())} of {len(applied)} shown"
             out["linear maps fitted at"] = f"{self.fitted_text()} ({shown})"
-        for n, value in enumerate(agree):
-            out[f"agreement t+{n + 1}"] = f"{100 * value:.0f}%" if np.isfinite(value) else "—"
+        cells = self.matches[:, applied]  # [layer, shown position, horizon]
+        for n in range(self.matches.shape[2]):
+            rate = wilson(int(cells[..., n].sum()), int(cells[..., n].size))
+            out[f"agreement t+{n + 1}"] = (
+                f"{100 * rate.estimate:.0f}% [{100 * rate.low:.0f}, {100 * rate.high:.0f}]"
+                if np.isfinite(rate.estimate)
+                else "—"
+            )
         return out
 
     def state_at(self, figure: str, point: dict[str, Any]) -> tuple[int, int] | None:
@@ -298,17 +300,32 @@ class FutureLensResult(Result):
         """Share of positions whose top-1 equals the actual token, per layer and N."""
         fig = go.Figure()
         layers = self.layers.tolist()
+        shown = self.matches[:, self.applied]  # positions without a linear map are not counted
+        n_positions = shown.shape[1]
         for n in range(self.top_ids.shape[2]):
+            rates = [wilson(int(row.sum()), n_positions) for row in shown[:, :, n]]
             fig.add_trace(
                 go.Scatter(
-                    x=layers, y=100 * self.matches[:, :, n].mean(1), mode="lines+markers", name=f"t+{n + 1}"
+                    x=layers,
+                    y=[100 * r.estimate for r in rates],
+                    error_y={
+                        "type": "data",
+                        "symmetric": False,
+                        "array": [100 * (r.high - r.estimate) for r in rates],
+                        "arrayminus": [100 * (r.estimate - r.low) for r in rates],
+                        "thickness": 1,
+                        "width": 3,
+                    },
+                    mode="lines+markers",
+                    name=f"t+{n + 1}",
                 )
             )
         fig.update_layout(
             title=f"Agreement with the actual continuation on this prompt ({self.method}"
             + (f", N ≥ 1 {self.protocol})" if self.causal else ")"),
+            legend={"title": {"text": "bars: 95% Wilson"}},
             xaxis={"title": "layer", "tickmode": "array", "tickvals": layers},  # whole layers only
-            yaxis={"title": "% positions top-1 = actual", "range": [-2, 102]},
+            yaxis={"title": f"% of {n_positions} positions: top-1 = actual", "range": [-2, 102]},
             template="plotly_white",
             height=360,
         )

@@ -102,7 +102,7 @@ class JacobianLensResult(Result):
             for i, name in enumerate(INSTANCES):
                 out[f"J-gap {name} at L{self.gap_layer}, pos {self.gap_position}"] = (
                     f"‖J−J̄‖/‖J‖ = {self.gap_rel_frobenius[i]:.3f}, top-{self.config.k} overlap "
-                    f"{self.gap_topk_overlap[i]:.2f}, same top-1: {bool(self.gap_top1_agree[i])}"
+                    f"{self.gap_topk_overlap[i]:.2f}, same top-1: {'yes' if self.gap_top1_agree[i] else 'no'}"
                 )
         return out
 

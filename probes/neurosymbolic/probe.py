@@ -258,7 +258,7 @@ class FitSummary:
             "problems; bars: 95% intervals)",
             xaxis_title="layer",
             yaxis_title="rate / cosine / R² (test split)",
-            yaxis_range=[min(0.0, *finite) - 0.02, 1.05],
+            yaxis_range=[min(0.0, *finite) - 0.02, 1.12],  # room above 1 for the layer labels
             template="plotly_white",
         )
         headers = ["task", "n", *[EVALUATION_COLUMNS.get(c, c) for c in self.evaluation_columns]]
@@ -281,7 +281,7 @@ class FitSummary:
             title=f"Test split: {self.baseline_name} vs merge at layer {self.merge_layer} (score ≥ "
             f"{self.evaluation_threshold:g}, calibrated confidence, w = {self.evaluation_weight:g}); "
             "oracle = merge the true answer. x [95% interval]",
-            height=460,
+            height=200 + 64 * len(self.evaluation_tasks),  # every task's row (cells wrap to 3 lines)
         )
         bars = go.Figure()
         for name, label_text in (

@@ -21,6 +21,7 @@ DIRECTION_LABELS = {
     "denoising": "denoising: clean activations patched into the corrupted run",
     "noising": "noising: corrupted activations patched into the clean run",
 }
+CELL_TEXT_COLUMNS = 24  # more columns leave a cell too narrow for "0.52" at 10 px
 EXACT_NOTE = "exact: one prompt pair, no sampling (no interval)"
 
 
@@ -177,8 +178,9 @@ class PatchingResult(Result):
                 x=s.col_labels,
                 y=s.row_labels,
                 text=[[f"{v:.2f}" for v in row] for row in s.normalized.tolist()],
-                texttemplate="%{text}",
-                textfont={"size": 9},
+                # numbers in the cells while they fit at a readable 10 px; wider grids: in the hover
+                texttemplate="%{text}" if len(s.col_labels) <= CELL_TEXT_COLUMNS else "",
+                textfont={"size": 10},
                 colorscale="RdBu",
                 zmid=0.0,
                 zmin=-bound,

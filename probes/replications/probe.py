@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, get_probe, register
+from lenslab.probes.plotting import wrapped
 from lenslab.probes.replications import future_lens, jacobian, neurosymbolic, sae, shared_neurons
 from lenslab.probes.replications.claims import (
     DOES_NOT_HOLD,
@@ -131,8 +132,8 @@ class ReplicationsResult(Result):
     def _forest(self) -> go.Figure:
         """One row per claim (own x axis: the claims' units differ): interval, estimate, paper's mark."""
         n = max(len(self.claims), 1)
-        titles = [f"{c.paper}: {c.claim[:70]}" for c in self.claims]
-        fig = make_subplots(rows=n, cols=1, subplot_titles=titles or None, vertical_spacing=0.5 / n)
+        titles = [wrapped(f"{c.paper}: {c.claim}", 110) for c in self.claims]  # whole, on ≤ 2 lines
+        fig = make_subplots(rows=n, cols=1, subplot_titles=titles or None, vertical_spacing=0.6 / n)
         for i, (c, o) in enumerate(zip(self.claims, self.outcomes, strict=True), start=1):
             scale = 100.0 if c.unit == "%" else 1.0
             colour = VERDICT_COLOURS.get(o.verdict, OTHER_COLOUR)
@@ -182,11 +183,15 @@ class ReplicationsResult(Result):
                 fig.add_vline(x=c.threshold * scale, line_dash="dot", line_color="black", row=i, col=1)
             unit = " (%)" if c.unit == "%" else " (×)" if c.unit == "×" else ""
             fig.update_xaxes(
-                type="log" if c.log_scale else None, title_text=f"{o.verdict}{unit}", row=i, col=1
+                type="log" if c.log_scale else None,
+                exponentformat="e",  # 1e-15, not the SI "1f"
+                title_text=f"value{unit} · verdict: {o.verdict}",
+                row=i,
+                col=1,
             )
         fig.update_layout(
             title="lenslab's 95% interval (dot, bar) vs the paper's number (black mark)",
-            height=140 * n + 80,
+            height=170 * n + 80,
             margin={"l": 10, "r": 10, "t": 60, "b": 10},
         )
         fig.update_annotations(font_size=11)

@@ -147,7 +147,7 @@ class SAEFeaturesResult(Result):
         fig.update_layout(
             title=f"Top features at position {pos} ({label(self.tokens[pos])})",
             xaxis_title="activation",
-            yaxis={"autorange": "reversed"},
+            yaxis={"title": "feature", "autorange": "reversed"},
             template="plotly_white",
             height=max(260, 40 * len(pairs) + 120),
         )

@@ -243,7 +243,7 @@ def heads_figure(result: SharedNeuronsResult) -> go.Figure:
                 y=[f"L{layer}" for layer in range(result.n_layers)],
                 text=names,
                 texttemplate="%{text}",
-                textfont={"size": 9},
+                textfont={"size": 11},
                 colorscale="Blues",
                 showscale=col == 2,
                 hovertemplate="%{y} %{x}<br>mean ‖z W_O‖ = %{z:.3g}<br>%{text}<extra></extra>",

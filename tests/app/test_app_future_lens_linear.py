@@ -10,7 +10,23 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
+from lenslab.probes.base import Result
 from lenslab.probes.future_lens.probe import NO_MAP, NO_MAP_NOTE
+
+
+class Summary(Result):
+    """A result that is only a summary (no figures), to see how the page lays one out."""
+
+    probe = ""
+
+    def __init__(self, summary):
+        object.__setattr__(self, "_summary", summary)
+
+    def summary(self):
+        return self._summary
+
+    def figures(self):
+        return {}
 
 
 def _page(result) -> None:
@@ -48,8 +64,8 @@ def test_fitted_positions_are_a_line_of_text_not_a_cut_metric():
     assert "linear maps fitted at" not in [m.label for m in at.metric]
     column = next(c for c in at.columns if c.caption and c.caption[0].value == "linear maps fitted at")
     assert column.markdown[0].value.replace("\\", "") == "positions 3–15 (3 of 6 shown)"
-    labels = [m.label.replace("\\", "") for m in at.metric]
-    assert labels[:2] == ["method", "agreement t+1"], labels  # short values stay metrics
+    for metric in at.metric:  # what is left in metrics fits them: no ellipsis
+        assert len(metric.label) <= 28 and len(metric.value.replace("\\", "")) <= 12, metric
 
 
 def test_unmapped_positions_are_labelled_in_the_grid():
@@ -74,3 +90,40 @@ def test_a_grid_without_unmapped_positions_has_no_note():
     grid = dataclasses.replace(_result(), fitted_positions=None).grid_figure()
     assert not any(NO_MAP in str(cell) for row in grid.data[0].text for cell in row)
     assert not grid.layout.annotations and not [s for s in grid.layout.shapes if s.fillcolor == "#e6e6e6"]
+
+
+def test_agreement_counts_only_mapped_positions_with_intervals():
+    import dataclasses
+
+    import numpy as np
+
+    from lenslab.probes.stats import wilson
+
+    every_cell_right = dataclasses.replace(_result(), actual_ids=np.zeros((6, 2), dtype=np.int64))
+    fig = every_cell_right.agreement_figure()
+    assert list(fig.data[0].y) == [100.0, 100.0]  # 3 of the 3 mapped positions, not 3 of 6
+    assert "3 positions" in fig.layout.yaxis.title.text
+    expected = wilson(3, 3)
+    assert fig.data[0].error_y.arrayminus[0] == 100 * (expected.estimate - expected.low)
+    both_layers = wilson(6, 6)  # the summary pools the 2 layers × 3 mapped positions
+    shown = every_cell_right.summary()["agreement t+1"]
+    assert shown == f"100% [{100 * both_layers.low:.0f}, 100]", shown
+
+
+def test_numbers_stay_metrics_and_texts_read_alike():
+    mixed = {"actual": 24.78, "largest head": "L12H2 +1.25", "largest component": "L17 mlp +6.53"}
+    at = AppTest.from_function(_page, args=(Summary(mixed),), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.label for m in at.metric] == ["actual"]  # the two texts: both wrapped, not one of each
+    short = {"next token": "the", "final probability": 0.2773}
+    at = AppTest.from_function(_page, args=(Summary(short),), default_timeout=60).run()
+    assert [m.label for m in at.metric] == ["next token", "final probability"]
+
+
+def test_a_sentence_gets_a_full_width_line():
+    command = "lenslab replicate --quick --families jacobian,sae,neurosymbolic --model gemma-3-270m"
+    at = AppTest.from_function(_page, args=(Summary({"holds": 3, "command": command}),), default_timeout=60)
+    at.run()
+    assert [m.label for m in at.metric] == ["holds"]
+    lines = [m.value.replace("\\", "") for m in at.markdown]
+    assert f"**command:** {command}" in lines, lines

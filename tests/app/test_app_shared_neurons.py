@@ -75,4 +75,7 @@ def _summary_value(at, name: str) -> str:
     for metric in at.metric:
         if metric.label == name:
             return metric.value
+    for line in at.markdown:  # a sentence: a full-width line under the grid
+        if line.value.startswith(f"**{name}:** "):
+            return line.value.split(":** ", 1)[1]
     return next(c.markdown[0].value for c in at.columns if c.caption and c.caption[0].value == name)
