@@ -20,7 +20,7 @@ from lenslab.probes.jacobian_lens.probe import convergence_figure
 from lenslab.probes.plotting import readable
 
 TITLE = "Jacobian lens"
-ICON = ":material/filter_center_focus:"
+ICON = ":material/lens_blur:"  # not a framed square: that is the state inspector's
 ORDER = 35
 URL = "jacobian-lens"
 KEY = "jacobian_lens"

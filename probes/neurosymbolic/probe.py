@@ -440,7 +440,14 @@ class NeurosymbolicResult(Result):
             go.Bar(
                 x=self.slot_names,
                 y=self.slot_margins,
-                marker_color=["#d62728" if m < self.gate_threshold else "#2ca02c" for m in self.slot_margins],
+                marker_color=[  # grey: no calibrated threshold at this layer (the system abstains)
+                    "#9e9e9e"
+                    if not np.isfinite(self.gate_threshold)
+                    else "#d62728"
+                    if m < self.gate_threshold
+                    else "#2ca02c"
+                    for m in self.slot_margins
+                ],
                 hovertemplate="%{x}: %{y:.2f}<extra></extra>",
             )
         )
@@ -448,7 +455,11 @@ class NeurosymbolicResult(Result):
             margins.add_hline(y=self.gate_threshold, line_dash="dash", annotation_text="calibrated threshold")
         margins.update_layout(
             title=f"Read-out confidence per slot at layer {self.readout_layer} "
-            "(red: below the gate's threshold)",
+            + (
+                "(red: below the gate's threshold)"
+                if np.isfinite(self.gate_threshold)
+                else "(no calibrated threshold at this layer: the system abstains)"
+            ),
             xaxis_title="slot",
             yaxis_title="margin: winning − runner-up score",
             template="plotly_white",
@@ -471,7 +482,10 @@ class NeurosymbolicResult(Result):
                 },
             )
         )
-        per_layer.update_layout(title="What each layer's encoder reads for this problem, and its gate")
+        per_layer.update_layout(
+            title="What each layer's encoder reads for this problem, and its gate",
+            height=160 + 24 * (len(layers) + 1),  # every layer's row, none cut off
+        )
         fit = self.fit.figures()  # the fitted maps' figures travel with the result (reports)
         return {
             "operation_scores": scores,
