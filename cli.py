@@ -289,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
         "--max-seconds",
         type=float,
         default=None,
-        help="stop fitting after this long (quick default: as prepare)",
+        help="stop fitting after this long (default: no limit; the quick fit is prepare's prompt count)",
     )
     jl.add_argument("--checkpoint", default=None, help="state file to resume from and save to")
     jl.set_defaults(func=cmd_fit_jlens)
@@ -335,7 +335,6 @@ def cmd_fit_jlens(args: argparse.Namespace) -> int:
     """Fit J̄ on the training documents and save the lens (resumable with --checkpoint)."""
     from lenslab.models import ModelSession
     from lenslab.probes.jacobian_lens import (
-        PREPARE_SECONDS,
         PREPARE_SPEC,
         FitSpec,
         JacobianLens,
@@ -354,9 +353,7 @@ def cmd_fit_jlens(args: argparse.Namespace) -> int:
         texts=texts,
         checkpoint=Path(args.checkpoint) if args.checkpoint else None,
         stop_when_converged=True,
-        max_seconds=args.max_seconds
-        if args.max_seconds is not None
-        else (None if args.full else PREPARE_SECONDS),
+        max_seconds=args.max_seconds,
         progress=_progress_printer("fit J-lens"),
     )
     path = JacobianLens.from_state(state).save()

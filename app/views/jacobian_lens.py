@@ -9,7 +9,7 @@ from lenslab.app.components import DEFAULT_PROMPT, settings_and_run, show_result
 from lenslab.models.paths import family_dir
 from lenslab.probes import get_probe
 from lenslab.probes.jacobian_lens import (
-    PREPARE_SECONDS,
+    PREPARE_PROMPTS,
     FitSpec,
     JacobianLens,
     fit,
@@ -66,8 +66,7 @@ def _fit_panel(session, lens: JacobianLens | None) -> None:
         st.write(f"A lens exists ({lens.provenance.get('n_prompts')} prompts); fitting again replaces it.")
     st.write(
         "**Quick fit** (what `lenslab prepare` builds): 16-token windows, first 4 positions skipped, "
-        f"as many "
-        f"prompts as {PREPARE_SECONDS:.0f} s allow — far fewer than the reference's ≥ 100 prompts of 128 "
+        f"{PREPARE_PROMPTS} training prompts — far fewer than the reference's ≥ 100 prompts of 128 "
         "tokens; the deviation is recorded with the lens. **Full fit**: the reference specification "
         "(128 tokens, 16 skipped, stop when the smoothed relative change < 2e-3 after ≥ 100 prompts); "
         "on a CPU it takes hours, is checkpointed every 5 prompts and resumes after a cancel."

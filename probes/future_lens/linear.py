@@ -166,23 +166,43 @@ def ridge_path(
     x: Float[Tensor, "n d"], y: Float[Tensor, "n d_out"], ridges: tuple[float, ...], *, toward_identity: bool
 ) -> list[tuple[Tensor, Tensor, Tensor]]:
     """:func:`fit_linear_map` for several relative ridges > 0 at once (one eigendecomposition)."""
+    return ridge_paths(x, [y], ridges, toward_identity=toward_identity)[0]
+
+
+def ridge_paths(
+    x: Float[Tensor, "n d"],
+    ys: list[Float[Tensor, "n d_out"]],
+    ridges: tuple[float, ...],
+    *,
+    toward_identity: bool,
+) -> list[list[tuple[Tensor, Tensor, Tensor]]]:
+    """:func:`ridge_path` for several targets of the same inputs: ``out[target][ridge]``.
+
+    The eigendecomposition of XᵀX is shared by every target and ridge (one per input matrix,
+    the fit's only cubic cost).
+    """
     if any(r <= 0 or not math.isfinite(r) for r in ridges):
         raise ValueError(f"every ridge of a path must be a finite number > 0, got {ridges}")
-    if toward_identity and x.shape[1] != y.shape[1]:
+    if toward_identity and any(x.shape[1] != y.shape[1] for y in ys):
         raise ValueError("shrinking toward the identity needs d_in == d_out")
-    x64, y64 = x.double(), y.double()
-    x_mean, y_mean = x64.mean(0), y64.mean(0)
-    xc, yc = x64 - x_mean, y64 - y_mean
+    x64 = x.double()
+    x_mean = x64.mean(0)
+    xc = x64 - x_mean
     gram = xc.T @ xc
     values, vectors = torch.linalg.eigh(gram)
-    cross = vectors.T @ (xc.T @ yc)
     scale = torch.trace(gram) / gram.shape[0]
     out = []
-    for ridge in ridges:
-        lam = ridge * scale
-        rhs = cross + lam * vectors.T if toward_identity else cross
-        weight = vectors @ (rhs / (values.clamp_min(0) + lam)[:, None])
-        out.append((weight.float(), x_mean.float(), y_mean.float()))
+    for y in ys:
+        y64 = y.double()
+        y_mean = y64.mean(0)
+        cross = vectors.T @ (xc.T @ (y64 - y_mean))
+        maps = []
+        for ridge in ridges:
+            lam = ridge * scale
+            rhs = cross + lam * vectors.T if toward_identity else cross
+            weight = vectors @ (rhs / (values.clamp_min(0) + lam)[:, None])
+            maps.append((weight.float(), x_mean.float(), y_mean.float()))
+        out.append(maps)
     return out
 
 
@@ -202,10 +222,20 @@ def choose_ridge(
     x_val, y_val = validation
     if x_val.shape[0] == 0:
         raise ValueError("the validation split is empty")
+    path = ridge_path(*fit, grid, toward_identity=toward_identity)
+    return _validation_scores(path, x_val, y_val, transform)
+
+
+def _validation_scores(
+    path: list[tuple[Tensor, Tensor, Tensor]],
+    x_val: Tensor,
+    y_val: Tensor,
+    transform: Callable[[Tensor], Tensor] | None,
+) -> tuple[int, list[float]]:
     transform = transform or (lambda t: t)
     target = transform(y_val.float())
     scores = []
-    for weight, x_mean, y_mean in ridge_path(*fit, grid, toward_identity=toward_identity):
+    for weight, x_mean, y_mean in path:
         pred = (x_val.float() - x_mean) @ weight + y_mean
         scores.append(float((transform(pred) - target).pow(2).mean()))
     return int(np.argmin(scores)), scores
@@ -249,20 +279,31 @@ def fit_linear_maps(
         x_fit = torch.as_tensor(data.resid[fit_rows, layer], device=device)
         x_val = torch.as_tensor(data.resid[val_rows, layer], device=device)
         per_n, chosen_n, scores_n = [], [], []
-        for n in range(HORIZONS):
-            y = torch.as_tensor(data.final[train, n], device=device)
-            value = ridge if ridge is not None else grid[len(grid) // 2]
-            if select:
-                fit = (x_fit, torch.as_tensor(data.final[fit_rows, n], device=device))
-                val = (x_val, torch.as_tensor(data.final[val_rows, n], device=device))
-                best, mse = choose_ridge(
-                    fit, val, grid, toward_identity=toward_identity, transform=final_norm
-                )
-                value = grid[best]
+        value = ridge if ridge is not None else grid[len(grid) // 2]
+        chosen_n = [value] * HORIZONS
+        if select:  # one eigendecomposition of the fit rows serves every horizon and ridge
+            paths = ridge_paths(
+                x_fit,
+                [torch.as_tensor(data.final[fit_rows, n], device=device) for n in range(HORIZONS)],
+                grid,
+                toward_identity=toward_identity,
+            )
+            for n, path in enumerate(paths):
+                y_val = torch.as_tensor(data.final[val_rows, n], device=device)
+                best, mse = _validation_scores(path, x_val, y_val, final_norm)
+                chosen_n[n] = grid[best]
                 scores_n.append(mse)
-            weight, x_mean, _ = fit_linear_map(x, y, value, toward_identity=toward_identity)
-            per_n.append(weight)
-            chosen_n.append(value)
+        ys = [torch.as_tensor(data.final[train, n], device=device) for n in range(HORIZONS)]
+        if all(r > 0 for r in chosen_n):  # the refit on every training row: one more per layer
+            refit = ridge_paths(x, ys, tuple(sorted(set(chosen_n))), toward_identity=toward_identity)
+            order = sorted(set(chosen_n))
+            for n in range(HORIZONS):
+                weight, x_mean, _ = refit[n][order.index(chosen_n[n])]
+                per_n.append(weight)
+        else:
+            for n in range(HORIZONS):
+                weight, x_mean, _ = fit_linear_map(x, ys[n], chosen_n[n], toward_identity=toward_identity)
+                per_n.append(weight)
         weights.append(torch.stack(per_n))
         x_means.append(x_mean)
         chosen.append(chosen_n)

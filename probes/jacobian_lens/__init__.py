@@ -18,18 +18,17 @@ from lenslab.probes.jacobian_lens.fit import FitSpec, FitState, fit, fit_shard, 
 from lenslab.probes.jacobian_lens.probe import JacobianLensConfig, JacobianLensProbe, JacobianLensResult
 from lenslab.progress import NO_PROGRESS, Progress
 
-PREPARE_SPEC = FitSpec(seq_len=16, skip_first=4, min_prompts=100, max_prompts=100)
-"""What ``lenslab prepare`` fits: short windows (16 tokens, first 4 skipped) under a time budget.
+PREPARE_PROMPTS = 2
+PREPARE_SPEC = FitSpec(seq_len=16, skip_first=4, min_prompts=PREPARE_PROMPTS, max_prompts=PREPARE_PROMPTS)
+"""What ``lenslab prepare`` fits: :data:`PREPARE_PROMPTS` training prompts of 16 tokens (first 4 skipped).
 
 The exact fit costs d_model backward rows per window token (about 640 × 16 per prompt here), so
-on a CPU the reference specification (128-token windows, ≥ 100 prompts) takes hours; prepare
-fits as many prompts as :data:`PREPARE_SECONDS` allows and records the count and the deviation."""
-PREPARE_SECONDS = 75.0
+on a CPU the reference specification (128-token windows, ≥ 100 prompts) takes hours. A fixed
+prompt count (not a time budget) makes the prepared lens the same on every machine and under any
+load; the count and the deviations are recorded with the lens."""
 
 
-def prepare_default_artefacts(
-    session: ModelSession, progress: Progress = NO_PROGRESS, max_seconds: float = PREPARE_SECONDS
-) -> dict[str, object]:
+def prepare_default_artefacts(session: ModelSession, progress: Progress = NO_PROGRESS) -> dict[str, object]:
     """Fit and save a quick J-lens when the model has none (an existing lens is kept)."""
     path = lens_path(session.model_id)
     if path.is_file():
@@ -45,7 +44,6 @@ def prepare_default_artefacts(
         PREPARE_SPEC,
         texts=texts,
         stop_when_converged=True,
-        max_seconds=max_seconds,
         progress=progress,
     )
     JacobianLens.from_state(state).save(path)
@@ -53,6 +51,8 @@ def prepare_default_artefacts(
 
 
 __all__ = [
+    "PREPARE_PROMPTS",
+    "PREPARE_SPEC",
     "FitSpec",
     "FitState",
     "JacobianLens",

@@ -89,6 +89,44 @@ def ridge_path(
     return maps
 
 
+def ridge_predictions(
+    x: Float[Tensor, "n d_in"],
+    y: Float[Tensor, "n d_out"],
+    alphas: Sequence[float],
+    x_new: Float[Tensor, "m d_in"],
+) -> list[Float[Tensor, "m d_out"]]:
+    """``ridge_path(x, y, alphas)[k](x_new)`` for every penalty, without forming any weight matrix.
+
+    Choosing a penalty on validation rows needs only the predictions there. The maps'
+    ``d_in × d_out`` weights cost ``n·d_in·d_out`` each to form (the decoder's are 2048 × 11,520
+    per penalty); the predictions go through the same eigendecomposition in ``m`` rows instead.
+    Same penalty scale and (primal or sample-space) solution as :func:`ridge_path`; float64 inside.
+    """
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+    if x.shape[0] < 2:
+        raise ValueError("ridge needs at least two samples")
+    if any(a < 0 for a in alphas) or not alphas:
+        raise ValueError(f"alphas must be non-negative and non-empty, got {list(alphas)}")
+    x64, y64 = x.double(), y.double()
+    x_mean, y_mean = x64.mean(0), y64.mean(0)
+    xc, yc = x64 - x_mean, y64 - y_mean
+    new_c = x_new.to(x64) - x_mean
+    scale = float((xc * xc).sum()) / x.shape[1]
+    dual = x.shape[0] < x.shape[1]
+    gram = xc @ xc.T if dual else xc.T @ xc
+    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+    eigenvalues = eigenvalues.clamp_min(0.0)
+    projected = eigenvectors.T @ (yc if dual else xc.T @ yc)
+    # x_new W = x_new Xᵀ V S Vᵀ Y (dual) or x_new V S Vᵀ XᵀY (primal): V, S from the eigh above.
+    left = (new_c @ xc.T if dual else new_c) @ eigenvectors
+    out = []
+    for alpha in alphas:
+        shrink = 1.0 / (eigenvalues + alpha * scale + 1e-12 * max(scale, 1e-30))
+        out.append(((left * shrink) @ projected + y_mean).to(x.dtype))
+    return out
+
+
 def ridge_fit(x: Float[Tensor, "n d_in"], y: Float[Tensor, "n d_out"], alpha: float = 1e-3) -> LinearMap:
     """One ridge solution (see :func:`ridge_path` for the penalty's scale)."""
     return ridge_path(x, y, [alpha])[0]

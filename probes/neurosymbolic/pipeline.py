@@ -40,7 +40,14 @@ import torch
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig
-from lenslab.probes.neurosymbolic.fit import Collected, LinearMap, collect, mean_cosine, ridge_path
+from lenslab.probes.neurosymbolic.fit import (
+    Collected,
+    LinearMap,
+    collect,
+    mean_cosine,
+    ridge_path,
+    ridge_predictions,
+)
 from lenslab.probes.neurosymbolic.gate import GateThreshold, calibrate
 from lenslab.probes.neurosymbolic.readout import (
     Encoded,
@@ -132,12 +139,13 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         val_score: list[float] = []
         for layer in layers:
             x = torch.stack([clean.states[layer][i][0] for i in range(len(problems))])
-            path = ridge_path(x[fit_rows], targets[fit_rows], ALPHAS)
-            scores = [mean_cosine(m(x[val_rows]), targets[val_rows]) for m in path]
+            predictions = ridge_predictions(x[fit_rows], targets[fit_rows], ALPHAS, x[val_rows])
+            scores = [mean_cosine(p, targets[val_rows]) for p in predictions]
             alpha = ALPHAS[int(np.argmax(scores))]
+            val_map = ridge_path(x[fit_rows], targets[fit_rows], [alpha])[0]
             val_metrics = readout_metrics(
                 codebook,
-                read_out(codebook, path[int(np.argmax(scores))], x[val_rows], config.threshold),
+                read_out(codebook, val_map, x[val_rows], config.threshold),
                 [problems[i] for i in val_rows],
                 len(str(config.bound - 1)),
             )
@@ -183,7 +191,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         )  # [steps, layer * d_model]
         val_set = set(val_rows)
         in_val = torch.as_tensor([row in val_set for row in step_rows])
-        dec_path = ridge_path(x_dec[~in_val], y_all[~in_val], ALPHAS)
+        dec_predictions = ridge_predictions(x_dec[~in_val], y_all[~in_val], ALPHAS, x_dec[in_val])
         d_model = session.d_model
         decoder_r2, decoder_alpha = [], []
         # R² against per-step means: how much of the state beyond "which answer step" the digit
@@ -196,7 +204,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             cols = slice(layer * d_model, (layer + 1) * d_model)
             target = y_all[in_val][:, cols]
             baseline = ((target - step_means[step_index[in_val]][:, cols]) ** 2).sum()
-            r2 = [float(1 - ((m(x_dec[in_val])[:, cols] - target) ** 2).sum() / baseline) for m in dec_path]
+            r2 = [float(1 - ((p[:, cols] - target) ** 2).sum() / baseline) for p in dec_predictions]
             decoder_r2.append(max(r2))
             decoder_alpha.append(ALPHAS[int(np.argmax(r2))])
         curve["decoder_r2"] = decoder_r2

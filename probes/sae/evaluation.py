@@ -171,6 +171,21 @@ def quality_lines(info: dict[str, Any]) -> list[str]:
     ]
 
 
+def ablated_logprobs(
+    session: ModelSession, window: Tensor, hook_name: str, hook: Any, positions: Tensor
+) -> Float[Tensor, "pos vocab"]:
+    """Next-token log-probabilities at ``positions`` of one BOS-led ``window`` under a constant ablation.
+
+    With every non-BOS activation at ``hook_name`` replaced by one constant vector (zero or
+    mean ablation) and BOS at position 0 left clean, the forward after the hook sees the same
+    input in every window (causal attention: BOS's state depends on BOS alone), so these are the
+    ablated log-probabilities of every window of the same length.
+    """
+    hidden = session.capture(window, [hooknames.FINAL_NORM], hooks=[(hook_name, hook)])[hooknames.FINAL_NORM]
+    with torch.inference_mode():
+        return session.final_logits(hidden[0, positions]).float().log_softmax(-1)
+
+
 def evaluate_sae(
     session: ModelSession,
     loaded: LoadedSAE,
@@ -187,6 +202,11 @@ def evaluate_sae(
     the mean over ``windows``. The losses are taken at every ``position_stride``-th position: the
     262k-wide unembedding dominates the cost on a CPU. Intervals: bootstrap over the documents
     in ``windows.documents``. ``progress`` is called after every forward (raising stops).
+
+    The two ablations replace every non-BOS activation by the same constant, and every window
+    starts with BOS at position 0, so everything after the hook is the same function of the
+    position alone in every window: one forward of one window gives the ablated logits of all
+    windows (:func:`ablated_logprobs`); only the clean and spliced passes run per batch.
     """
     tokens = as_tensor(windows, session)
     positions = torch.arange(1, tokens.shape[1] - 1, position_stride, device=session.device)
@@ -195,7 +215,7 @@ def evaluate_sae(
     acts, l0, sq_err = [], [], []
     ce: dict[str, list[np.ndarray]] = {name: [] for name in CE_VARIANTS}
     batches = [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
-    n_forwards, done = 4 * len(batches), 0
+    n_forwards, done = 2 * len(batches) + 2, 0
 
     def step(message: str) -> None:
         nonlocal done
@@ -221,16 +241,17 @@ def evaluate_sae(
         step("clean")
     flat = torch.cat(acts)
     mean = flat.mean(0) if mean_activation is None else mean_activation.float().to(flat.device)
-    variants: dict[str, Callable[[], Any]] = {
-        "ce_sae": lambda: splice_hook(loaded),
-        "ce_zero_ablation": lambda: zero_hook(),
-        "ce_mean_ablation": lambda: mean_hook(mean),
-    }
+    splice = [(loaded.hook_name, splice_hook(loaded))]
     for batch in batches:
-        for name, make_hook in variants.items():
-            hidden = session.capture(batch, [hooknames.FINAL_NORM], hooks=[(loaded.hook_name, make_hook())])
-            ce[name].append(nll(batch, hidden[hooknames.FINAL_NORM]))
-            step(name.removeprefix("ce_").replace("_", "-"))
+        hidden = session.capture(batch, [hooknames.FINAL_NORM], hooks=splice)
+        ce["ce_sae"].append(nll(batch, hidden[hooknames.FINAL_NORM]))
+        step("sae")
+    targets = tokens[:, positions + 1]  # [window, position]
+    rows = torch.arange(len(positions), device=tokens.device)[None, :]
+    for name, hook in (("ce_zero_ablation", zero_hook()), ("ce_mean_ablation", mean_hook(mean))):
+        logprobs = ablated_logprobs(session, tokens[:1], loaded.hook_name, hook, positions)
+        ce[name] = [to_numpy(-logprobs[rows, targets].double()).reshape(-1)]
+        step(name.removeprefix("ce_").replace("_", "-"))
     deviation = to_numpy(((flat - flat.mean(0)) ** 2).sum(-1).double())
     per_token = np.stack([np.concatenate(l0), np.concatenate(sq_err), deviation], axis=1)
     per_position = np.stack([np.concatenate(ce[name]) for name in CE_VARIANTS], axis=1)

@@ -4,9 +4,11 @@ reports folder, and killing a saver never leaves a listed report that cannot be 
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import os
 import random
+import signal
 import subprocess
 import sys
 import textwrap
@@ -176,11 +178,16 @@ def test_report_names_never_escape(tmp_path_factory, name):
 
 # --------------------------------------------------------------------------- killed during save
 def test_killing_savers_never_leaves_a_broken_listed_report(tmp_path):
-    """SIGKILL processes that save large reports (new names and overwrites) at random moments."""
+    """SIGKILL processes that save large reports (new names and overwrites) at random moments.
+
+    One process imports lenslab and runs the probe once, then forks a saver per line it reads
+    (the import, not the save, is what a fresh interpreter per saver costs); each saver is a
+    separate process killed by the test at a random moment of its saving.
+    """
     folder = tmp_path / "reports"
     script = textwrap.dedent(
         f"""
-        import sys, uuid
+        import os, sys, uuid
         import numpy as np
         sys.path.insert(0, {str(REPO.parent)!r})
         from lenslab.models.tiny import tiny_session
@@ -189,24 +196,48 @@ def test_killing_savers_never_leaves_a_broken_listed_report(tmp_path):
         s = tiny_session("gemma3")
         r = LogitLens().run(s, "hello " * 60, LogitLensConfig(k=50))
         print("ready", flush=True)
-        i = 0
-        while True:
-            name = "same" if i % 2 else "new-" + uuid.uuid4().hex[:6]
-            Report([r] * 2, {{"title": str(i)}}).save({str(folder)!r} + "/" + name, overwrite=True)
-            print("saved", flush=True)
-            i += 1
+        for _ in sys.stdin:
+            pid = os.fork()
+            if pid:
+                print("saver", pid, flush=True)
+                continue
+            i = 0
+            while True:
+                name = "same" if i % 2 else "new-" + uuid.uuid4().hex[:6]
+                Report([r] * 2, {{"title": str(i)}}).save({str(folder)!r} + "/" + name, overwrite=True)
+                print("saved", os.getpid(), flush=True)
+                i += 1
         """
     )
     rng = random.Random(9)
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        started = time.monotonic()
-        assert proc.stdout.readline().strip() == "saved"  # one complete save, then kill mid-way later
-        one_save = time.monotonic() - started
-        time.sleep(rng.uniform(0.0, 1.5 * one_save))
-        proc.kill()
-        proc.wait()
+    savers: list[int] = []
+    server = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        for _ in range(4):
+            server.stdin.write("go\n")
+            server.stdin.flush()
+            line = server.stdout.readline().split()
+            while line[:1] != ["saver"]:  # a killed saver's last lines may still be in the pipe
+                line = server.stdout.readline().split()
+            pid = int(line[1])
+            savers.append(pid)
+            started = time.monotonic()
+            while server.stdout.readline().split() != ["saved", str(pid)]:
+                pass  # one complete save of this saver, then kill it mid-way later
+            one_save = time.monotonic() - started
+            time.sleep(rng.uniform(0.0, 1.5 * one_save))
+            os.kill(pid, signal.SIGKILL)
+            while os.path.exists(f"/proc/{pid}") and _state(pid) not in ("Z", "X"):
+                time.sleep(0.01)  # dead (a zombie of the server's) before the next one starts
+    finally:  # no saver outlives the test, even when it fails half-way
+        for pid in savers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        server.kill()
+        server.wait()
     listed = list_reports(folder)
     assert listed, "the savers never completed a report"
     lost = 0
@@ -220,6 +251,15 @@ def test_killing_savers_never_leaves_a_broken_listed_report(tmp_path):
     assert lost == 0, f"{lost} listed reports could not be opened"
     leftovers = [p.name for p in folder.iterdir() if p.name.startswith(".")]
     assert all(name.startswith((".tmp-", ".old-")) for name in leftovers)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (R, S, Z ...); "X" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
 
 
 # ------------------------------------------------------------------------------ the Reports page

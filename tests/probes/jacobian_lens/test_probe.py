@@ -61,15 +61,33 @@ def test_evaluation_identity_lens_equals_logit_lens(tiny_gemma):
     assert "| 0 |" in agreement.table_markdown()
 
 
-def test_prepare_fits_within_budget_and_keeps_an_existing_lens(tiny_gemma, lenslab_home):
-    from lenslab.probes.jacobian_lens import lens_path, prepare_default_artefacts
+def test_prepare_fits_a_fixed_prompt_count_whatever_prompts_cost(tiny_gemma, lenslab_home, monkeypatch):
+    """The prepared lens is the same however long prompts take (a time budget would cut it short)."""
+    import importlib
+    import itertools
+    import types
 
-    first = prepare_default_artefacts(tiny_gemma, max_seconds=0.0)  # budget spent: exactly one prompt
-    assert first["n_prompts"] == 1 and lens_path(tiny_gemma.model_id).is_file()
+    from lenslab.probes.jacobian_lens import PREPARE_PROMPTS, lens_path, prepare_default_artefacts
+
+    fitting = importlib.import_module("lenslab.probes.jacobian_lens.fit")  # the module, not fit()
+
+    assert PREPARE_PROMPTS >= 2  # else a budget that always fits one prompt could not be told apart
+    slow = itertools.count(0.0, 1000.0)  # every clock reading 1000 s after the last: a loaded machine
+    with monkeypatch.context() as patch:
+        patch.setattr(fitting, "time", types.SimpleNamespace(perf_counter=lambda: next(slow)))
+        first = prepare_default_artefacts(tiny_gemma)
+    assert first["n_prompts"] == PREPARE_PROMPTS
+    slow_lens = JacobianLens.load(tiny_gemma)
+    lens_path(tiny_gemma.model_id).unlink()
+    assert prepare_default_artefacts(tiny_gemma)["n_prompts"] == PREPARE_PROMPTS
     lens = JacobianLens.load(tiny_gemma)
-    assert any("1 prompts" in d for d in lens.provenance["deviations"])
+    assert torch.equal(lens.jacobians, slow_lens.jacobians)  # deterministic: same documents, same sums
+    assert lens.provenance["documents"] == slow_lens.provenance["documents"]
+    assert any(f"{PREPARE_PROMPTS} prompts" in d for d in lens.provenance["deviations"])
     assert lens.provenance["seq_len"] == 16 and lens.provenance["skip_first"] == 4
-    assert prepare_default_artefacts(tiny_gemma)["n_prompts"] == 1  # kept, not refitted
+    stamp = lens_path(tiny_gemma.model_id).stat().st_mtime_ns
+    assert prepare_default_artefacts(tiny_gemma)["n_prompts"] == PREPARE_PROMPTS  # kept, not refitted
+    assert lens_path(tiny_gemma.model_id).stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize(

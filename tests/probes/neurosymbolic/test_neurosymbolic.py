@@ -12,7 +12,14 @@ import torch
 from lenslab.analyses.report import Report
 from lenslab.probes import get_probe, registered_probes
 from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig, artefact_folder
-from lenslab.probes.neurosymbolic.fit import Merge, collect, merge_hook, ridge_fit, ridge_path
+from lenslab.probes.neurosymbolic.fit import (
+    Merge,
+    collect,
+    merge_hook,
+    ridge_fit,
+    ridge_path,
+    ridge_predictions,
+)
 from lenslab.probes.neurosymbolic.probe import (
     NeurosymbolicConfig,
     NeurosymbolicProbe,
@@ -135,6 +142,20 @@ def test_ridge_recovers_a_planted_linear_map():
     assert strong[1].weight.norm() < 0.05 * strong[0].weight.norm()
     with pytest.raises(ValueError, match="rows"):
         ridge_fit(x, y[:10])
+
+
+@pytest.mark.parametrize("n", [12, 80], ids=["fewer-samples-than-features", "more"])
+def test_ridge_predictions_equal_the_fitted_maps_applied(n):
+    """The weight-free validation predictions are the path's maps applied to the new rows."""
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 30, generator=generator) * 40 + 5
+    y = x @ torch.randn(30, 9, generator=generator) + torch.randn(n, 9, generator=generator)
+    new = torch.randn(6, 30, generator=generator) * 40
+    alphas = [1e-4, 1e-2, 1.0]
+    for fitted, predicted in zip(ridge_path(x, y, alphas), ridge_predictions(x, y, alphas, new), strict=True):
+        assert torch.allclose(predicted, fitted(new), rtol=1e-4, atol=1e-3 * float(fitted(new).abs().max()))
+    with pytest.raises(ValueError, match="rows"):
+        ridge_predictions(x, y[:3], alphas, new)
 
 
 # ------------------------------------------------------------------------------------- collection

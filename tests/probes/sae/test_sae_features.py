@@ -32,8 +32,10 @@ from lenslab.probes.sae.evaluation import (
     ce_recovered,
     evaluate_sae,
     explained_variance,
+    mean_hook,
     quality_lines,
     splice_hook,
+    zero_hook,
 )
 from lenslab.probes.sae.features import SAEFeatureConfig, SAEFeaturesConfig
 from lenslab.probes.sae.loading import LoadedSAE, check_fits, load_sae, trained_dir
@@ -476,6 +478,15 @@ def test_evaluation_equals_an_independent_computation(tiny_gemma, sae_dir, corpu
         logits[:, 1:-1].reshape(-1, logits.shape[-1]), tokens[:, 2:].reshape(-1)
     )
     assert result.estimates["ce_clean"] == pytest.approx(float(nll), rel=1e-5)
+    # Ablations: every window run with the hook (the evaluation runs one window for all of them).
+    mean = act.mean(0)
+    for name, hook in (("ce_zero_ablation", zero_hook()), ("ce_mean_ablation", mean_hook(mean))):
+        with torch.inference_mode():
+            ablated = tiny_gemma.logits(tokens, [(HOOK, hook)])
+        expected = torch.nn.functional.cross_entropy(
+            ablated[:, 1:-1].reshape(-1, ablated.shape[-1]), tokens[:, 2:].reshape(-1)
+        )
+        assert result.estimates[name] == pytest.approx(float(expected), rel=1e-5)
     for name in ("l0", "explained_variance", "ce_recovered"):
         interval = result.interval(name)
         assert interval.low <= interval.estimate <= interval.high and interval.n == 4
