@@ -536,13 +536,14 @@ class ModelSession:
 
     def active_hook_count(self) -> int:
         """Number of user hooks currently attached to hook points (0 when the model is clean)."""
-        points = self.__dict__.get("_hook_points")
-        if points is None:  # the hook points are fixed once the bridge is built: collect them once
-            points = tuple(set(self.bridge.hook_dict.values()))
-            self.__dict__["_hook_points"] = points
-        return sum(
-            len(hp._forward_hooks) + len(hp._forward_pre_hooks) + len(hp._backward_hooks) for hp in points
-        )
+        tables = self.__dict__.get("_hook_point_tables")
+        if tables is None:  # the hook points (and their hook dicts) are fixed once the bridge is built
+            points = {id(hp): hp for hp in self._hook_table().points.values()}.values()
+            tables = tuple(
+                t for hp in points for t in (hp._forward_hooks, hp._forward_pre_hooks, hp._backward_hooks)
+            )
+            self.__dict__["_hook_point_tables"] = tables
+        return sum(map(len, tables))  # one C-level pass: it runs at every hook context's exit
 
     def resid_name(self, layer: int) -> str:
         """Hook name of the residual stream after block ``layer`` (validated)."""
