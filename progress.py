@@ -29,7 +29,13 @@ def show_partial(progress: Progress, name: str, figure: object) -> None:
 
     A caller that can show figures early (the app) gives its progress callback a ``partial(name,
     figure)`` attribute; anywhere else this does nothing. The final result still holds every figure.
+    A later call with the same ``name`` replaces the figure shown under it (a grid growing row by row).
     """
     partial = getattr(progress, "partial", None)
     if partial is not None:
         partial(name, figure)
+
+
+def wants_partial(progress: Progress) -> bool:
+    """Whether ``progress`` shows early figures: a probe builds a figure early only for such a caller."""
+    return getattr(progress, "partial", None) is not None

@@ -176,8 +176,12 @@ def run_with_status(label: str, job: Callable[[Callable[[float, str], None]], An
     early_slot = st.empty()
     early = early_slot.container()
 
+    slots: dict[str, tuple[Any, int]] = {}
+
     def partial(name: str, figure: Any) -> None:  # a probe's first figures, shown before it ends
-        early.plotly_chart(readable(figure), key=f"partial:{label}:{name}", width="stretch")
+        slot, shown = slots.get(name) or (early.empty(), 0)  # a figure shown again replaces itself
+        slots[name] = (slot, shown + 1)
+        slot.plotly_chart(readable(figure), key=f"partial:{label}:{name}:{shown}", width="stretch")
 
     try:
         return _run_in_status(label, job, cancel_key, scheduler, partial)

@@ -17,12 +17,33 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 - ``stop@ℓ + replay`` (feature attribution): the forward up to the SAE's layer, one batched
   forward of ``seq`` copies up to it (the matrix products of the linear contribution replay) and
   the SAE encoder;
-- ``generate``: the KV-cached greedy generations a steering page must produce (clean + steered).
+- ``generate``: the KV-cached greedy generations a steering page must produce (clean + steered);
+- ``forward + replay + SVD`` (Jacobian): one forward, the contribution replay (one batched
+  forward of ``seq`` copies through every layer: the linear replay does the same products) and
+  the SVD's J·v / Jᵀ·u products at the chosen accuracy, as one batched forward of that many
+  copies (the count is the probe's own ``svd_products`` from a warm-up run). The layer sweep
+  (Hutchinson probes, power steps on every layer) is not in this floor;
+- ``score + ablations`` (shared neurons): one batched forward of every scored prompt (both
+  selection halves and the control task) up to the last layer read, then per ablation condition
+  one batched forward of the held-out prompts with their answers and the answer-position logits;
+- ``attentions`` (attention): the eager forward returning every layer's pattern, and the same
+  for the batch of repeated random sequences the induction scores read;
+- ``forward, all states`` (DLA): one forward keeping every layer's output;
+- ``clean + corrupted + patched`` (activation patching): the two forwards and one forward up to
+  the final norm per patched cell, batched as the probe batches them (its own clean/corrupted
+  pair, at one length).
 
-The Jacobian page, shared neurons and the evaluations still have only the generic floor.
+Other pages (Future Lens evaluation, patch lens, ...) are compared with one full forward, marked
+"generic floor". Times are the best of ``--repeat`` interleaved runs, both wall-clock and CPU
+(process) seconds: on a machine shared with other jobs the wall clock of a sub-second page moves
+by ±50 % between runs, the CPU seconds much less; the verdict uses the CPU ratio and the table
+shows both.
 
 The figure is probe / floor. Targets: ≤ 1.5× for the single-forward lenses, ≤ 2× for the rest.
-Run: ``python bench/bench_pages.py [--quick] [--repeat 3] [--lengths 8,16,64]``.
+Run: ``python bench/bench_pages.py [--quick] [--repeat 3] [--lengths 8,16,64] [--probes a,b]
+[--section pages]``: ``--probes`` runs a subset (the Jacobian at 64 tokens, shared neurons and
+the evaluations take minutes each) and ``--section`` names the results file, so a subset run
+does not overwrite the full table.
 """
 
 from __future__ import annotations
@@ -30,6 +51,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench.common import compare, machine, write
+from bench.common import machine, write
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
@@ -52,8 +74,20 @@ TEXT = (
     "every year who climb its stairs or ride its lifts to the top for a view over the city and "
     "the river Seine that winds through it from east to west. "
 )
-SLOW = {"future_lens_eval", "shared_neurons", "neurosymbolic", "sae_feature"}  # skipped by --quick
-PROMPT_FREE = {"future_lens_eval", "shared_neurons"}  # read their own data: run at one length only
+SLOW = {
+    "future_lens_eval",
+    "shared_neurons",
+    "neurosymbolic",
+    "sae_feature",
+    "replications",
+}  # skipped by --quick
+PROMPT_FREE = {
+    "future_lens_eval",
+    "shared_neurons",
+    "activation_patching",
+    "replications",
+}  # read their own data: run at one length only
+PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patching: the clean prompt
 TARGET = {
     "logit_lens": 1.5,
     "future_lens": 1.5,
@@ -75,6 +109,47 @@ class Floor:
     kind: str
     run: Callable[[], object]
     tight: bool = True
+
+
+def measure(fns: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall-clock and best CPU (process) seconds of each function, interleaved, after a warm-up."""
+    for fn in fns.values():
+        fn()
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            started, started_cpu = time.perf_counter(), time.process_time()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            wall[name].append(time.perf_counter() - started)
+            cpu[name].append(time.process_time() - started_cpu)
+    return {n: min(v) for n, v in wall.items()}, {n: min(v) for n, v in cpu.items()}
+
+
+def hook_context_cost(session: ModelSession, repeat: int = 20) -> str:
+    """One hook context's enter + exit (a name filter, as ``capture`` attaches) by the session and by
+    the bridge's own ``hooks()``, which rebuilds its hook table on every attach."""
+    names = frozenset([hooknames.mlp_hidden(6)])
+
+    def noop(tensor: torch.Tensor, *, hook: Any) -> None:
+        return None
+
+    def ours() -> None:
+        with session.hooks([(names.__contains__, noop)]):
+            pass
+
+    def bridge() -> None:
+        with session.bridge.hooks(fwd_hooks=[(names.__contains__, noop)]):
+            pass
+
+    wall, cpu = measure({"session": ours, "bridge": bridge}, repeat)
+    return (
+        f"One hook context (enter + exit, best of {repeat}): `session.hooks` {1000 * wall['session']:.2f} ms "
+        f"wall / {1000 * cpu['session']:.2f} ms CPU; the bridge's `hooks()` {1000 * wall['bridge']:.1f} ms "
+        f"wall / {1000 * cpu['bridge']:.1f} ms CPU."
+    )
 
 
 def prompt_of(session: ModelSession, n_tokens: int) -> str:
@@ -179,6 +254,47 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         with torch.inference_mode():
             hf(tokens)
 
+    def batched_body(tokens: torch.Tensor, copies: int, layer: int, batch: int = 64) -> None:
+        """``copies`` copies of ``tokens`` through the body up to ``layer``, ``batch`` at a time."""
+        for start in range(0, copies, batch):
+            stopped(tokens.expand(min(batch, copies - start), -1), layer)
+
+    def jacobian_floor(tokens: torch.Tensor, products: int) -> None:
+        seq, last = tokens.shape[-1], session.n_layers - 1
+        forward(tokens)
+        batched_body(tokens, seq, last)  # the contribution replay
+        batched_body(tokens, products, last)  # the SVD's products
+
+    def attentions(tokens: torch.Tensor, induction: torch.Tensor | None) -> None:
+        with torch.inference_mode():
+            hf(tokens, output_attentions=True)
+            if induction is not None:
+                hf(induction, output_attentions=True)
+
+    def all_states(tokens: torch.Tensor) -> None:
+        with torch.inference_mode():
+            hf(tokens, output_hidden_states=True)
+
+    def padded(rows: list[list[int]]) -> torch.Tensor:
+        width = max(len(r) for r in rows)
+        return torch.tensor([r + [0] * (width - len(r)) for r in rows], device=w_u.device)
+
+    def shared_floor(
+        scored: torch.Tensor, held: list[tuple[torch.Tensor, list[list[int]]]], conditions: int
+    ) -> None:
+        stopped(scored, session.n_layers - 1)
+        with torch.inference_mode():
+            for _ in range(conditions):
+                for ids, positions in held:
+                    hidden = body(ids).last_hidden_state
+                    rows = torch.cat([hidden[i, p] for i, p in enumerate(positions)])
+                    (rows @ w_u.T).float().log_softmax(-1)
+
+    def patching_floor(clean: torch.Tensor, corrupted: torch.Tensor, cells: int, batch: int) -> None:
+        forward(clean)
+        forward(corrupted)
+        batched_body(clean, cells, session.n_layers - 1, batch)
+
     def factory(name: str, prompt: str) -> Floor:
         tokens = session.tokenize(prompt)
         config = get_probe(name).default_config()
@@ -197,7 +313,61 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             return Floor(f"stop@{layer}", lambda: stopped(tokens, layer))
         if name == "sae_steering":
             return Floor("generate ×2", lambda: generate(tokens, config.n_new, 2))
+        if name == "jacobian":
+            products = get_probe(name).run(session, prompt, config).svd_products
+            return Floor(
+                f"forward + replay + SVD ({products} products)", lambda: jacobian_floor(tokens, products)
+            )
+        if name == "attention":
+            induction = None
+            if config.induction:
+                generator = torch.Generator().manual_seed(0)
+                half = torch.randint(
+                    1000, 20000, (config.induction_sequences, config.induction_length), generator=generator
+                )
+                bos = torch.full((config.induction_sequences, 1), int(tokens[0, 0]))
+                induction = torch.cat([bos, half, half], 1).to(tokens.device)
+            return Floor("attentions", lambda: attentions(tokens, induction))
+        if name == "dla":
+            return Floor("forward, all states", lambda: all_states(tokens))
+        if name == "activation_patching":
+            result = get_probe(name).run(session, prompt, config)
+            cells = sum(int(sweep.raw.size) for sweep in result.sweeps)
+            corrupted = session.tokenize(config.corrupted)
+            return Floor(
+                f"clean + corrupted + {cells} patched",
+                lambda: patching_floor(tokens, corrupted, cells, config.batch_size),
+            )
+        if name == "shared_neurons":
+            return shared_neurons_floor(config)
         return Floor("forward", lambda: forward(tokens), tight=False)
+
+    def shared_neurons_floor(config: Any) -> Floor:
+        from lenslab.probes.shared_neurons.probe import resolve_control, resolve_sets
+        from lenslab.probes.shared_neurons.result import CONDITIONS, MODEL_CONDITIONS
+        from lenslab.probes.shared_neurons.tasks import split_indices
+        from lenslab.probes.shared_neurons.units import encode_items
+
+        set_a, set_b = resolve_sets(config)
+        sets = [set_a] if set_b is None else [set_a, set_b]
+        halves = [split_indices(len(s.items), config.seed) for s in sets]
+        select = [s.subset(h[0], "selection") for s, h in zip(sets, halves, strict=True)]
+        held = [s.subset(h[1], "held-out") for s, h in zip(sets, halves, strict=True)]
+        control = resolve_control(config, len(halves[0][0]))
+        scored_items = [i for s in select for i in s.items] + (list(control.items) if control else [])
+        if set_b is None:
+            scored_items += list(select[0].items)  # the second model scores set A's half again
+        scored = padded([e.ids for e in encode_items(session, scored_items, with_answer=False)])
+        batches = []
+        for h in held:
+            encoded = encode_items(session, h.items, with_answer=True)
+            positions = [list(range(e.prompt_len - 1, e.prompt_len - 1 + e.answer_len)) for e in encoded]
+            batches.append((padded([e.ids for e in encoded]), positions))
+        conditions = (len(CONDITIONS) if set_b is not None else len(MODEL_CONDITIONS)) if config.causal else 1
+        return Floor(
+            f"score {scored.shape[0]} prompts + {conditions} conditions",
+            lambda: shared_floor(scored, batches, conditions),
+        )
 
     return factory
 
@@ -208,6 +378,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--lengths", default="8,16,64")
     parser.add_argument("--probes", default="", help="comma-separated subset (default: all registered)")
+    parser.add_argument("--section", default="pages", help="results file name (bench/results/<section>.md)")
     args = parser.parse_args()
     load_before = os.getloadavg()
     session = ModelSession.load()
@@ -223,39 +394,44 @@ def main() -> None:
         probe = get_probe(name)
         config = probe.default_config()
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
-            prompt = prompt_of(session, n_tokens)
+            prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
             floor = floors(name, prompt)
             repeat = 1 if name in SLOW else args.repeat
             try:
-                t = compare(
+                wall, cpu = measure(
                     {"probe": lambda p=probe, pr=prompt, c=config: p.run(session, pr, c), "floor": floor.run},
                     repeat=repeat,
                 )
             except (ValueError, FileNotFoundError) as exc:  # e.g. artefacts not prepared
-                rows.append(f"| {name} | {n_tokens} | — | — | — | — | skipped: {exc} |")
+                rows.append(f"| {name} | {n_tokens} | — | — | — | — | — | skipped: {exc} |")
                 continue
-            ratio = t["probe"] / t["floor"]
+            ratio = cpu["probe"] / cpu["floor"]
             target = TARGET.get(name, 2.0)
             verdict = ("met" if ratio <= target else "missed") if floor.tight else "generic floor"
             rows.append(
-                f"| {name} | {session.tokenize(prompt).shape[-1]} | {t['probe']:.3f} | {floor.kind} "
-                f"| {t['floor']:.3f} | {ratio:.2f}× | ≤ {target}×: {verdict} |"
+                f"| {name} | {session.tokenize(prompt).shape[-1]} | {wall['probe']:.3f} / {cpu['probe']:.3f} "
+                f"| {floor.kind} | {wall['floor']:.3f} / {cpu['floor']:.3f} "
+                f"| {wall['probe'] / wall['floor']:.2f}× | {ratio:.2f}× | ≤ {target}×: {verdict} |"
             )
             print(rows[-1], flush=True)
     table = "\n".join(rows)
+    hooks_line = hook_context_cost(session)
     load = f"load average {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"
     write(
-        "pages",
-        f"""## Page latency against each probe's floor
+        args.section,
+        f"""## Page latency against each probe's floor (`{args.section}`)
 
 Measured on {machine()} ({load}); `python bench/bench_pages.py {" ".join(sys.argv[1:])}`, best of
 {args.repeat} interleaved runs (1 for the minute-long evaluations). Each probe runs its default
 config; the floor is bare tensor work on the plain HF model in the same run (see the module
-docstring). "generic floor" = one full forward, a lower bound but not the probe's own floor.
+docstring). Times are wall / CPU seconds; the verdict uses the CPU ratio. "generic floor" = one
+full forward, a lower bound but not the probe's own floor.
 
-| probe | tokens | probe (s) | floor | floor (s) | ratio | target |
-|---|---|---|---|---|---|---|
+| probe | tokens | probe (s) | floor | floor (s) | wall ratio | CPU ratio | target |
+|---|---|---|---|---|---|---|---|
 {table}
+
+{hooks_line}
 """,
     )
 

@@ -19,6 +19,14 @@ Several browser sessions share one model. A plain ``RLock`` held for a whole pro
   :meth:`exclusive` sections pin the lock: no other job runs while hooks are attached or weights
   are modified; a hook context running many passes (a KV-cached generation) yields between two
   of them by taking its hooks off first (:meth:`yield_pinned`);
+* waiting is **bounded by aging**: the order uses a job's *effective* attained service,
+  ``held − waited / aging`` (``aging`` = 4 by default; waited counts the wait in progress), so each
+  second a job waits cancels ``1/aging`` s of the service it has had. Pure least attained service
+  would let a stream of short jobs starve a long one forever; with aging, a job that has waited
+  ``aging`` times as long as it has held the model ranks before every newcomer, and from then on it
+  is served in arrival order against them (a short job then waits at most one of its passes).
+  So a job's total wait stays below about ``aging × held`` plus the work of those ranked ahead of
+  it when it became due; a short job still overtakes a long one until then;
 * every acquisition is accounted to the thread's current :class:`Job`: seconds waited for the
   model vs seconds holding it, and how many were ahead when it started waiting.
 
@@ -69,15 +77,29 @@ class _Waiter:
     job: Job
     ticket: int
     thread: int
+    since: float  # the lock's clock when it queued
 
-    def key(self) -> tuple[float, int]:
-        return (self.job.held_s, self.ticket)
+    def key(self, now: float, aging: float) -> tuple[float, int]:
+        """Effective attained service (held minus the aging credit for all its waiting), then arrival."""
+        waited = self.job.waited_s + (now - self.since)
+        return (self.job.held_s - waited / aging, self.ticket)
 
 
 class FairLock:
-    """Re-entrant lock with least-attained-service scheduling and yield points (module docstring)."""
+    """Re-entrant lock: least attained service with aging, and yield points (module docstring)."""
 
-    def __init__(self, poll_s: float = 0.5) -> None:
+    def __init__(
+        self, poll_s: float = 0.5, aging: float = 4.0, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        """A free lock; waiters re-check their turn every ``poll_s`` seconds.
+
+        ``aging``: seconds of waiting that cancel one second of attained service (> 0; it bounds
+        starvation, module docstring). ``clock``: the time source (tests pass a manual one).
+        """
+        if not aging > 0:
+            raise ValueError(f"aging must be > 0 (seconds waited per second of service), got {aging!r}")
+        self._aging = float(aging)
+        self._clock = clock
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
@@ -125,7 +147,7 @@ class FairLock:
             if self._depth == 0:
                 self._hand_over()
                 return
-            now = time.perf_counter()  # the job ended inside a `with lock:` of an outer scope
+            now = self._clock()  # the job ended inside a `with lock:` of an outer scope
             job.held_s += now - self._granted_at
             self._owner_job, self._granted_at = outer if outer is not None else Job(), now
 
@@ -231,8 +253,9 @@ class FairLock:
         """Whether a waiter has attained less service than ``job`` (call with the condition held)."""
         if not self._waiters:
             return False
-        mine = job.held_s + (time.perf_counter() - self._granted_at)
-        return min(w.key() for w in self._waiters)[0] < mine
+        now = self._clock()
+        mine = job.held_s + (now - self._granted_at) - job.waited_s / self._aging
+        return min(w.key(now, self._aging) for w in self._waiters)[0] < mine
 
     def _yield_to_waiter(self, me: int, job: Job) -> None:
         """Hand the model over and queue again with the same depth (call with the condition held)."""
@@ -254,27 +277,34 @@ class FairLock:
     def _hand_over(self) -> None:
         """Account the holder's time and pass the lock on (call with the condition held)."""
         if self._owner_job is not None:
-            self._owner_job.held_s += time.perf_counter() - self._granted_at
+            self._owner_job.held_s += self._clock() - self._granted_at
         self._owner, self._owner_job, self._depth = None, None, 0
         self._cond.notify_all()
 
     def _next(self) -> _Waiter | None:
-        return min(self._waiters, key=_Waiter.key) if self._waiters else None
+        if not self._waiters:
+            return None
+        now = self._clock()
+        return min(self._waiters, key=lambda w: w.key(now, self._aging))
 
     def _wait_turn(self, me: int, job: Job, depth: int) -> None:
         """Queue (with the condition held) until this thread is the chosen waiter, then own the lock."""
         if self._owner is None and not self._waiters:
             self._grant(me, job, depth)
             return
-        waiter = _Waiter(job, next(self._tickets), me)
+        queued = self._clock()
+        waiter = _Waiter(job, next(self._tickets), me, queued)
         self._waiters.append(waiter)
-        queued = time.perf_counter()
         job.waits += 1
         try:
             while True:
                 if self._owner is None and self._next() is waiter:
                     break
-                ahead = sum(1 for w in self._waiters if w.key() < waiter.key()) + (self._owner is not None)
+                now = self._clock()
+                mine = waiter.key(now, self._aging)
+                ahead = sum(1 for w in self._waiters if w.key(now, self._aging) < mine) + (
+                    self._owner is not None
+                )
                 job.max_ahead = max(job.max_ahead, ahead)
                 if job.on_wait is not None:
                     self._cond.release()  # the callback may update a UI or raise Cancelled
@@ -288,10 +318,10 @@ class FairLock:
         except BaseException:
             self._waiters.remove(waiter)
             self._cond.notify_all()
-            job.waited_s += time.perf_counter() - queued
+            job.waited_s += self._clock() - queued
             raise
         self._waiters.remove(waiter)
-        job.waited_s += time.perf_counter() - queued
+        job.waited_s += self._clock() - queued
         self._grant(me, job, depth)
         if job.on_wait is not None:
             self._cond.release()
@@ -305,4 +335,4 @@ class FairLock:
 
     def _grant(self, me: int, job: Job, depth: int) -> None:
         self._owner, self._owner_job, self._depth = me, job, depth
-        self._granted_at = time.perf_counter()
+        self._granted_at = self._clock()

@@ -25,6 +25,7 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
+from torch import Tensor
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
@@ -42,7 +43,7 @@ from lenslab.probes.future_lens.prompts import (
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
 from lenslab.probes.plotting import add_clickable_cells, cell_state, label, unique_labels
 from lenslab.probes.stats import wilson
-from lenslab.progress import NO_PROGRESS, Progress
+from lenslab.progress import NO_PROGRESS, Progress, show_partial, wants_partial
 
 NO_MAP = "no map"  # the text of a grid cell where the linear method has no map
 NO_MAP_NOTE = "no map fitted for this position"
@@ -394,13 +395,45 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
         k = min(config.k, session.d_vocab)
         progress(0.0, "forward pass and actual continuation")
         tokens = session.tokenize(prompt)
+        artefact, fitted = "", None
+        if config.method == "linear" and artefacts.linear is not None:
+            artefact = f"linear maps fitted on {artefacts.linear.meta.get('n_train')} examples"
+            fitted = artefacts.linear.positions
+        elif config.method == "learned":
+            artefact = ", ".join(str(soft_prompt_path(session.model_id, layer).name) for layer in layers)
+        cell_tokens: list[list[list[str]]] = []  # decoded top-k of each finished layer's cells
+
+        def result_of(ids: Tensor, probs: Tensor, actual: Tensor) -> FutureLensResult:
+            """The result for the layers decoded so far (``ids``: [done layers, pos, N, k])."""
+            ids_np = to_numpy(ids).astype(np.int64)
+            for row in ids_np[len(cell_tokens) :].tolist():
+                cell_tokens.append([[session.decode_each(cell_ids) for cell_ids in cell] for cell in row])
+            actual_np = to_numpy(actual).astype(np.int64)
+            return FutureLensResult(
+                model_id=session.model_id,
+                prompt=prompt,
+                config=config,
+                method=config.method,
+                tokens=session.decode_each(tokens[0].tolist()),
+                layers=np.asarray(layers[: len(ids_np)], dtype=np.int64),
+                top_ids=ids_np,
+                top_probs=to_numpy(probs).astype(np.float32),
+                top_tokens=cell_tokens[: len(ids_np)],
+                actual_ids=actual_np,
+                actual_tokens=[session.decode_each(row) for row in actual_np.tolist()],
+                artefact=artefact,
+                protocol=config.protocol,
+                fitted_positions=fitted,
+            )
+
         with session.lock:
             states, actual = actual_continuation(session, tokens, horizon, layers)
             teacher = actual[:, : horizon - 1] if config.protocol == "teacher-forced" else None
             if config.method in BATCHED:
                 progress(0.5, f"{config.method}: decoding every cell")
-                grid = grid_topk(session, config.method, layers, states, horizon, artefacts, k)
-                grid_ids, grid_probs = grid
+                grid_ids, grid_probs = grid_topk(
+                    session, config.method, layers, states, horizon, artefacts, k
+                )
             else:
                 top_ids, top_probs = [], []
                 for i, layer in enumerate(layers):
@@ -417,35 +450,13 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
                     )
                     top_ids.append(ids)
                     top_probs.append(probs)
+                    if wants_partial(progress):  # the grid grows on the page a layer at a time
+                        partial = result_of(torch.stack(top_ids), torch.stack(top_probs), actual)
+                        show_partial(progress, "grid", partial.grid_figure())
                     progress((i + 1) / len(layers), f"{config.method}: decoded layer {layer}")
                 grid_ids, grid_probs = torch.stack(top_ids), torch.stack(top_probs)
-        top_ids_np = to_numpy(grid_ids).astype(np.int64)
-        actual_np = to_numpy(actual).astype(np.int64)
-        artefact = ""
-        fitted = None
-        if config.method == "linear" and artefacts.linear is not None:
-            artefact = f"linear maps fitted on {artefacts.linear.meta.get('n_train')} examples"
-            fitted = artefacts.linear.positions
-        elif config.method == "learned":
-            artefact = ", ".join(str(soft_prompt_path(session.model_id, layer).name) for layer in layers)
-        return FutureLensResult(
-            model_id=session.model_id,
-            prompt=prompt,
-            config=config,
-            method=config.method,
-            tokens=session.decode_each(tokens[0].tolist()),
-            layers=np.asarray(layers, dtype=np.int64),
-            top_ids=top_ids_np,
-            top_probs=to_numpy(grid_probs).astype(np.float32),
-            top_tokens=[
-                [[session.decode_each(ids) for ids in cell] for cell in row] for row in top_ids_np.tolist()
-            ],
-            actual_ids=actual_np,
-            actual_tokens=[session.decode_each(row) for row in actual_np.tolist()],
-            artefact=artefact,
-            protocol=config.protocol,
-            fitted_positions=fitted,
-        )
+        # direct and linear decode every cell in one batched pass: their grid is whole when the run ends
+        return result_of(grid_ids, grid_probs, actual)
 
 
 def prepare_default_artefacts(

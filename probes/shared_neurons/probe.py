@@ -80,7 +80,7 @@ from lenslab.probes.shared_neurons.units import (
     unit_statistics,
     unit_weights,
 )
-from lenslab.progress import NO_PROGRESS, Progress
+from lenslab.progress import NO_PROGRESS, Progress, show_partial, wants_partial
 
 
 # ------------------------------------------------------------------------------------------- probe
@@ -125,6 +125,58 @@ def _grouped_heads(stats: UnitStats, positions: str, key: str) -> GroupedScores:
     """Per-prompt-group head scores flattened to one 'layer' of all heads (heads are chosen globally)."""
     sums, counts = stats.grouped(positions, heads=True)
     return GroupedScores(sums.reshape(len(counts), 1, -1), counts, key)
+
+
+def _show_early_overlap(
+    progress: Progress,
+    config: SharedNeuronsConfig,
+    grouped: tuple[GroupedScores, GroupedScores],
+    stats: tuple[UnitStats, UnitStats],
+    stats_c: UnitStats | None,
+    control: TaskSet | None,
+    weights: np.ndarray | None,
+    labels: tuple[str, str],
+    sizes: tuple[int, int],
+    overlap: Any,
+    k: int,
+    head_k: int,
+) -> None:
+    """The overlap figure from the selection halves, shown before the held-out ablations run.
+
+    It has the task pair and the floor pairs (the control task) with their bootstrap intervals;
+    the ceiling pairs need the held-out pass and join in the final figure.
+    """
+    from types import SimpleNamespace
+
+    from lenslab.probes.shared_neurons.figures import overlap_figure
+
+    units = list(grouped)
+    heads = [_grouped_heads(s, config.positions, g.key) for s, g in zip(stats, grouped, strict=True)]
+    pairs = [(f"{labels[0]} vs {labels[1]}", "test", 0, 1, labels[0], labels[1])]
+    counts = list(sizes)
+    if stats_c is not None and control is not None:
+        units.append(_grouped(stats_c, config.positions, weights, "control"))
+        heads.append(_grouped_heads(stats_c, config.positions, "control"))
+        counts.append(len(control.items))
+        pairs.append((f"{labels[0]} vs {control.name}", "floor", 0, 2, labels[0], control.name))
+        if config.mode == "tasks":
+            pairs.append((f"{labels[1]} vs {control.name}", "floor", 1, 2, labels[1], control.name))
+    early_pairs, _ = _pair_overlaps(units, heads, pairs, counts, k, head_k, config)
+    view = SimpleNamespace(
+        n_layers=len(overlap.fraction),
+        k=k,
+        expected_count=overlap.expected,
+        p_value=overlap.p_value,
+        pairs=early_pairs,
+        overlap_fraction=overlap.fraction,
+        overlap_count=overlap.count,
+        jaccard=overlap.jaccard,
+        label_a=labels[0],
+        label_b=labels[1],
+    )
+    figure = overlap_figure(view)  # type: ignore[arg-type]  # the fields the figure reads
+    figure.update_layout(title=f"{figure.layout.title.text}<br>selection halves; the ceiling pairs follow")
+    show_partial(progress, "overlap", figure)
 
 
 def _pair_overlaps(
@@ -321,6 +373,11 @@ class SharedNeurons(Probe[SharedNeuronsConfig, SharedNeuronsResult]):
             head_top_a = np.argsort(-heads_a.reshape(-1), kind="stable")[:head_k].astype(np.int64)
             head_top_b = np.argsort(-heads_b.reshape(-1), kind="stable")[:head_k].astype(np.int64)
             head_shared = len(set(head_top_a.tolist()) & set(head_top_b.tolist()))
+            if config.causal and wants_partial(progress):
+                _show_early_overlap(
+                    progress, config, (grouped_a, grouped_b), (stats_a, stats_b), stats_c, control,
+                    weights_a, (label_a, label_b), (len(sel_a.items), len(sel_b.items)), overlap, k, head_k,
+                )  # fmt: skip
 
             # 2. Held-out prompts: the causal test; its unmodified pass also scores them for the ceiling.
             conditions: list[str] = []

@@ -326,3 +326,78 @@ def test_a_shorter_job_runs_between_two_hooked_passes_without_the_hooks(tiny_gem
     assert fired == ["long", "short", "long"]  # in between, and only the long job's passes hooked
     assert got["active_hooks"] == 0 and torch.equal(got["logits"], expected)
     assert session.active_hook_count() == 0
+
+
+def _long_job_behind_short_ones(aging: float, n_short: int) -> list[str]:
+    """A long job (held 10 s) queues; short jobs arrive one by one, each waiting 6 s of a manual clock.
+
+    Each round: a new short job queues beside the long one, the clock moves 6 s, the holder
+    releases, and whoever the lock picks records its name. Returns the order of the first
+    grants up to the long job's (its grant ends the stream; at most ``n_short`` short jobs).
+    """
+    now = [0.0]
+    lock, order = FairLock(poll_s=0.01, aging=aging, clock=lambda: now[0]), []
+    granted, queued = threading.Condition(), threading.Event()
+    releases: list[threading.Event] = []
+
+    def long_run():
+        def as_if_it_had_run(ahead: int) -> None:
+            lock.current_job().held_s = 10.0
+            queued.set()
+
+        with lock.job("long", as_if_it_had_run), lock, granted:
+            order.append("long")
+            granted.notify_all()
+
+    def short_run(i: int, release: threading.Event):
+        with lock:
+            with granted:
+                order.append(f"short {i}")
+                granted.notify_all()
+            release.wait(30)
+
+    lock.acquire()  # the first short user holds the model when the long job arrives
+    threads = [_start(long_run)]
+    queued.wait(30)
+    holder_release = lock.release
+    for i in range(1, n_short + 1):
+        release = threading.Event()
+        threads.append(_start(lambda i=i, r=release: short_run(i, r)))
+        _wait_for(lambda: lock.queue_length() == 2)
+        now[0] += 6.0  # both waiters wait 6 s while the holder runs
+        with granted:
+            holder_release()
+            granted.wait_for(lambda i=i: len(order) >= i, 30)
+            winner = order[i - 1]  # read now: once "long" ends, the waiting short job runs too
+        releases.append(release)
+        if winner == "long":
+            break
+        holder_release = release.set
+    else:
+        holder_release()
+    for release in releases:
+        release.set()
+    for thread in threads:
+        thread.join(30)
+    _wait_for(lambda: "long" in order)
+    return order[: order.index("long") + 1]
+
+
+def test_a_long_job_behind_a_stream_of_short_jobs_gets_the_model_after_the_bound():
+    """Aging 4: the long job's effective service is 10 − 1.5 k after k rounds, a new short job's −1.5.
+
+    It ranks first once 10 − 1.5 k < −1.5, i.e. at round 8: seven short jobs go before it, then it.
+    """
+    order = _long_job_behind_short_ones(aging=4.0, n_short=20)
+    assert order == [f"short {i}" for i in range(1, 8)] + ["long"]
+
+
+def test_without_enough_aging_the_stream_keeps_the_long_job_waiting():
+    """The same stream with aging 1000 (almost pure least attained service): all 12 go first."""
+    order = _long_job_behind_short_ones(aging=1000.0, n_short=12)
+    assert order == [f"short {i}" for i in range(1, 13)] + ["long"]
+
+
+def test_aging_must_be_positive():
+    with pytest.raises(ValueError, match="aging must be > 0"):
+        FairLock(aging=0)

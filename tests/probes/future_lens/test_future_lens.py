@@ -512,6 +512,33 @@ def test_grid_on_other_families(tiny_any):
     assert tiny_any.active_hook_count() == 0
 
 
+def test_a_causal_grid_is_handed_over_a_layer_at_a_time(tiny_gemma):
+    """fixed runs one continuation per cell: the page shows the grid growing, the last one the final grid."""
+    seen: list[float] = []
+    early: list[tuple[float, object]] = []
+
+    def progress(fraction: float, message: str = "") -> None:
+        seen.append(fraction)
+
+    progress.partial = lambda name, figure: early.append((max(seen, default=0.0), name, figure))
+    config = FutureLensConfig(method="fixed", horizon=1)
+    result = FutureLens().run(tiny_gemma, "the fox", config, progress)
+    assert [name for _, name, _ in early] == ["grid"] * tiny_gemma.n_layers
+    rows = [list(figure.data[0].y) for _, _, figure in early]
+    assert rows[0] == ["L0", "actual"] and rows[-1] == [f"L{i}" for i in range(tiny_gemma.n_layers)] + [
+        "actual"
+    ]
+    assert early[0][0] < 1.0  # the first row was shown before the run had finished
+    final = result.figures()["grid"].data[0]
+    last = early[-1][2].data[0]
+    np.testing.assert_array_equal(np.asarray(last.z, dtype=float), np.asarray(final.z, dtype=float))
+    assert [list(r) for r in last.text] == [list(r) for r in final.text]
+    direct: list[str] = []
+    progress.partial = lambda name, figure: direct.append(name)
+    FutureLens().run(tiny_gemma, "the fox", FutureLensConfig(method="direct", horizon=1), progress)
+    assert direct == []  # one batched pass: the grid is whole when the run ends
+
+
 # ------------------------------------------------------------------------------------ evaluation
 def test_evaluation_on_tiny(tiny_gemma, corpus, lenslab_home):
     from lenslab.analyses.report import Report

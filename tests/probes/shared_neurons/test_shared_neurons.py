@@ -14,6 +14,7 @@ import torch
 from lenslab.models import hooknames
 from lenslab.models.tiny import tiny_session
 from lenslab.probes import get_probe
+from lenslab.probes.shared_neurons.figures import KIND_NAMES
 from lenslab.probes.shared_neurons.probe import planned_forwards
 from lenslab.probes.shared_neurons.result import (
     GAP_A,
@@ -678,6 +679,33 @@ def test_full_run_result_round_trips_and_plots(tiny_gemma, lenslab_home):
     assert loaded.pairs[0].fraction == result.pairs[0].fraction
     assert tiny_gemma.active_hook_count() == 0
     _check_verdict_rules(result)
+
+
+def test_overlap_figure_is_handed_over_before_the_ablations(tiny_gemma):
+    """The app shows the selection-half overlap (task pair and floor pairs) while the ablations still run."""
+    config = SharedNeuronsConfig(n_prompts=6, top_k=8, batch_size=3, resamples=200)
+    messages: list[str] = []
+    early: list[tuple[int, str, object]] = []
+
+    def progress(fraction: float, message: str = "") -> None:
+        messages.append(message)
+
+    progress.partial = lambda name, figure: early.append((len(messages), name, figure))
+    result = get_probe("shared_neurons").run(tiny_gemma, "", config, progress)
+    assert [name for _, name, _ in early] == ["overlap"]
+    when, _, figure = early[0]
+    first_ablation = next(i for i, m in enumerate(messages) if m.startswith("causal test"))
+    assert when <= first_ablation  # shown before the first ablation pass started
+    final = result.figures()["overlap"]
+    np.testing.assert_array_equal(np.asarray(figure.data[0].y), np.asarray(final.data[0].y))
+    lines = {t.name: np.asarray(t.y) for t in figure.data[1:]}
+    final_lines = {t.name: np.asarray(t.y) for t in final.data[1:]}
+    floors = [name for name in final_lines if name.startswith(KIND_NAMES["floor"])]
+    assert floors and all(name in lines for name in floors)
+    for name in floors:  # the same point estimates; the ceilings need the held-out pass
+        np.testing.assert_array_equal(lines[name], final_lines[name])
+    assert not any(name.startswith(KIND_NAMES["ceiling"]) for name in lines)
+    assert tiny_gemma.active_hook_count() == 0
 
 
 def _check_verdict_rules(result):
