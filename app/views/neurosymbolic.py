@@ -11,6 +11,7 @@ from lenslab.app.components import PROMPT_PARAM, LinkedWidgets, settings_and_run
 from lenslab.app.plain import md, md_code, show_invalid
 from lenslab.probes import get_probe
 from lenslab.probes.fields import ConfigField, StrKind
+from lenslab.probes.neurosymbolic.artefact import Artefact
 from lenslab.probes.neurosymbolic.probe import (
     DEFAULT_PROBLEM,
     FitSummary,
@@ -77,7 +78,7 @@ def render() -> None:
     links = LinkedWidgets(KEY, session=session)  # ?prompt=What is 12 * 3?
     problem = st.text_input(
         "Problem",
-        value=links.start(PROBLEM_FIELD, DEFAULT_PROBLEM),
+        value=links.start(PROBLEM_FIELD, _default_problem(artefact)),
         key=f"{KEY}:prompt",
         help=f"Two whole numbers below {artefact.config.bound} and one of {symbols} "
         "(or words: plus, minus, times, mod, xor, gcd(a, b) ...).",
@@ -94,6 +95,26 @@ def render() -> None:
         _explain(result)
         show_result(result, KEY, skip=FIT_FIGURES)
         state.save_report([result], session, KEY)
+
+
+def _default_problem(artefact: Artefact) -> str:
+    """The page's example, or one inside the fitted operand range.
+
+    Encoders fitted on smaller numbers would refuse the usual example, and a default the page
+    itself refuses would greet the user with an error.
+    """
+    candidates = [DEFAULT_PROBLEM]
+    bound = int(artefact.config.bound)
+    for op in ("mul", *artefact.codebook.operations):
+        if op in artefact.codebook.operations:
+            candidates.append(f"What is {bound - 1} {OPERATIONS[op][0]} {max(1, bound // 3)}?")
+    for text in candidates:
+        try:
+            checked_problem(text, artefact)
+            return text
+        except ValueError:
+            continue
+    return DEFAULT_PROBLEM
 
 
 def _overview(summary: FitSummary) -> None:

@@ -201,9 +201,13 @@ def test_gated_hook_point_is_refused_by_name_and_skipped_by_filter(tiny_gemma):
 def test_backward_hooks_fire_and_come_off(tiny_gemma):
     grads = []
     name = tiny_gemma.resid_name(0)
-    with tiny_gemma.hooks(bwd_hooks=[(name, lambda g, *, hook: grads.append(g.shape))]) as model:
-        model.forward(tiny_gemma.tokenize("abc")).sum().backward()
-        assert tiny_gemma.active_hook_count() == 1
+    try:
+        with tiny_gemma.hooks(bwd_hooks=[(name, lambda g, *, hook: grads.append(g.shape))]) as model:
+            model.forward(tiny_gemma.tokenize("abc")).sum().backward()
+            assert tiny_gemma.active_hook_count() == 1
+    finally:  # the session is shared by the whole test process: leave no gradients on its weights
+        for _, weight in tiny_gemma.named_weights():
+            weight.grad = None
     assert grads == [(1, 4, tiny_gemma.d_model)]
     assert tiny_gemma.active_hook_count() == 0
 
