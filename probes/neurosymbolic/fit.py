@@ -64,21 +64,9 @@ def ridge_path(
     residual streams of any scale (Gemma's norms reach thousands). With fewer samples than
     features the same solution is computed in sample space (n×n instead of d×d).
     """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-    if x.shape[0] < 2:
-        raise ValueError("ridge needs at least two samples")
-    if any(a < 0 for a in alphas) or not alphas:
-        raise ValueError(f"alphas must be non-negative and non-empty, got {list(alphas)}")
-    x64, y64 = x.double(), y.double()
-    x_mean, y_mean = x64.mean(0), y64.mean(0)
-    xc, yc = x64 - x_mean, y64 - y_mean
-    scale = float((xc * xc).sum()) / x.shape[1]  # tr(XᵀX) / d_in
-    dual = x.shape[0] < x.shape[1]  # fewer samples than features: solve in sample space
-    gram = xc @ xc.T if dual else xc.T @ xc
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-    eigenvalues = eigenvalues.clamp_min(0.0)
-    projected = eigenvectors.T @ (yc if dual else xc.T @ yc)
+    e = _Eigen.of(x, y, alphas)
+    x_mean, y_mean, xc, scale, dual = e.x_mean, e.y_mean, e.xc, e.scale, e.dual
+    eigenvalues, eigenvectors, projected = e.eigenvalues, e.eigenvectors, e.projected
     maps = []
     for alpha in alphas:
         shrink = 1.0 / (eigenvalues + alpha * scale + 1e-12 * max(scale, 1e-30))
@@ -102,28 +90,16 @@ def ridge_predictions(
     per penalty); the predictions go through the same eigendecomposition in ``m`` rows instead.
     Same penalty scale and (primal or sample-space) solution as :func:`ridge_path`; float64 inside.
     """
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
-    if x.shape[0] < 2:
-        raise ValueError("ridge needs at least two samples")
-    if any(a < 0 for a in alphas) or not alphas:
-        raise ValueError(f"alphas must be non-negative and non-empty, got {list(alphas)}")
-    x64, y64 = x.double(), y.double()
-    x_mean, y_mean = x64.mean(0), y64.mean(0)
-    xc, yc = x64 - x_mean, y64 - y_mean
-    new_c = x_new.to(x64) - x_mean
-    scale = float((xc * xc).sum()) / x.shape[1]
-    dual = x.shape[0] < x.shape[1]
-    gram = xc @ xc.T if dual else xc.T @ xc
-    eigenvalues, eigenvectors = torch.linalg.eigh(gram)
-    eigenvalues = eigenvalues.clamp_min(0.0)
-    projected = eigenvectors.T @ (yc if dual else xc.T @ yc)
+    e = _Eigen.of(x, y, alphas)
+    xc, scale, dual = e.xc, e.scale, e.dual
+    eigenvalues, eigenvectors, projected = e.eigenvalues, e.eigenvectors, e.projected
+    new_c = x_new.to(xc) - e.x_mean
     # x_new W = x_new Xᵀ V S Vᵀ Y (dual) or x_new V S Vᵀ XᵀY (primal): V, S from the eigh above.
     left = (new_c @ xc.T if dual else new_c) @ eigenvectors
     out = []
     for alpha in alphas:
         shrink = 1.0 / (eigenvalues + alpha * scale + 1e-12 * max(scale, 1e-30))
-        out.append(((left * shrink) @ projected + y_mean).to(x.dtype))
+        out.append(((left * shrink) @ projected + e.y_mean).to(x.dtype))
     return out
 
 
@@ -255,3 +231,40 @@ def collect(
         target_logprob=target_logprob if need_logits else None,  # type: ignore[arg-type]
         argmax=argmax if need_logits else None,  # type: ignore[arg-type]
     )
+
+
+@dataclass(frozen=True)
+class _Eigen:
+    """What every ridge penalty shares: centred data, the penalty scale and one eigendecomposition.
+
+    The penalty is relative (λ = α · tr(XᵀX)/d_in on centred X); with fewer samples than
+    features the Gram matrix is taken in sample space (n×n instead of d×d). Float64 inside.
+    """
+
+    x_mean: Tensor
+    y_mean: Tensor
+    xc: Tensor
+    scale: float
+    dual: bool
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    projected: Tensor
+
+    @classmethod
+    def of(cls, x: Tensor, y: Tensor, alphas: Sequence[float]) -> _Eigen:
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]}")
+        if x.shape[0] < 2:
+            raise ValueError("ridge needs at least two samples")
+        if any(a < 0 for a in alphas) or not alphas:
+            raise ValueError(f"alphas must be non-negative and non-empty, got {list(alphas)}")
+        x64, y64 = x.double(), y.double()
+        x_mean, y_mean = x64.mean(0), y64.mean(0)
+        xc, yc = x64 - x_mean, y64 - y_mean
+        scale = float((xc * xc).sum()) / x.shape[1]  # tr(XᵀX) / d_in
+        dual = x.shape[0] < x.shape[1]  # fewer samples than features: solve in sample space
+        gram = xc @ xc.T if dual else xc.T @ xc
+        eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+        eigenvalues = eigenvalues.clamp_min(0.0)
+        projected = eigenvectors.T @ (yc if dual else xc.T @ yc)
+        return cls(x_mean, y_mean, xc, scale, dual, eigenvalues, eigenvectors, projected)

@@ -7,20 +7,10 @@ one "Invalid settings" message and the page runs nothing until the setting is ch
 
 from __future__ import annotations
 
+from app_support import open_view as _open
 from streamlit.testing.v1 import AppTest
 
 from lenslab.app.plain import INVALID
-from lenslab.models.tiny import tiny_session
-
-
-def _open(monkeypatch, view: str, query: dict[str, str]) -> AppTest:
-    session = tiny_session("gemma3")
-    monkeypatch.setattr("lenslab.app.state.session", lambda: session)
-    at = AppTest.from_string(
-        f"from lenslab.app.views import {view} as page\npage.render()\n", default_timeout=300
-    )
-    at.query_params.update(query)
-    return at.run()
 
 
 def _refusals(at: AppTest) -> list[str]:

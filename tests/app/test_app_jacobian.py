@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from app_support import summary_value as _summary_value
 from streamlit.testing.v1 import AppTest
 
 PAGE = "from lenslab.app.views import jacobian\njacobian.render()\n"
@@ -46,14 +47,3 @@ def test_page_shows_user_errors(page):
     at.button(key="jacobian:run").click().run()
     assert not at.exception
     assert any("capped at 4 tokens" in e.value for e in at.error)
-
-
-def _summary_value(at, name: str) -> str:
-    """A summary entry's shown value: a metric, or (text too long for one) the line under its caption."""
-    for metric in at.metric:
-        if metric.label == name:
-            return metric.value
-    for line in at.markdown:  # a sentence: a full-width line under the grid
-        if line.value.startswith(f"**{name}:** "):
-            return line.value.split(":** ", 1)[1]
-    return next(c.markdown[0].value for c in at.columns if c.caption and c.caption[0].value == name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from app_support import summary_value as _summary_value
 from streamlit.testing.v1 import AppTest
 
 from lenslab.app.views import shared_neurons as page
@@ -68,14 +69,3 @@ def test_two_models_with_perturbed_copy_and_save(app):
     at.text_input(key=f"t:{KEY}").set_value("perturbed demo")
     at.button(key=f"FormSubmitter:save:{KEY}-Save report").click().run()
     assert any("Saved report" in s.value for s in at.success)
-
-
-def _summary_value(at, name: str) -> str:
-    """A summary entry's shown value: a metric, or (text too long for one) the line under its caption."""
-    for metric in at.metric:
-        if metric.label == name:
-            return metric.value
-    for line in at.markdown:  # a sentence: a full-width line under the grid
-        if line.value.startswith(f"**{name}:** "):
-            return line.value.split(":** ", 1)[1]
-    return next(c.markdown[0].value for c in at.columns if c.caption and c.caption[0].value == name)

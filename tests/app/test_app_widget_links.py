@@ -12,6 +12,7 @@ import functools
 from types import SimpleNamespace
 
 import pytest
+from app_support import open_view
 from streamlit.testing.v1 import AppTest
 
 from lenslab.app.plain import INVALID
@@ -19,13 +20,7 @@ from lenslab.models.tiny import tiny_session
 
 
 def _open(monkeypatch, view: str, query: dict[str, str]) -> AppTest:
-    session = tiny_session("gemma3")
-    monkeypatch.setattr("lenslab.app.state.session", lambda: session)
-    at = AppTest.from_string(
-        f"from lenslab.app.views import {view} as page\npage.render()\n", default_timeout=300
-    )
-    at.query_params.update(query)
-    at.run()
+    at = open_view(monkeypatch, view, query)
     assert not at.exception, [e.value for e in at.exception]
     return at
 
