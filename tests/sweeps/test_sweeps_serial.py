@@ -163,37 +163,35 @@ def test_resume_runs_only_the_unfinished_shards(tmp_path):
 
 
 def test_a_sigkilled_cli_driver_resumes_from_its_folder(tmp_path, lenslab_home):
+    """Kill the CLI driver mid-sweep, then resume from its folder.
+
+    The driver is frozen (SIGSTOP) the moment a finished shard is seen and only then killed, and
+    the sweep has 60 one-item shards, so "mid-sweep" does not depend on how fast shards run
+    (with 6 shards a fast machine finished them all between two polls).
+    """
     folder = tmp_path / "cli"
-    command = [sys.executable, "-m", "lenslab.cli", "sweep", "logit_lens", "--source", "tasks:capitals"]
-    command += [
-        "--model",
-        TINY,
-        "--limit",
-        "12",
-        "--shard-size",
-        "2",
-        "--backend",
-        "serial",
-        "--out",
-        str(folder),
-    ]
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("".join(f"The number {i} is\n" for i in range(60)), encoding="utf-8")
+    command = [sys.executable, "-m", "lenslab.cli", "sweep", "logit_lens", "--source", str(prompts)]
+    command += ["--model", TINY, "--shard-size", "1", "--backend", "serial", "--out", str(folder)]
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and driver.poll() is None:
         status = Status.read(folder)
         if status is not None and status.shards_done >= 1:
+            os.kill(driver.pid, signal.SIGSTOP)
             break
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     status = Status.read(folder)
-    assert status is not None and 1 <= status.shards_done < status.shards_total
-    assert read_manifest(folder)["n_items"] == 12
+    assert status is not None and 1 <= status.shards_done < status.shards_total == 60
+    assert read_manifest(folder)["n_items"] == 60
     done_before = status.shards_done
     seen: list[Status] = []
     result = resume(folder, backend="serial", on_status=seen.append)
-    assert seen[-1].shards_run == 6 - done_before
-    assert (result.status == OK).all() and result.status.size == 12
+    assert seen[-1].shards_run == 60 - done_before
+    assert (result.status == OK).all() and result.status.size == 60
     assert json.loads((folder / "report" / "report.json").read_text())["results"][0]["probe"] == "sweep"
 
 
