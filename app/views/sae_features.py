@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import streamlit as st
 
 from lenslab.app import state
@@ -104,6 +106,10 @@ def render() -> None:
         _train_tab(session)
 
 
+# The prompt tab's starting values and ranges are the config's own (one place to change them).
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(SAEFeaturesConfig) if f.name in ("k", "n_heatmap")}
+
+
 def _prompt_tab(session, loaded: LoadedSAE) -> None:
     probe = get_probe("sae_features")
     prompt = url_prompt(f"{KEY}:prompt", DEFAULT_PROMPT)
@@ -112,17 +118,17 @@ def _prompt_tab(session, loaded: LoadedSAE) -> None:
     cols = st.columns(2)
     k = number_field(
         "top features per token",
-        links.start(k_field, 5),
-        min_value=1,
-        max_value=64,
+        links.start(k_field, DEFAULTS["k"]),
+        min_value=k_field.metadata["min"],
+        max_value=k_field.metadata["max"],
         key=f"{KEY}:k",
         where=cols[0],
     )
     n_heat = number_field(
         "features in the heatmap",
-        links.start(n_field, 24),
-        min_value=1,
-        max_value=200,
+        links.start(n_field, DEFAULTS["n_heatmap"]),
+        min_value=n_field.metadata["min"],
+        max_value=n_field.metadata["max"],
         key=f"{KEY}:nheat",
         where=cols[1],
     )
