@@ -295,7 +295,14 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
 
 
 def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> JacobianLensResult:
-    config = JacobianLensConfig(k=10, layers=(ref.layer,), gap_layer=ref.layer, gap_position=ref.position)
+    """The J-lens read-out of the state, without the J-gap.
+
+    The gap needs this input's own Jacobian at the state: 2 × d_model backward rows through every
+    layer after it (≈ 1,300 on the embedded model, about a minute on a CPU), many times what every
+    other lens in the inspector costs together. The inspector answers at once and says where the
+    gap is computed (the J-lens page, with gap layer and position set to this state).
+    """
+    config = JacobianLensConfig(k=10, layers=(ref.layer,), gap=False)
     return JacobianLensProbe().run(session, ref.prompt, config, progress)
 
 
@@ -311,6 +318,11 @@ def _describe(result: JacobianLensResult, ref: StateRef) -> list[str]:
                 f"overlap {result.gap_topk_overlap[i]:.2f}; J·h reads "
                 + ", ".join(map(repr, result.gap_instance_tokens[i][:5]))
             )
+    else:
+        lines.append(
+            f"J-gap not computed here (2 × d_model backward rows, about a minute on a CPU): on the "
+            f"Jacobian lens page set gap layer {ref.layer} and gap position {ref.position}"
+        )
     lines.append(result.lens)
     return lines
 

@@ -97,3 +97,19 @@ def test_prepare_fits_a_fixed_prompt_count_whatever_prompts_cost(tiny_gemma, len
 def test_fit_spec_rejects_bad_values(changes, field):
     with pytest.raises(ValueError, match=field):
         FitSpec(**{"seq_len": 16, "skip_first": 4, **changes}).validate()
+
+
+def test_inspector_view_reads_the_state_and_leaves_the_gap_to_the_page(tiny_gemma, lenslab_home):
+    """The inspector's J-lens answer skips the J-gap (2 × d_model backward rows) and says where it is."""
+    from lenslab.probes.inspector import StateRef, state_views
+
+    state = fit_shard(tiny_gemma, [0, 1], FitSpec(seq_len=12, skip_first=3, dim_batch=16), texts=TEXTS)
+    JacobianLens.from_state(state).save()
+    view = next(v for v in state_views() if v.name == "jacobian_lens")
+    ref = StateRef("Hello world, again", 1, 4).resolve(tiny_gemma)
+    result = view.compute(tiny_gemma, ref, lambda *_: None)
+    direct = get_probe("jacobian_lens").run(tiny_gemma, ref.prompt, JacobianLensConfig(k=10, layers=(1,)))
+    assert result.gap_layer == -1
+    assert result.jlens_tokens == direct.jlens_tokens  # the same read-out as the page's
+    lines = view.describe(result, ref)
+    assert any("gap layer 1 and gap position 4" in line for line in lines)
