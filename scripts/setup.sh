@@ -17,6 +17,20 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 pip=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
+# Debian's Chromium for the browser tests: apt-get runs in the background while pip and
+# `lenslab prepare` work (neither needs the other); the script waits for it before it returns.
+chromium_job=""
+if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "[setup] installing Debian chromium for the browser tests (in the background)"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+            >/dev/null 2>&1 &
+        chromium_job=$!
+    else
+        echo "[setup] chromium not found (install Debian's chromium): browser tests will be skipped"
+    fi
+fi
+
 # Re-install only when the dependency declaration changed.
 stamp="$VENV/.lenslab-$(sha256sum pyproject.toml | cut -c1-16)-$want_test"
 if [ ! -f "$stamp" ]; then
@@ -35,19 +49,13 @@ if [ ! -f "$stamp" ]; then
     touch "$stamp"
 fi
 
-if [ "$want_test" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "[setup] installing Debian chromium for the browser tests"
-        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
-            >/dev/null 2>&1 || echo "[setup] could not install chromium: browser tests will be skipped"
-    else
-        echo "[setup] chromium not found (install Debian's chromium): browser tests will be skipped"
-    fi
-fi
-
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 if [ "$want_test" = 1 ]; then
     "$VENV/bin/lenslab" prepare                  # model + every probe's default artefacts
 else
     "$VENV/bin/lenslab" prepare --skip-artefacts # model only; `lenslab app` builds artefacts in the background
+fi
+
+if [ -n "$chromium_job" ] && ! wait "$chromium_job"; then
+    echo "[setup] could not install chromium: browser tests will be skipped"
 fi

@@ -4,8 +4,13 @@ The notebooks share one kernel, started once for the module: each notebook start
 empty namespace (``%reset -f``), and ``ModelSession.load()`` with default settings returns the
 model the kernel loaded first, so the embedded model is loaded once, not once per notebook (the
 same rule as the test process's, ``tests/conftest.py``). A kernel that died is restarted.
+
+A notebook may start with a cell tagged ``parameters`` (papermill's convention) holding its sizes;
+the test sets smaller ones from ``TEST_PARAMETERS`` in a cell right after it, so every cell still
+runs on the embedded model, faster, while a reader running the notebook gets its defaults.
 """
 
+import ast
 from pathlib import Path
 
 import nbformat
@@ -39,6 +44,37 @@ del _one_load_per_kernel
 """
 
 
+# Per notebook: the sizes the test runs it at (each name must be assigned in its parameters cell).
+TEST_PARAMETERS: dict[str, dict[str, object]] = {
+    "attention": {"induction_length": 8, "induction_sequences": 2},
+    "future_lens": {"eval_examples": 32},
+    "patching": {"layers": (0, 1, 8, 17)},
+    "shared_neurons": {"n_prompts": 4, "resamples": 100},
+}
+
+
+def prepare_cells(nb, name: str) -> None:
+    """Insert notebook ``name``'s test sizes after its ``parameters`` cell; refuse names it lacks."""
+    wanted = TEST_PARAMETERS.get(name)
+    if not wanted:
+        return
+    index = next(
+        (i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])), None
+    )
+    assert index is not None, "TEST_PARAMETERS names a notebook without a cell tagged 'parameters'"
+    assigned = {
+        target.id
+        for node in ast.walk(ast.parse(nb.cells[index].source))
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    missing = set(wanted) - assigned
+    assert not missing, f"the parameters cell does not assign {sorted(missing)}"
+    lines = [f"{name} = {value!r}" for name, value in wanted.items()]
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell("# test sizes\n" + "\n".join(lines)))
+
+
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
     """One Jupyter kernel for every notebook, started in ``notebooks/`` with reports in tmp."""
@@ -56,6 +92,7 @@ def kernel(tmp_path_factory):
 
 def test_there_are_notebooks():
     assert any(p.name == "logit_lens.ipynb" for p in NOTEBOOKS)
+    assert set(TEST_PARAMETERS) <= {p.stem for p in NOTEBOOKS}, "TEST_PARAMETERS names a missing notebook"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -68,6 +105,7 @@ def test_notebook_runs(path, kernel):
     )
     if not kernel.is_alive():
         kernel.restart_kernel(now=True)
+    prepare_cells(nb, path.stem)
     nb.cells.insert(0, nbformat.v4.new_code_cell(PREAMBLE))
     client = NotebookClient(nb, km=kernel, timeout=900, resources={"metadata": {"path": str(path.parent)}})
     try:

@@ -42,7 +42,7 @@ def render() -> None:
             cols[1].download_button(
                 "Download zip",
                 icon=":material/download:",
-                data=zip_report(entry.path),
+                data=lambda path=entry.path: zip_report(path),  # zipped on click, not on every rerun
                 file_name=f"{entry.name}.zip",
                 key=f"dl:{entry.name}",
                 mime="application/zip",

@@ -83,34 +83,60 @@ def test_crash_mid_save_leaves_nothing_listed(tmp_path, result, monkeypatch):
 
 
 def test_killed_process_mid_save_leaves_old_or_nothing(tmp_path):
-    """SIGKILL a saver repeatedly at random moments: every listed report must load."""
+    """SIGKILL a saver repeatedly at random moments: every listed report must load.
+
+    One helper process imports lenslab and runs the probe once, then forks a saver per round
+    (saving in a loop until killed), so the rounds do not each pay the imports.
+    """
     script = textwrap.dedent(
         f"""
-        import sys
+        import os, sys
         sys.path.insert(0, {str(os.getcwd())!r})
+        import torch
+        torch.set_num_threads(1)  # no thread pool to inherit across fork
         from lenslab.models.tiny import tiny_session
         from lenslab.probes import LogitLens, LogitLensConfig
         from lenslab.analyses.report import Report
         s = tiny_session("gemma3")
         r = LogitLens().run(s, "hello", LogitLensConfig())
-        print("ready", flush=True)
-        i = 0
-        while True:
-            Report([r], {{"title": str(i)}}).save({str(tmp_path / "r")!r}, overwrite=True)
-            i += 1
+        for line in sys.stdin:
+            pid = os.fork()
+            if pid == 0:
+                i = 0
+                while True:
+                    Report([r], {{"title": str(i)}}).save({str(tmp_path / "r")!r}, overwrite=True)
+                    i += 1
+            print(pid, flush=True)
+            os.waitpid(pid, 0)
+            print("reaped", flush=True)
         """
     )
+    import contextlib
     import random
+    import signal
     import time
 
-    for _ in range(3):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(random.uniform(0.2, 1.0))
-        proc.kill()
-        proc.wait()
-        for entry in list_reports(tmp_path):
-            Report.load(entry.path)  # raises if a listed report is broken
+    helper = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    saver = None
+    try:
+        for _ in range(3):
+            helper.stdin.write("go\n")
+            helper.stdin.flush()
+            saver = int(helper.stdout.readline())
+            time.sleep(random.uniform(0.2, 1.0))
+            os.kill(saver, signal.SIGKILL)
+            assert helper.stdout.readline().strip() == "reaped"
+            saver = None
+            for entry in list_reports(tmp_path):
+                Report.load(entry.path)  # raises if a listed report is broken
+    finally:
+        if saver is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(saver, signal.SIGKILL)  # a failed round leaves no saver behind
+        helper.kill()
+        helper.wait()
     assert (tmp_path / "r" / "report.json").exists() or not list_reports(tmp_path)
 
 

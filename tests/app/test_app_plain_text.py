@@ -70,14 +70,25 @@ def _markdown_strings(at: AppTest) -> list[str]:
     return out
 
 
-@pytest.fixture
-def payload_reports(lenslab_home, tiny_gemma):
-    from lenslab.models.paths import reports_dir
-
+@pytest.fixture(scope="module")
+def saved_payload_reports(tmp_path_factory, tiny_gemma):
+    """One report per payload (title, prompt, model, created), saved once for the module."""
+    folder = tmp_path_factory.mktemp("payload-reports")
     result = LogitLens().run(tiny_gemma, "ab", LogitLensConfig(k=2))
     for i, payload in enumerate(PAYLOADS):
         meta = {"title": payload, "prompt": payload, "model": payload, "created": payload}
-        Report([result], meta).save(reports_dir() / f"r{i}")
+        Report([result], meta).save(folder / f"r{i}")
+    return folder
+
+
+@pytest.fixture
+def payload_reports(lenslab_home, saved_payload_reports):
+    """A fresh copy of the payload reports in this test's reports folder (tests may delete some)."""
+    import shutil
+
+    from lenslab.models.paths import reports_dir
+
+    shutil.copytree(saved_payload_reports, reports_dir(), dirs_exist_ok=True)
     return reports_dir()
 
 

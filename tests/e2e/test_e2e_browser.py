@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+import zipfile
 
 import pytest
 from e2e_support import (
@@ -208,6 +209,11 @@ def test_reports_page_opens_a_saved_report(page, server, tiny_gemma):
         page.get_by_text("e2e opened report").first.click()
         page.get_by_text("Open").first.wait_for(state="visible")
         idle(page)
+        # the zip is built when the button is pressed (not on every rerun): it still holds the report
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name=re.compile("Download zip")).first.click()
+        with zipfile.ZipFile(download.value.path()) as archive:
+            assert "opened/report.json" in archive.namelist(), archive.namelist()
         _switch_on(page, "[data-testid='stCheckbox'], [data-testid='stToggle']")
         page.locator(".js-plotly-plot").first.wait_for(state="attached", timeout=60_000)
         _no_crash(page)
