@@ -222,12 +222,14 @@ def krylov_block(width: int) -> int:
     """The default Lanczos block of :func:`krylov_svd` on a window of ``width`` positions.
 
     Each block costs one forward and one adjoint pass of the operator, one after the other, so
-    the block sets how many sequential passes the SVD needs; a wider block needs a few more
-    products in all but fewer passes. About 192 GEMM rows (block × positions), 12 to 32 vectors:
-    on the embedded model at 7–16 tokens on a shared 2-core CPU, where the passes' fixed
-    per-operation costs dominate, this halved the SVD's time against ~80 rows.
+    the block sets how many sequential passes the SVD needs; a wider block spends more products in
+    all but needs fewer passes, and each pass has a fixed cost (hundreds of small operations over
+    18 layers) that dominates on a shared CPU. About 384 GEMM rows (block × positions), 12 to 32
+    vectors. Measured on the embedded model, 2 loaded cores, top-8 to 1e-3: at 7 tokens block 11
+    took 22.5 CPU s (165 products), block 24 14.9 s (264); at 16 tokens block 5 took 45.3 s (115),
+    block 12 33.2 s (180), block 24 20.5 s (264).
     """
-    return min(32, max(12, 192 // max(1, width)))
+    return min(32, max(12, 384 // max(1, width)))
 
 
 def krylov_schedule(products: int, block: int) -> list[tuple[str, int]]:
