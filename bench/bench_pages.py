@@ -32,9 +32,12 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   as the probe's adjoint does. With the default layer sweep: one forward of its 64 Hutchinson
   probes keeping every layer's state, then per power round one backward with every layer's
   cotangent at its own layer and one forward of the ``layers`` directions. Finally the decode:
-  one unembedding GEMM of the ``n_components`` + ``layers`` directions. The forward passes do
-  a little more than the linear map (HF also computes Q, K and the gate projection, and the
-  last layer at every position): the floor is, if anything, slightly above the bare work;
+  one unembedding GEMM of the ``n_components`` + ``layers`` directions. This is the page's
+  work pass for pass, done the plain-HF way; it is not a lower bound on the page's own linear
+  operator, whose passes are cheaper than HF's: HF's forward also computes Q, K, the gate
+  projection, the attention scores and softmax and the norms' statistics (per token and layer
+  about 1.6× the multiply-adds of the linear map's V, O, up and down), and its backward replays
+  an autograd graph. Measured, this floor came out above the page itself (ratio < 1);
 - ``score + ablations`` (shared neurons): one batched forward of every scored prompt (both
   selection halves and the control task) up to the last layer read, then per ablation condition
   one batched forward of the held-out prompts with their answers and the answer-position logits;
