@@ -18,11 +18,26 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   forward of ``seq`` copies up to it (the matrix products of the linear contribution replay) and
   the SAE encoder;
 - ``generate``: the KV-cached greedy generations a steering page must produce (clean + steered);
-- ``forward + replay + SVD`` (Jacobian): one forward, the contribution replay (one batched
-  forward of ``seq`` copies through every layer: the linear replay does the same products) and
-  the SVD's J·v / Jᵀ·u products at the chosen accuracy, as one batched forward of that many
-  copies (the count is the probe's own ``svd_products`` from a warm-up run). The layer sweep
-  (Hutchinson probes, power steps on every layer) is not in this floor;
+- ``forward + replay + SVD passes + sweep`` (Jacobian): what the page cannot avoid, pass for
+  pass as the probe needs it, each pass one batched call on the HF layers (no loop over
+  positions, layers or heads): one forward with logits (the recording); the contribution replay
+  (one forward of ``seq`` one-token copies through every layer); the SVD's products at the
+  chosen accuracy in their block structure, read from a warm-up run of the probe (its
+  ``svd_products`` and ``krylov_block`` of the window give ``krylov_schedule``): block Lanczos
+  cannot batch them further, because each block's J·V needs the previous Jᵀ·U and vice versa.
+  Each J·V block is one batched forward of ``block`` inputs over the window, each Jᵀ·U block one
+  batched backward (an autograd VJP from the target position) of the same size, timed without
+  the forward that built its graph; Q, K and the gate projection have their inputs detached
+  there, so the backward runs only the transposes the linear system has (V, O, up, down, norms),
+  as the probe's adjoint does. With the default layer sweep: one forward of its 64 Hutchinson
+  probes keeping every layer's state, then per power round one backward with every layer's
+  cotangent at its own layer and one forward of the ``layers`` directions. Finally the decode:
+  one unembedding GEMM of the ``n_components`` + ``layers`` directions. This is the page's
+  work pass for pass, done the plain-HF way; it is not a lower bound on the page's own linear
+  operator, whose passes are cheaper than HF's: HF's forward also computes Q, K, the gate
+  projection, the attention scores and softmax and the norms' statistics (per token and layer
+  about 1.6× the multiply-adds of the linear map's V, O, up and down), and its backward replays
+  an autograd graph. Measured, this floor came out above the page itself (ratio < 1);
 - ``score + ablations`` (shared neurons): one batched forward of every scored prompt (both
   selection halves and the control task) up to the last layer read, then per ablation condition
   one batched forward of the held-out prompts with their answers and the answer-position logits;
@@ -259,11 +274,81 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         for start in range(0, copies, batch):
             stopped(tokens.expand(min(batch, copies - start), -1), layer)
 
-    def jacobian_floor(tokens: torch.Tensor, products: int) -> None:
-        seq, last = tokens.shape[-1], session.n_layers - 1
-        forward(tokens)
-        batched_body(tokens, seq, last)  # the contribution replay
-        batched_body(tokens, products, last)  # the SVD's products
+    def detached_graph(rows: int, width: int, every_layer: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """A retained autograd graph of the body on ``rows`` random inputs over ``width`` positions:
+        returns (input, output), the output at the last position (every layer's own row when
+        ``every_layer``: row ℓ reads layer ℓ). Q, K and the gate projection get detached inputs, so
+        a backward through it runs only the linear system's transposes."""
+        detach = [
+            module.register_forward_pre_hook(lambda _m, args: (args[0].detach(), *args[1:]))
+            for layer in body.layers
+            for module in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.mlp.gate_proj)
+        ]
+        d_model = w_u.shape[-1]
+        x = torch.randn(rows, width, d_model, dtype=w_u.dtype, device=w_u.device, requires_grad=True)
+        try:
+            with torch.enable_grad():
+                states = body(inputs_embeds=x, output_hidden_states=every_layer)
+                if every_layer:
+                    out = torch.stack([states.hidden_states[i + 1][i % rows, -1] for i in range(rows)])
+                else:
+                    out = states.last_hidden_state[:, -1]
+        finally:
+            for handle in detach:
+                handle.remove()
+        return x, out
+
+    def jacobian_floor_fn(tokens: torch.Tensor, result: Any, config: Any) -> tuple[str, Callable[[], None]]:
+        """The Jacobian page's floor (module docstring), sized from the probe's own ``result``."""
+        from lenslab.probes.jacobian.algorithms import krylov_block, krylov_schedule
+        from lenslab.probes.jacobian.result import HUTCHINSON_PROBES, SWEEP_POWER_STEPS
+
+        seq, d_model, layers = tokens.shape[-1], w_u.shape[-1], session.n_layers
+        width = result.position + 1
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, dtype=w_u.dtype, device=w_u.device)
+
+        if result.method == "full":  # J by one batched adjoint pass of all its rows
+            schedule = [("adjoint", d_model)]
+        else:
+            schedule = krylov_schedule(result.svd_products, krylov_block(width))
+        graphs = {rows: detached_graph(rows, width, False) for kind, rows in schedule if kind == "adjoint"}
+        inputs = {rows: rand(rows, width, d_model) for kind, rows in schedule if kind == "forward"}
+        sweep = detached_graph(layers, seq, True) if config.layer_sweep else None
+        probes, rounds = HUTCHINSON_PROBES, SWEEP_POWER_STEPS
+        sketch, directions = rand(probes, seq, d_model), rand(config.n_components + layers, d_model)
+
+        def backward(graph: tuple[torch.Tensor, torch.Tensor]) -> None:
+            x, out = graph
+            torch.autograd.grad(out, x, grad_outputs=out.detach(), retain_graph=True)
+
+        def run() -> None:
+            forward(tokens)  # the recording forward
+            batched_body(tokens, seq, layers - 1)  # the contribution replay
+            for kind, rows in schedule:
+                if kind == "adjoint":
+                    backward(graphs[rows])
+                else:
+                    with torch.inference_mode():
+                        body(inputs_embeds=inputs[rows])
+            if sweep is not None:
+                with torch.inference_mode():
+                    body(inputs_embeds=sketch, output_hidden_states=True)
+                for _ in range(rounds):
+                    backward(sweep)
+                    with torch.inference_mode():
+                        body(inputs_embeds=sweep[0].detach(), output_hidden_states=True)
+            with torch.inference_mode():
+                (directions @ w_u.T).topk(config.top_tokens, -1)
+
+        passes = sum(kind == "adjoint" for kind, _ in schedule)
+        sweep_text = f" + sweep ({probes} probes, {rounds} rounds)" if sweep is not None else ""
+        kind = (
+            f"forward + replay + SVD ({result.svd_products} products: {passes} backward, "
+            f"{len(schedule) - passes} forward passes){sweep_text} + decode"
+        )
+        return kind, run
 
     def attentions(tokens: torch.Tensor, induction: torch.Tensor | None) -> None:
         with torch.inference_mode():
@@ -314,10 +399,7 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         if name == "sae_steering":
             return Floor("generate ×2", lambda: generate(tokens, config.n_new, 2))
         if name == "jacobian":
-            products = get_probe(name).run(session, prompt, config).svd_products
-            return Floor(
-                f"forward + replay + SVD ({products} products)", lambda: jacobian_floor(tokens, products)
-            )
+            return Floor(*jacobian_floor_fn(tokens, get_probe(name).run(session, prompt, config), config))
         if name == "attention":
             induction = None
             if config.induction:

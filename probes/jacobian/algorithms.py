@@ -113,6 +113,7 @@ class TopSVD:
     s: Float[Tensor, " r"]
     vh: Float[Tensor, "r n_in"]  # n_in = seq·d_in for J (zeros after the target position), d_in for J_i
     products: int  # J·v plus Jᵀ·u products spent
+    passes: list[tuple[str, int]]  # the sequential passes in order: ("adjoint" | "forward", rows)
     error_estimate: float  # bound-based estimate of max_i |σ_i − σ̂_i|/σ̂_i over the top r (see _ritz_error)
     converged: bool
 
@@ -161,9 +162,7 @@ def krylov_svd(
         bias = fn(zero) if model.has_bias else None
     n_in = d_in if token is not None else width * d_in
     cap = min(n_in, d_out) if max_dim is None else min(max_dim, n_in, d_out)
-    if block is None:  # ~80 GEMM rows (block × positions): fastest on the embedded model at 8–32 tokens
-        block = min(12, max(4, 80 // width))
-    block = max(1, min(block, cap))
+    block = max(1, min(krylov_block(width) if block is None else block, cap))
     rank = min(rank, cap)
 
     def transpose(u: Tensor) -> Tensor:  # Jᵀ U for rows u → [k, n_in]
@@ -184,15 +183,16 @@ def krylov_svd(
     omega = torch.randn(block, d_out, generator=generator, dtype=torch.float64).to(inputs)
     basis, images = [], []  # orthonormal row blocks of Q, and J·(block)ᵀ
     current = torch.linalg.qr(transpose(omega).T).Q.T
-    products, estimate, converged = block, float("inf"), False
+    passes = [("adjoint", block)]
+    estimate, converged = float("inf"), False
     while True:
         image = forward(current)  # [b, d_out]
         basis.append(current)
         images.append(image)
-        products += len(current)
+        passes.append(("forward", len(current)))
         left, coupling = torch.linalg.qr(image.T)  # J·Vᵀ = left · coupling
         residual = transpose(left.T)
-        products += left.shape[1]
+        passes.append(("adjoint", left.shape[1]))
         q = torch.cat(basis)
         for _ in range(2):  # full reorthogonalisation, twice is enough
             residual = residual - (residual @ q.T) @ q
@@ -213,7 +213,43 @@ def krylov_svd(
         padded[:, :width] = vh.reshape(rank, width, d_in)
         vh = padded.reshape(rank, -1)
     progress(1.0, "Krylov SVD: done")
-    return TopSVD(u[:, :rank], s[:rank], vh, products, estimate, converged or len(q) >= min(n_in, d_out))
+    products = sum(rows for _, rows in passes)
+    converged = converged or len(q) >= min(n_in, d_out)
+    return TopSVD(u[:, :rank], s[:rank], vh, products, passes, estimate, converged)
+
+
+def krylov_block(width: int) -> int:
+    """The default Lanczos block of :func:`krylov_svd` on a window of ``width`` positions.
+
+    Each block costs one forward and one adjoint pass of the operator, one after the other, so
+    the block sets how many sequential passes the SVD needs; a wider block spends more products in
+    all but needs fewer passes, and each pass has a fixed cost (hundreds of small operations over
+    18 layers) that dominates on a shared CPU. About 384 GEMM rows (block × positions), 12 to 32
+    vectors. Measured on the embedded model, 2 loaded cores, top-8 to 1e-3: at 7 tokens block 11
+    took 22.5 CPU s (165 products), block 24 14.9 s (264); at 16 tokens block 5 took 45.3 s (115),
+    block 12 33.2 s (180), block 24 20.5 s (264).
+    """
+    return min(32, max(12, 384 // max(1, width)))
+
+
+def krylov_schedule(products: int, block: int) -> list[tuple[str, int]]:
+    """The sequential passes :func:`krylov_svd` makes for a product count and a block.
+
+    One adjoint pass of ``block`` rows (Jᵀω), then a forward and an adjoint pass per Lanczos step;
+    the last step may be narrower (the basis is capped at min(n_in, d_out)). A benchmark floor that
+    times the same work uses this; a count that no schedule explains raises ``ValueError``.
+    """
+    if block < 1 or products < block:
+        raise ValueError(f"{products} products cannot start with a block of {block}")
+    passes, left = [("adjoint", block)], products - block
+    while left >= 2 * block:
+        passes += [("forward", block), ("adjoint", block)]
+        left -= 2 * block
+    if left % 2:
+        raise ValueError(f"{products} products do not fit blocks of {block}")
+    if left:
+        passes += [("forward", left // 2), ("adjoint", left // 2)]
+    return passes
 
 
 def _ritz_error(values: Tensor, residuals: Tensor, rank: int) -> float:
@@ -293,6 +329,7 @@ class LayerSweep:
     sigma_max: Float[Tensor, " layer"]  # a lower bound: ‖J_ℓ v‖ for a unit v after ``power_steps``
     left: Float[Tensor, "layer d"]  # the top left singular direction's estimate
     power_steps: int
+    extra_samples: dict[str, Tensor]  # ‖J ω_k‖² of the ``extra`` targets, from the same probes
 
     @property
     def frobenius(self) -> Float[Tensor, " layer"]:
@@ -308,6 +345,7 @@ def layer_sweep(
     rounds: int = 2,
     seed: int = 1,
     progress: Progress = NO_PROGRESS,
+    extra: Sequence[str] = (),
 ) -> LayerSweep:
     """Hutchinson samples of ‖J_ℓ‖_F², σ_max(J_ℓ) from below and its left vector, for every layer.
 
@@ -317,14 +355,24 @@ def layer_sweep(
     iteration run for all layers together (one adjoint pass with each layer's cotangent injected
     at its own block, one forward). σ_max is ‖J_ℓ v‖ for a unit vector v, so it never exceeds the
     true σ_max: a lower bound, not converged to any tolerance.
+
+    ``extra`` targets (e.g. the final norm) ride along in the sketch: their samples are exactly
+    :func:`hutchinson_samples` with the same ``probes`` and ``seed``, without a second forward.
     """
     n_layers, seq, d_model = model.n_layers, inputs.shape[1], inputs.shape[2]
     names = [hooknames.resid(layer) for layer in range(n_layers)]
     generator = torch.Generator(device="cpu").manual_seed(seed)
     omega = torch.randn(probes, seq, d_model, generator=generator, dtype=torch.float64).to(inputs)
+    every = list(dict.fromkeys([*names, *extra]))
     with torch.no_grad():
-        sketch = model(omega, names)
-        zero = model(torch.zeros_like(inputs), names) if model.has_bias else None
+        sketch = model(omega, every)
+        zero = model(torch.zeros_like(inputs), every) if model.has_bias else None
+    extra_samples = {}
+    for name in extra:
+        values = sketch[name][:, position]
+        if zero is not None:
+            values = values - zero[name][:, position]
+        extra_samples[name] = values.square().sum(-1)
     frob, left = [], []
     for name in names:
         y = sketch[name][:, position]
@@ -347,4 +395,4 @@ def layer_sweep(
         sigma = forward.norm(dim=-1)
         left_t = forward / sigma.clamp_min(torch.finfo(sigma.dtype).tiny)[:, None]
         progress((it + 2) / (rounds + 1), "layer sweep: power iteration")
-    return LayerSweep(frob_t, sigma, left_t, rounds)
+    return LayerSweep(frob_t, sigma, left_t, rounds, extra_samples)

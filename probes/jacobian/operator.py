@@ -403,28 +403,24 @@ class LinearizedModel:
         span = len(g) if at is None else at + 1
         if layer.ln1_post is not None:
             g = layer.ln1_post.adjoint(g, at=at)
+        n_kv, groups = layer.pattern.shape[:2]
         if at is not None:
-            per_head = []
-            for kv, head in layer.heads():
-                z = g @ layer.w_o[:, head * d_head : (head + 1) * d_head]
-                per_head.append(z @ layer.w_v[kv * d_head : (kv + 1) * d_head])
+            rows = g.shape[0]
+            z = (g @ layer.w_o).view(rows, n_kv, groups, d_head).permute(1, 0, 2, 3)
+            per_head = torch.bmm(z.reshape(n_kv, rows * groups, d_head), layer.w_v.view(n_kv, d_head, -1))
+            per_head = per_head.view(n_kv, rows, groups, -1).transpose(1, 2).reshape(n_kv * groups, -1)
             weights = layer.pattern[:, :, at, :span].reshape(-1, span)  # [heads, span]
-            mixed = (weights.T @ torch.stack(per_head).flatten(1)).view(span, *g.shape)
+            mixed = (weights.T @ per_head).view(span, *g.shape)
             return layer.ln1.adjoint(mixed)
         rows = g.shape[1]
-        out = None
-        for kv in range(layer.pattern.shape[0]):
-            acc = None
-            for kv_of, head in layer.heads():
-                if kv_of != kv:
-                    continue
-                z = (g @ layer.w_o[:, head * d_head : (head + 1) * d_head]).view(span, -1)
-                mixed = layer.pattern[kv, head % layer.pattern.shape[1], :span, :span].T @ z
-                acc = mixed if acc is None else acc + mixed
-            assert acc is not None
-            part = acc.view(span, rows, d_head) @ layer.w_v[kv * d_head : (kv + 1) * d_head]
-            out = part if out is None else out + part
-        assert out is not None
+        # All heads at once (a handful of large ops instead of several small ones per head, which
+        # dominated on a shared CPU): z[t, r, kv, g, :] = g[t, r] · O_headᵀ, then every head's
+        # pattern transpose mixes positions in one batched GEMM per kv head, summed over its group.
+        z = (g @ layer.w_o).view(span, rows, n_kv, groups, d_head)
+        z = z.permute(2, 3, 0, 1, 4).reshape(n_kv, groups * span, rows * d_head)  # [kv, (g, t), (r, e)]
+        mix = layer.pattern[..., :span, :span].permute(0, 3, 1, 2).reshape(n_kv, span, groups * span)
+        acc = torch.bmm(mix, z).view(n_kv, span, rows, d_head)  # [kv, s, r, e]
+        out = acc.permute(1, 2, 0, 3).reshape(span, rows, n_kv * d_head) @ layer.w_v
         return layer.ln1.adjoint(out)
 
 

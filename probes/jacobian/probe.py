@@ -181,8 +181,7 @@ def _analyse(
         frob = float(s.double().square().sum())
         stable = float(s.square().sum() / s[0].square())
         rank_estimate = None
-        if config.stable_rank == "estimate":
-            rank_estimate = _stable_rank_estimate(model, inputs, target, position, float(s[0]), 0.0)
+        estimate_wanted = config.stable_rank == "estimate"
         with torch.no_grad():  # the issue's check, from J itself: ‖Σ_i J_i x_i + b − y‖/‖y‖
             linear = torch.einsum("osi,si->o", full, inputs[0])
         reconstruction = max(reconstruction, float((linear + b - y).norm() / y.norm()))
@@ -201,15 +200,15 @@ def _analyse(
         token_sv = np.zeros((0, 0))
         token_sr = np.zeros(0)
         rank_estimate = None
-        if _exact_stable_rank_wanted(session, config, seq):
+        estimate_wanted = not _exact_stable_rank_wanted(session, config, seq)
+        if not estimate_wanted:
             built = jacobian(model, inputs, target, position)
             frob, sigma_sq = gram_stable_rank(built)
             stable = frob / sigma_sq
             del built
-        else:
-            rank_estimate = _stable_rank_estimate(model, inputs, target, position, float(s[0]), svd_error)
-    if rank_estimate is not None:
-        stable, frob = rank_estimate[0].estimate, rank_estimate[1].estimate
+    sigma_error = 0.0 if method == "full" else svd_error
+    if estimate_wanted and not config.layer_sweep:  # with the sweep, its sketch's forward gives the samples
+        rank_estimate = _stable_rank_estimate(model, inputs, target, position, float(s[0]), sigma_error)
     timings["svd"] = time.perf_counter() - clock
     left_tokens, left_scores = _decode_left(session, u[:, :n_comp], y, target, config.top_tokens)
     right_tokens, right_positions = _nearest_inputs(
@@ -228,19 +227,24 @@ def _analyse(
             probes=HUTCHINSON_PROBES,
             rounds=SWEEP_POWER_STEPS,
             progress=_scaled(progress, 0.6, 0.98),
+            extra=[target] if estimate_wanted else [],
         )
+        if estimate_wanted:
+            rank_estimate = _stable_rank_estimate(
+                model, inputs, target, position, float(s[0]), sigma_error, samples=sweep.extra_samples[target]
+            )
         samples = to_numpy(sweep.frobenius_samples.double())
+        y_layers = torch.stack([coefficients.outputs[name][0, position] for name in sweep_names])
+        sweep_tokens = _decode_layers(session, sweep.left, y_layers, config.top_tokens)
         for layer, name in enumerate(sweep_names):
-            y_layer = coefficients.outputs[name][0, position]
             sigma = float(sweep.sigma_max[layer])
             sigma_max.append(sigma)
             interval = mean_ci(samples[layer])
             sweep_rank.append(interval.estimate / sigma**2)  # σ_max is a lower bound: not widened
             sweep_ci.append((interval.low / sigma**2, interval.high / sigma**2))
-            sweep_tokens.append(
-                _decode_left(session, sweep.left[layer][:, None], y_layer, name, config.top_tokens)[0][0]
-            )
-            heat.append(to_numpy((contrib[name][:, position].norm(dim=-1) / y_layer.norm()).double()))
+            heat.append(to_numpy((contrib[name][:, position].norm(dim=-1) / y_layers[layer].norm()).double()))
+    if rank_estimate is not None:
+        stable, frob = rank_estimate[0].estimate, rank_estimate[1].estimate
     timings["layer_sweep"] = time.perf_counter() - clock
     progress(1.0, "done")
     return JacobianResult(
@@ -335,6 +339,7 @@ def _stable_rank_estimate(
     sigma_error: float,
     probes: int = HUTCHINSON_PROBES,
     seed: int = 1,
+    samples: Tensor | None = None,
 ) -> tuple[Interval, Interval, float]:
     """Hutchinson ‖J‖_F² with its 95% interval, carried to the stable rank; also its standard error.
 
@@ -342,9 +347,12 @@ def _stable_rank_estimate(
     interval for ‖J‖_F². The stable rank divides by σ̂², where σ̂ is the Lanczos Ritz value: never
     above the true σ_max and within ``sigma_error`` (relative) of it. So the rank's interval is
     [F_low/(σ̂(1+e))², F_high/σ̂²]: the Hutchinson interval, widened on the low side by σ's error.
+    ``samples`` are the ‖Jω‖² already drawn (the layer sweep's sketch, same probes and seed).
     Returns (stable rank, ‖J‖_F², standard error of ‖J‖_F²).
     """
-    samples = to_numpy(hutchinson_samples(model, inputs, [target], position, probes, seed)[target].double())
+    if samples is None:
+        samples = hutchinson_samples(model, inputs, [target], position, probes, seed)[target]
+    samples = to_numpy(samples.double())
     frob = mean_ci(samples)
     se = float(samples.std(ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else math.nan
     square = sigma_max**2
@@ -371,6 +379,16 @@ def _decode_left(
             scores = session.decode_direction(vectors.T)
         values, ids = scores.topk(top, dim=-1)
     return [session.decode_each(row) for row in ids.tolist()], to_numpy(values.double())
+
+
+def _decode_layers(
+    session: ModelSession, vectors: Float[Tensor, "layer d"], y: Float[Tensor, "layer d"], top: int
+) -> list[list[str]]:
+    """:func:`_decode_left` of each layer's residual-stream direction, all layers in one unembedding GEMM."""
+    vectors = vectors * torch.where((vectors * y).sum(-1, keepdim=True) < 0, -1.0, 1.0).to(vectors)
+    with torch.no_grad():
+        ids = session.decode_direction(vectors).topk(top, dim=-1).indices
+    return [session.decode_each(row) for row in ids.tolist()]
 
 
 _EMBED_NORMS: dict[tuple[Any, ...], Tensor] = {}  # row norms of each model's embedding matrix

@@ -11,7 +11,15 @@ import torch
 from lenslab.models import hooknames
 from lenslab.models.tiny import tiny_session
 from lenslab.probes import get_probe
-from lenslab.probes.jacobian.algorithms import contributions, jacobian, krylov_svd, layer_sweep
+from lenslab.probes.jacobian.algorithms import (
+    contributions,
+    hutchinson_samples,
+    jacobian,
+    krylov_block,
+    krylov_schedule,
+    krylov_svd,
+    layer_sweep,
+)
 from lenslab.probes.jacobian.detached import record_coefficients, target_hook
 from lenslab.probes.jacobian.operator import LinearizedModel
 from lenslab.probes.jacobian.result import JacobianConfig, JacobianResult
@@ -123,6 +131,71 @@ def test_krylov_svd_is_scale_free(linear64):
     assert small.products == plain.products
     assert small.error_estimate == pytest.approx(plain.error_estimate, rel=1e-6)
     assert torch.allclose(small.s, plain.s * 1e-4, rtol=1e-9)
+
+
+def test_default_block_converges_and_its_passes_follow_the_schedule(linear64):
+    """With the default (wide) block the top singular values still match a dense SVD within the
+    tolerance, and the sequential passes it made are exactly what ``krylov_schedule`` derives from
+    its product count, which the page benchmark's floor replays; the schedule rejects counts that
+    no block structure explains."""
+    _session, coefficients, model = linear64
+    inputs = coefficients.inputs
+    for position in (-1, 1):
+        full = jacobian(model, inputs, hooknames.FINAL_NORM, position)
+        exact = torch.linalg.svdvals(full.reshape(full.shape[0], -1))
+        width = position % coefficients.seq_len + 1
+        top = krylov_svd(model, inputs, hooknames.FINAL_NORM, position, rank=4, tol=1e-3)
+        assert float(((top.s - exact[:4]).abs() / exact[:4]).max()) < 1e-3
+        block = min(krylov_block(width), full.shape[0], width * inputs.shape[-1])
+        assert top.passes[0] == ("adjoint", block)
+        assert top.passes == krylov_schedule(top.products, block)
+    for block in (2, 3):  # narrow blocks: several Lanczos steps
+        top = krylov_svd(model, inputs, hooknames.FINAL_NORM, -1, rank=4, block=block, tol=1e-6)
+        assert len(top.passes) > 3
+        assert top.passes == krylov_schedule(top.products, block)
+    with pytest.raises(ValueError, match="do not fit"):
+        krylov_schedule(3 * 2 + 1, 2)
+    with pytest.raises(ValueError, match="cannot start"):
+        krylov_schedule(1, 2)
+
+
+def test_krylov_block_shrinks_with_the_window():
+    """Wider windows get narrower blocks (about a fixed number of GEMM rows), within [12, 32]."""
+    sizes = [krylov_block(width) for width in (1, 4, 8, 16, 32, 64, 512)]
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[0] == 32 and sizes[-1] == 12
+
+
+def test_layer_sweep_extra_targets_are_hutchinson_samples(linear64):
+    """A target riding along in the sweep's sketch gets exactly the samples of its own Hutchinson
+    forward (same probes, same seed), for the final norm and a layer target."""
+    session, coefficients, model = linear64
+    inputs = coefficients.inputs
+    extra = [hooknames.FINAL_NORM, target_hook(session, 0, "mlp")]
+    sweep = layer_sweep(model, inputs, -1, probes=16, rounds=1, extra=extra)
+    alone = hutchinson_samples(model, inputs, extra, -1, 16)
+    for name in extra:
+        assert torch.allclose(sweep.extra_samples[name], alone[name], rtol=1e-12, atol=0)
+    assert torch.allclose(
+        sweep.frobenius_samples[0],
+        hutchinson_samples(model, inputs, [hooknames.resid(0)], -1, 16)[hooknames.resid(0)],
+        rtol=1e-12,
+        atol=0,
+    )
+
+
+def test_sweep_decode_matches_one_layer_at_a_time(tiny_gemma):
+    """The sweep's batched decode gives each layer the tokens of its own sign-aligned decode."""
+    from lenslab.probes.jacobian.probe import _decode_layers, _decode_left
+
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(tiny_gemma.n_layers, tiny_gemma.d_model, generator=generator)
+    y = torch.randn(tiny_gemma.n_layers, tiny_gemma.d_model, generator=generator)
+    batched = _decode_layers(tiny_gemma, vectors, y, 5)
+    for layer in range(tiny_gemma.n_layers):
+        name = hooknames.resid(layer)
+        assert batched[layer] == _decode_left(tiny_gemma, vectors[layer][:, None], y[layer], name, 5)[0][0]
+    assert _decode_layers(tiny_gemma, -vectors, y, 5) == batched  # the sign follows y
 
 
 def test_window_is_exact(linear64):
@@ -289,6 +362,24 @@ def test_embedded_float32_reconstruction(embedded_session):
             y = coefficients.outputs[target][0]
             error = (contrib[target].sum(0) - y).norm(dim=-1) / y.norm(dim=-1)
             assert float(error.max()) < 1e-5, (prompt, target)
+    assert embedded_session.active_hook_count() == 0
+
+
+@pytest.mark.slow
+def test_embedded_default_svd_matches_dense(embedded_session):
+    """On Gemma 3 270M the page's default run (wide Lanczos blocks) gives singular values within the
+    1e-3 tolerance of a dense SVD of the built J, and the target's Hutchinson samples taken from the
+    layer sweep's sketch give the same ‖J‖_F² interval as their own forward."""
+    prompt = "The Eiffel Tower is located in the city of"
+    result = get_probe("jacobian").run(embedded_session, prompt, JacobianConfig())
+    coefficients = record_coefficients(embedded_session, embedded_session.tokenize(prompt))
+    model = LinearizedModel(embedded_session, coefficients)
+    full = jacobian(model, coefficients.inputs, hooknames.FINAL_NORM, -1)
+    exact = torch.linalg.svdvals(full.reshape(full.shape[0], -1).double()).numpy()
+    k = len(result.singular_values)
+    assert np.abs(result.singular_values - exact[:k]).max() / exact[k - 1] < 1e-3
+    assert result.svd_error_estimate <= 1e-3
+    assert result.frobenius_sq_low < float(np.square(exact).sum()) < result.frobenius_sq_high
     assert embedded_session.active_hook_count() == 0
 
 
