@@ -52,7 +52,22 @@ def working_tree(into: Path) -> Path:
     return into
 
 
-def prepare(python_path: Path, models: Path, model: str) -> dict:
+# ``--only FAMILY``: that family's preparer alone, printing prepare's own timing line
+ONLY = """
+import sys, time
+from lenslab.models import ModelSession
+from lenslab.probes import FAMILIES
+session = ModelSession.load(sys.argv[1])
+for family in FAMILIES:
+    name = family.__name__.rsplit(".", 1)[-1]
+    if name == sys.argv[2]:
+        started = time.perf_counter()
+        family.prepare_default_artefacts(session)
+        print(f"prepare {name}: {time.perf_counter() - started:.0f} s", file=sys.stderr)
+"""
+
+
+def prepare(python_path: Path, models: Path, model: str, only: str | None = None) -> dict:
     """One ``lenslab prepare`` in a fresh home: wall and CPU seconds, per-family seconds, quality."""
     home = Path(tempfile.mkdtemp(prefix="lenslab-prepare-home-"))
     (home / "models").symlink_to(models)
@@ -61,7 +76,9 @@ def prepare(python_path: Path, models: Path, model: str) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "lenslab.cli", "prepare", "--model", model],
+        [sys.executable, "-m", "lenslab.cli", "prepare", "--model", model]
+        if only is None
+        else [sys.executable, "-c", ONLY, model, only],
         env=env,
         capture_output=True,
         text=True,
@@ -84,9 +101,11 @@ def quality(artefacts: Path, model: str) -> dict[str, str]:
         row = next(r for r in table["rows"] if r["task"] == "all")
         cells = [f"encoder L{saved['chosen_layer']}, merge L{saved['merge_layer']}, n={row['n']}"]
         for name in ("few_shot_accuracy", "merged_accuracy", "oracle_accuracy", "merged_ce_change"):
-            if name in row:
-                estimate, low, high = row[name][:3]
-                cells.append(f"{name} {estimate:.3f} [{low:.3f}, {high:.3f}]")
+            value = row.get(name)
+            if isinstance(value, list):  # (estimate, low, high, ...)
+                cells.append(f"{name} {value[0]:.3f} [{value[1]:.3f}, {value[2]:.3f}]")
+            elif isinstance(value, int | float):  # artefacts saved before intervals were kept
+                cells.append(f"{name} {value:.3f}")
         out["neurosymbolic"] = "; ".join(cells)
     sae = artefacts / "sae" / model / "default" / "lenslab.json"
     if sae.is_file():
@@ -141,18 +160,24 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="interleaved pairs of runs")
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--models", default=str(Path.home() / ".cache" / "lenslab" / "models"))
+    parser.add_argument("--only", help="time one family's preparer alone (e.g. neurosymbolic)")
     args = parser.parse_args()
     models = Path(args.models)
     load_start = os.getloadavg()
     scratch = Path(tempfile.mkdtemp(prefix="lenslab-bench-prepare-"))
-    trees = {"baseline": checkout(args.baseline, scratch / "baseline"), "current": working_tree(scratch / "current")}
+    trees = {
+        "baseline": checkout(args.baseline, scratch / "baseline"),
+        "current": working_tree(scratch / "current"),
+    }
     runs: dict[str, list[dict]] = {name: [] for name in trees}
     for _ in range(args.repeat):
         for name, tree in trees.items():
-            runs[name].append(prepare(tree, models, args.model))
+            runs[name].append(prepare(tree, models, args.model, args.only))
             print(name, json.dumps(runs[name][-1]), file=sys.stderr, flush=True)
     load_end = os.getloadavg()
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    head = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    )
     families = list(dict.fromkeys(f for rs in runs.values() for r in rs for f in r["families"]))
 
     def best(name: str, key: str) -> float:
@@ -162,7 +187,9 @@ def main() -> None:
         "## `lenslab prepare`: working tree vs. a baseline commit",
         "",
         f"{machine()}; model {args.model} (converted model linked in, so no conversion is timed); "
-        f"baseline `{args.baseline}`, current `{head.stdout.strip()}` + working tree; {args.repeat} "
+        f"baseline `{args.baseline}`, current `{head.stdout.strip()}` + working tree; "
+        + (f"**only the {args.only} family's preparer**; " if args.only else "")
+        + f"{args.repeat} "
         "interleaved pair(s) of runs, each in a fresh LENSLAB_HOME; best of the pairs shown. "
         f"Load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in load_start)}, at end "
         f"{'/'.join(f'{x:.2f}' for x in load_end)}: the machine is shared, so CPU seconds of the "
@@ -174,14 +201,24 @@ def main() -> None:
     for family in families:
         base = min(r["families"].get(family, 0) for r in runs["baseline"])
         cur = min(r["families"].get(family, 0) for r in runs["current"])
-        lines.append(f"| {family} | {base} | {cur} | {cur / base:.2f} |" if base else f"| {family} | {base} | {cur} | – |")
+        lines.append(
+            f"| {family} | {base} | {cur} | {cur / base:.2f} |"
+            if base
+            else f"| {family} | {base} | {cur} | – |"
+        )
     for key, label in (("wall", "total wall"), ("cpu", "total CPU")):
         base, cur = best("baseline", key), best("current", key)
         lines.append(f"| **{label}** | {base:.0f} | {cur:.0f} | **{cur / base:.2f}** |")
     lines += ["", "Every run (wall s / CPU s):", ""]
     for name, rs in runs.items():
         lines.append(f"- {name}: " + ", ".join(f"{r['wall']:.0f} / {r['cpu']:.0f}" for r in rs))
-    lines += ["", "Quality of the saved artefacts (first run of each):", "", "| family | baseline | current |", "|---|---|---|"]
+    lines += [
+        "",
+        "Quality of the saved artefacts (first run of each):",
+        "",
+        "| family | baseline | current |",
+        "|---|---|---|",
+    ]
     for family in sorted({k for rs in runs.values() for k in rs[0]["quality"]}):
         cells = [runs[name][0]["quality"].get(family, "–") for name in ("baseline", "current")]
         lines.append(f"| {family} | {cells[0]} | {cells[1]} |")
