@@ -5,18 +5,25 @@ Hidden states are collected with one batched forward per group of right-padded s
 streams asked for and stopping the forward right after the deepest one (so no 262k-wide
 unembedding is computed for the whole batch). Logits, when needed, are decoded only at the answer
 positions from the last block's output with the session's final norm + unembedding.
+
+Few-shot prompts repeat a handful of solved shot lines: with ``prefix_lengths`` each distinct
+prefix runs once (its keys and values kept in the Hugging Face KV cache) and only the rest of each
+sequence is computed, attending to the cached prefix. Causal attention makes the states after the
+prefix the same function of the tokens either way (equal to float tolerance; a test checks it).
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from lenslab.models.session import ModelSession
+from lenslab.models.session import ModelSession, StopForward
 from lenslab.progress import NO_PROGRESS, Progress
 
 
@@ -174,6 +181,7 @@ def collect(
     targets: Sequence[Sequence[int]] | None = None,
     merge: Merge | None = None,
     batch_size: int = 16,
+    prefix_lengths: Sequence[int] | None = None,
     progress: Progress = NO_PROGRESS,
     message: str = "collecting hidden states",
 ) -> Collected:
@@ -184,11 +192,29 @@ def collect(
     position are returned too (logits decoded only there). A ``merge`` is an intervention hook
     of the same :meth:`~lenslab.models.session.ModelSession.capture`, which stops the forward
     right after the deepest residual stream needed.
+
+    ``prefix_lengths[i]`` (optional) says that the first tokens of sequence ``i`` are a prefix
+    that other sequences may share (few-shot lines): each distinct prefix runs once and is reused
+    from the KV cache (see :func:`_collect_after_prefixes`). Kept positions and merge starts must
+    then lie at or after the prefix.
     """
     if len(sequences) != len(positions):
         raise ValueError("one list of positions per sequence is needed")
     if targets is not None and [len(t) for t in targets] != [len(p) for p in positions]:
         raise ValueError("one target token per kept position is needed")
+    if prefix_lengths is not None:
+        return _collect_after_prefixes(
+            session,
+            sequences,
+            positions,
+            layers,
+            targets,
+            merge,
+            batch_size,
+            prefix_lengths,
+            progress,
+            message,
+        )
     layers = sorted({session.check_layer(layer) for layer in layers})
     need_logits = targets is not None
     deepest = max([*layers, session.n_layers - 1 if need_logits else -1, merge.layer if merge else -1])
@@ -226,6 +252,129 @@ def collect(
                 target_logprob[i] = log_probs.gather(-1, wanted[:, None])[:, 0]
                 argmax[i] = logits.argmax(-1)
         progress((batch_index + 1) / n_batches, f"{message}: batch {batch_index + 1}/{n_batches}")
+    return Collected(
+        states={layer: states[layer] for layer in layers},  # type: ignore[misc]
+        target_logprob=target_logprob if need_logits else None,  # type: ignore[arg-type]
+        argmax=argmax if need_logits else None,  # type: ignore[arg-type]
+    )
+
+
+def _collect_after_prefixes(
+    session: ModelSession,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    targets: Sequence[Sequence[int]] | None,
+    merge: Merge | None,
+    batch_size: int,
+    prefix_lengths: Sequence[int],
+    progress: Progress,
+    message: str,
+) -> Collected:
+    """:func:`collect` computing each distinct prefix once (KV cache) and then only the suffixes.
+
+    Prefixes of one length run together in one forward (no padding); its cache is indexed to
+    give each suffix batch its rows' prefixes (``reorder_cache`` selects batch rows). Suffixes are
+    right-padded (padding after a sequence cannot change it). The hooks are attached once for the
+    whole collection; they act only in suffix passes, where position ``p`` of a sequence is
+    position ``p - prefix`` of its suffix.
+    """
+    if len(prefix_lengths) != len(sequences):
+        raise ValueError("one prefix length per sequence is needed")
+    for i, (sequence, prefix) in enumerate(zip(sequences, prefix_lengths, strict=True)):
+        if not 1 <= prefix < len(sequence):
+            raise ValueError(f"prefix_lengths[{i}] must be in [1, {len(sequence) - 1}], got {prefix}")
+        if min(positions[i], default=prefix) < prefix:
+            raise ValueError(f"positions of sequence {i} must lie at or after its prefix ({prefix})")
+        if merge is not None and len(merge.vectors[i]) and merge.starts[i] < prefix:
+            raise ValueError(f"the merge of sequence {i} must start at or after its prefix ({prefix})")
+    layers = sorted({session.check_layer(layer) for layer in layers})
+    need_logits = targets is not None
+    kept = sorted(set(layers) | ({session.n_layers - 1} if need_logits else set()))
+    deepest = max([*kept, merge.layer if merge else -1])
+    names = {session.resid_name(layer): layer for layer in sorted({*kept, deepest})}
+    merge_name = session.resid_name(merge.layer) if merge is not None else None
+    last = session.resid_name(session.n_layers - 1)
+    pad_id = session.tokenizer.pad_token_id
+    pad_id = 0 if pad_id is None else int(pad_id)
+    device = session.device
+    states: dict[int, list[Tensor | None]] = {layer: [None] * len(sequences) for layer in kept}
+    target_logprob: list[Tensor | None] = [None] * len(sequences)
+    argmax: list[Tensor | None] = [None] * len(sequences)
+    # the current suffix batch, read by the hook: None while a prefix runs (hooks inactive)
+    batch: dict[str, Any] = {"active": False}
+
+    def on_resid(resid: Tensor, *, hook: Any) -> Tensor | None:
+        if not batch["active"]:
+            return None
+        if hook.name == merge_name and batch["mask"] is not None:
+            resid = merge_hook(batch["mask"], batch["replacement"], merge.weight)(resid)  # type: ignore[union-attr]
+        if hook.name in names:
+            batch["box"][hook.name] = resid.detach().clone()
+            if len(batch["box"]) == len(names):
+                raise StopForward
+        return resid
+
+    by_length: dict[int, list[int]] = {}
+    for i, prefix in enumerate(prefix_lengths):
+        by_length.setdefault(prefix, []).append(i)
+    n_batches = sum((len(rows) + batch_size - 1) // batch_size for rows in by_length.values())
+    done = 0
+    hook_points = sorted({*names, *([merge_name] if merge_name else [])})
+    with session.hooks([(name, on_resid) for name in hook_points]) as model, torch.inference_mode():
+        for prefix, members in sorted(by_length.items()):
+            distinct = list(dict.fromkeys(tuple(sequences[i][:prefix]) for i in members))
+            row_of = {tokens: r for r, tokens in enumerate(distinct)}
+            batch["active"] = False
+            cache = model.hf(
+                input_ids=torch.as_tensor(distinct, dtype=torch.long, device=device),
+                use_cache=True,
+                logits_to_keep=1,
+            ).past_key_values
+            order = sorted(members, key=lambda i: len(sequences[i]))
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                seq_len = max(len(sequences[i]) for i in rows) - prefix
+                tokens = torch.full((len(rows), seq_len), pad_id, dtype=torch.long)
+                for b, i in enumerate(rows):
+                    tokens[b, : len(sequences[i]) - prefix] = torch.as_tensor(
+                        list(sequences[i][prefix:]), dtype=torch.long
+                    )
+                rows_cache = copy.deepcopy(cache)
+                rows_cache.reorder_cache(
+                    torch.as_tensor([row_of[tuple(sequences[i][:prefix])] for i in rows], device=device)
+                )
+                batch.update(active=True, box={}, mask=None, replacement=None)
+                if merge is not None:
+                    shifted = Merge(
+                        merge.layer,
+                        merge.weight,
+                        [merge.vectors[i] for i in rows],
+                        [merge.starts[i] - prefix for i in rows],
+                    )
+                    batch["mask"], batch["replacement"] = merge_tensors(
+                        shifted, range(len(rows)), seq_len, session.d_model, device
+                    )
+                model.hf(
+                    input_ids=tokens.to(device), past_key_values=rows_cache, use_cache=True, logits_to_keep=1
+                )
+                batch["active"] = False
+                captured = batch["box"]
+                if len(captured) != len(names):
+                    raise ValueError(f"hook point(s) {sorted(set(names) - set(captured))} did not fire")
+                for b, i in enumerate(rows):
+                    index = torch.as_tensor(
+                        [p - prefix for p in positions[i]], dtype=torch.long, device=device
+                    )
+                    for layer in kept:
+                        states[layer][i] = captured[session.resid_name(layer)][b, index].float()
+                    if need_logits:
+                        logits = session.decode_resid(captured[last][b, index]).float()
+                        wanted = torch.as_tensor(list(targets[i]), dtype=torch.long, device=device)  # type: ignore[index]
+                        target_logprob[i] = logits.log_softmax(-1).gather(-1, wanted[:, None])[:, 0]
+                        argmax[i] = logits.argmax(-1)
+                done += 1
+                progress(done / n_batches, f"{message}: batch {done}/{n_batches}")
     return Collected(
         states={layer: states[layer] for layer in layers},  # type: ignore[misc]
         target_logprob=target_logprob if need_logits else None,  # type: ignore[arg-type]

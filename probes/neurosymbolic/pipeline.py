@@ -56,6 +56,7 @@ from lenslab.probes.neurosymbolic.readout import (
     fully_correct,
     read_out,
     readout_metrics,
+    shot_prefix_length,
 )
 from lenslab.probes.neurosymbolic.tasks import Problem, n_digits_for
 from lenslab.probes.neurosymbolic.vsa import Codebook
@@ -78,6 +79,12 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
     )
     problems = tasks.train + tasks.test
     calibration_ids = [session.tokenize(prompt)[0].tolist() for prompt in tasks.calibration_prompts]
+    calibration_prefixes = [
+        shot_prefix_length(session, prompt, problem, ids)
+        for prompt, problem, ids in zip(
+            tasks.calibration_prompts, tasks.calibration, calibration_ids, strict=True
+        )
+    ]
     encoded = encode_prompts(session, tasks.train_prompts + tasks.test_prompts, problems)
     n_train = len(tasks.train)
     test_rows = list(range(n_train, len(problems)))
@@ -89,6 +96,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
         [encoded.sequences[i] for i in test_rows],
         [encoded.answers[i] for i in test_rows],
         [encoded.starts[i] for i in test_rows],
+        [encoded.prefixes[i] for i in test_rows] if encoded.prefixes is not None else None,
     )
     share = n_train / (len(problems) + len(calibration_ids))
     test_share = len(test_rows) / (len(problems) + len(calibration_ids))
@@ -99,6 +107,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             encoded.positions()[:n_train],
             layers,
             batch_size=config.batch_size,
+            prefix_lengths=None if encoded.prefixes is None else encoded.prefixes[:n_train],
             progress=lambda f, m: progress(0.6 * share * f, m),
             message="collecting hidden states (train)",
         )
@@ -109,6 +118,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             layers,
             targets=test_encoded.answers,
             batch_size=config.batch_size,
+            prefix_lengths=test_encoded.prefixes,
             progress=lambda f, m: progress(0.6 * (share + test_share * f), m),
             message="collecting hidden states (test)",
         )
@@ -118,6 +128,7 @@ def fit_artefact(session: ModelSession, config: TrainConfig, progress: Progress 
             [[len(ids) - 1] for ids in calibration_ids],
             layers,
             batch_size=config.batch_size,
+            prefix_lengths=calibration_prefixes,
             progress=lambda f, m: progress(0.6 * (share + test_share + (1 - share - test_share) * f), m),
             message="collecting hidden states (calibration)",
         )

@@ -37,6 +37,7 @@ class Encoded:
     sequences: list[list[int]]
     answers: list[list[int]]  # answer token ids: digits then the newline
     starts: list[int]  # position of the prompt's last token (predicts the first answer token)
+    prefixes: list[int] | None = None  # length of the shot lines' tokens (shared, run once; see collect)
 
     def positions(self) -> list[list[int]]:
         """Positions predicting each answer token."""
@@ -56,14 +57,30 @@ def answer_tokens(session: ModelSession, answer: int) -> list[int]:
 
 def encode_prompts(session: ModelSession, prompts: list[str], problems: list[Problem]) -> Encoded:
     """Tokenize prompts (with BOS) and append the exact answers' tokens."""
-    sequences, answers, starts = [], [], []
+    sequences, answers, starts, prefixes = [], [], [], []
     for prompt, problem in zip(prompts, problems, strict=True):
         prompt_ids = session.tokenize(prompt)[0].tolist()
         answer_ids = answer_tokens(session, problem.answer)
         sequences.append(prompt_ids + answer_ids)
         answers.append(answer_ids)
         starts.append(len(prompt_ids) - 1)
-    return Encoded(sequences, answers, starts)
+        prefixes.append(shot_prefix_length(session, prompt, problem, prompt_ids))
+    return Encoded(sequences, answers, starts, prefixes)
+
+
+def shot_prefix_length(session: ModelSession, prompt: str, problem: Problem, prompt_ids: list[int]) -> int:
+    """How many leading tokens of ``prompt_ids`` are the shot lines' own tokens (at least 1).
+
+    Prompts with the same shots share these tokens, so :func:`~.fit.collect` runs them once. Where
+    the tokenizer does not split at the end of the shot lines, only the first token is claimed.
+    """
+    query = problem.line(with_answer=False)
+    if not prompt.endswith(query) or len(prompt) == len(query):
+        return 1
+    head = session.tokenize(prompt[: len(prompt) - len(query)])[0].tolist()
+    if 1 <= len(head) < len(prompt_ids) and prompt_ids[: len(head)] == head:
+        return len(head)
+    return 1
 
 
 # -------------------------------------------------------------------------------------- readout
@@ -256,6 +273,7 @@ def evaluate(
             targets=[encoded.answers[i] for i in rows],
             merge=merge,
             batch_size=batch_size,
+            prefix_lengths=None if encoded.prefixes is None else [encoded.prefixes[i] for i in rows],
             progress=lambda f, m, k=k: progress((k + f) / len(jobs), m),
             message=f"evaluating ({name})",
         )

@@ -194,6 +194,41 @@ def test_merge_changes_exactly_the_chosen_positions_and_is_removed(tiny_gemma):
     assert session.active_hook_count() == 0
 
 
+def test_prefix_cached_collection_equals_full_runs(tiny_any):
+    """Shared prefixes run once from the KV cache: states, logits and merges as without the cache."""
+    session = tiny_any
+    shots = ["1 + 2 = 3\n", "40 + 5 = 45\n"]  # two prefixes of different lengths
+    queries = ["4 + 5 = 9\n", "12 + 30 = 42\n", "7 + 1 = 8\n"]
+    sequences, prefixes = [], []
+    for shot in shots:
+        head = session.tokenize(shot)[0].tolist()
+        for query in queries:
+            full = session.tokenize(shot + query)[0].tolist()
+            assert full[: len(head)] == head  # the character tokenizer splits at the newline
+            sequences.append(full)
+            prefixes.append(len(head))
+    positions = [list(range(p, len(s))) for p, s in zip(prefixes, sequences, strict=True)]
+    targets = [[3] * len(p) for p in positions]
+    vectors = [torch.full((2, session.d_model), float(i + 1)) for i in range(len(sequences))]
+    vectors[1] = torch.zeros(0, session.d_model)  # one sequence without intervention
+    merge = Merge(layer=0, weight=0.5, vectors=vectors, starts=[p + 2 for p in prefixes])
+    kwargs = dict(targets=targets, merge=merge, batch_size=2)
+    plain = collect(session, sequences, positions, [0, 1], **kwargs)
+    cached = collect(session, sequences, positions, [0, 1], prefix_lengths=prefixes, **kwargs)
+    unmerged = collect(session, sequences, positions, [0, 1], targets=targets, batch_size=2)
+    for i in range(len(sequences)):
+        for layer in (0, 1):
+            assert torch.allclose(cached.states[layer][i], plain.states[layer][i], atol=1e-4, rtol=1e-4)
+        assert torch.allclose(cached.target_logprob[i], plain.target_logprob[i], atol=1e-4)
+        assert torch.equal(cached.argmax[i], plain.argmax[i])
+        # the merge acted in the cached run where it should (else the comparison proves little)
+        moved = (cached.states[1][i] - unmerged.states[1][i]).abs().amax(-1) > 1e-3
+        assert moved.any() == (i != 1) and not moved[:2].any()
+    with pytest.raises(ValueError, match="at or after its prefix"):
+        collect(session, sequences, [[0]] * len(sequences), [0], prefix_lengths=prefixes)
+    assert session.active_hook_count() == 0
+
+
 def test_merge_hook_is_removed_after_an_exception(tiny_gemma):
     mask = torch.ones(1, 32, dtype=torch.bool)
     hook = merge_hook(mask, torch.zeros(1, 32, tiny_gemma.d_model), 0.5)
