@@ -7,6 +7,10 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 - ``forward``: one HF forward with full logits (the generic lower bound for any probe that needs
   the model's prediction; not a tight floor where a probe needs more, and marked "generic");
 - ``stop@ℓ``: the HF body run up to block ℓ only (a hook stops it), for probes that read one layer;
+- ``stop@ℓ + readout`` (VSA readout): the body up to block ℓ, then the read-out as bare tensor work
+  on the artefact's weights: the encoder's matrix product, one FFT pair that unbinds every operand
+  digit slot (the atoms' spectra computed once, outside the timing), the digit and operation
+  similarities with their top-2 (argmax and margin) and the range gate's distance;
 - ``lens``: the body forward + final norm + one batched ``rows @ W_U`` over every (layer, position)
   row + logsumexp / top-k (logit lens);
 - ``lens + greedy`` (Future Lens direct): one prefill keeping every layer's states and the KV
@@ -198,6 +202,45 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         finally:
             handle.remove()
 
+    def vsa_readout_floor(tokens: torch.Tensor, config: Any) -> Floor:
+        """The stopped forward plus the VSA read-out's unavoidable tensor work, done bare."""
+        from lenslab.probes.neurosymbolic.probe import load_artefact  # the fitted weights, as data
+
+        artefact = load_artefact(session)
+        layer = config.layer
+        encoder, book = artefact.encoders[layer], artefact.codebook
+        weight, in_mean, out_mean = encoder.weight, encoder.input_mean, encoder.output_mean
+        digits, operations = book.digit_atoms.T.contiguous(), book.operation_atoms.T.contiguous()
+        # unitary atoms: unbinding is multiplying by the conjugate spectrum (codebook constants)
+        keys = (
+            torch.fft.rfft(book.roles, dim=-1).conj()[:, None] * torch.fft.rfft(book.positions, dim=-1).conj()
+        )
+        box: list[torch.Tensor] = []
+
+        def grab(_module: object, _args: object, output: Any) -> None:
+            box.append(output[0] if isinstance(output, tuple) else output)
+            raise _Stop
+
+        def run() -> None:
+            box.clear()
+            handle = body.layers[layer].register_forward_hook(grab)
+            try:
+                with torch.inference_mode():
+                    body(tokens)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
+            with torch.inference_mode():
+                centred = box[0][0, config.position].float()[None] - in_mean
+                vector = centred @ weight + out_mean
+                centred.norm(dim=-1)  # the range gate
+                slots = torch.fft.irfft(torch.fft.rfft(vector)[:, None, None] * keys, n=book.dim)
+                (slots @ digits).topk(2, -1)
+                (vector @ operations).topk(2, -1)
+
+        return Floor(f"stop@{layer} + readout", run)
+
     def lens(tokens: torch.Tensor, k: int) -> None:
         with torch.inference_mode():
             hidden = body(tokens, output_hidden_states=True).hidden_states[1:]
@@ -384,6 +427,8 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         tokens = session.tokenize(prompt)
         config = get_probe(name).default_config()
         layer = getattr(config, "layer", None)
+        if name == "vsa_readout":
+            return vsa_readout_floor(tokens, config)
         if name == "logit_lens":
             return Floor("lens", lambda: lens(tokens, config.k))
         if name == "future_lens" and config.method == "direct":

@@ -22,6 +22,7 @@ included, so widths are fixed and decoding needs no "absent digit" test); a prob
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from jaxtyping import Float, Int
@@ -208,12 +209,34 @@ class Codebook:
         Int[Tensor, " n"], Int[Tensor, "n n_digits"], Float[Tensor, "n n_digits"], Float[Tensor, "n n_digits"]
     ]:
         """:meth:`decode_numbers` plus each digit slot's margin (winning minus runner-up score)."""
-        unbound = unbind(vectors[:, None, :], self.positions[None])  # n, n_digits, dim
-        scores = unbound @ self.digit_atoms.T  # n, n_digits, 10
+        return self._clean_up(unbind(vectors[:, None, :], self.positions[None]))  # n, n_digits, dim
+
+    def _clean_up(
+        self, unbound: Float[Tensor, "*batch n_digits dim"]
+    ) -> tuple[
+        Int[Tensor, " *batch"],
+        Int[Tensor, "*batch n_digits"],
+        Float[Tensor, "*batch n_digits"],
+        Float[Tensor, "*batch n_digits"],
+    ]:
+        """Clean unbound digit slots up against the digit atoms: values, digits, scores, margins."""
+        scores = unbound @ self.digit_atoms.T  # ..., n_digits, 10
         top2 = scores.topk(2, dim=-1)
         best, digits = top2.values[..., 0], top2.indices[..., 0]
-        scale = 10 ** torch.arange(self.n_digits, device=self.device)
+        scale = 10 ** torch.arange(self.n_digits, device=digits.device)
         return (digits * scale).sum(-1), digits, best, best - top2.values[..., 1]
+
+    @cached_property
+    def _slot_keys(self) -> Tensor:
+        """Spectra that unbind role ``r`` and digit position ``i`` in one product: ``[2, n_digits, freq]``.
+
+        ``unbind(unbind(v, ROLE_r), P_i)`` is ``irfft(rfft(v) · rfft(ROLE_r*) · rfft(P_i*))``; the
+        atoms are constants, so their spectra are computed once per codebook and every operand
+        digit slot of a batch is unbound by one forward and one inverse FFT.
+        """
+        roles = torch.fft.rfft(inverse(self.roles), dim=-1)
+        positions = torch.fft.rfft(inverse(self.positions), dim=-1)
+        return roles[:, None] * positions[None]
 
     def operation_scores(self, vectors: Float[Tensor, "n dim"]) -> Float[Tensor, "n n_ops"]:
         """Dot product of each vector with each operation atom.
@@ -228,10 +251,12 @@ class Codebook:
     def decode_problems(self, vectors: Float[Tensor, "n dim"]) -> ProblemReadout:
         """Operation by largest score, operands by unbinding the roles and cleaning up digits."""
         scores = self.operation_scores(vectors)
-        first, first_digits, _, first_margins = self._clean_up_numbers(unbind(vectors, self.roles[0][None]))
-        second, second_digits, _, second_margins = self._clean_up_numbers(
-            unbind(vectors, self.roles[1][None])
-        )
+        spectrum = torch.fft.rfft(vectors, dim=-1)[:, None, None, :]
+        slots = torch.fft.irfft(spectrum * self._slot_keys, n=self.dim, dim=-1)  # n, 2 roles, n_digits, dim
+        values, digits, _, margins = self._clean_up(slots)
+        first, second = values[:, 0], values[:, 1]
+        first_digits, second_digits = digits[:, 0], digits[:, 1]
+        first_margins, second_margins = margins[:, 0], margins[:, 1]
         top2 = scores.topk(min(2, scores.shape[-1]), dim=-1).values
         operation_margin = top2[:, 0] - top2[:, 1] if scores.shape[-1] > 1 else top2[:, 0]
         return ProblemReadout(

@@ -425,12 +425,17 @@ def answer_scores(
                 _set_masks(masks, collect, chunk, done, tokens.shape, session.device)
             resid = _last_resid(session, tokens, [*hooks, *readers])
             done += len(chunk)
-            for row, item in enumerate(chunk):
-                positions = torch.arange(
-                    item.prompt_len - 1, item.prompt_len - 1 + item.answer_len, device=resid.device
-                )
+            rows = [
+                torch.arange(item.prompt_len - 1, item.prompt_len - 1 + item.answer_len, device=resid.device)
+                for item in chunk
+            ]
+            # one unembedding for the whole batch: each call streams all of W_U from memory
+            decoded = session.decode_resid(torch.cat([resid[row, p] for row, p in enumerate(rows)]))
+            for row, (positions, logits) in enumerate(
+                zip(rows, decoded.split([len(p) for p in rows]), strict=True)
+            ):
                 targets = tokens[row, positions + 1]
-                log_probs = session.decode_resid(resid[row, positions]).float().log_softmax(-1)
+                log_probs = logits.float().log_softmax(-1)
                 logprobs.append(log_probs.gather(-1, targets[:, None]).sum().item())
                 correct.append(float(bool((log_probs.argmax(-1) == targets).all())))
     return AnswerScores(np.asarray(logprobs, dtype=np.float64), np.asarray(correct, dtype=np.float64))
