@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,16 +40,8 @@ from lenslab.models.paths import lenslab_home
 from lenslab.probes import LogitLens
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(REPO / "tests"))
+from e2e_support import CHROMIUM, CHROMIUM_ARGS, free_port  # noqa: E402 - Chromium as the browser tests run it
 
 
 def prompts(session: ModelSession, n_tokens: int, count: int) -> list[str]:
@@ -70,9 +61,7 @@ def prompts(session: ModelSession, n_tokens: int, count: int) -> list[str]:
 
 def start_app(folder: Path) -> tuple[subprocess.Popen, str]:
     """The real app on a free port, its own reports folder, models and artefacts shared."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     home = folder / "home"
     home.mkdir()
     for part in ("models", "artefacts"):
@@ -110,7 +99,7 @@ def time_in_browser(url: str, texts: list[str]) -> list[float]:
 
     seconds = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         for text in texts:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{url}/logit-lens", timeout=180_000)

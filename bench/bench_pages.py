@@ -189,8 +189,12 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
     norm = body.norm
     w_u = hf.lm_head.weight  # [vocab, d_model]
 
-    def stopped(tokens: torch.Tensor, layer: int) -> None:
-        def stop(*_: object) -> None:
+    def stopped(tokens: torch.Tensor, layer: int) -> torch.Tensor:
+        """The body run up to block ``layer`` (a hook stops it there); returns that block's output."""
+        box: list[torch.Tensor] = []
+
+        def stop(_module: object, _args: object, output: Any) -> None:
+            box.append(output[0] if isinstance(output, tuple) else output)
             raise _Stop
 
         handle = body.layers[layer].register_forward_hook(stop)
@@ -201,6 +205,7 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             pass
         finally:
             handle.remove()
+        return box[0]
 
     def vsa_readout_floor(tokens: torch.Tensor, config: Any) -> Floor:
         """The stopped forward plus the VSA read-out's unavoidable tensor work, done bare."""
@@ -215,24 +220,11 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         keys = (
             torch.fft.rfft(book.roles, dim=-1).conj()[:, None] * torch.fft.rfft(book.positions, dim=-1).conj()
         )
-        box: list[torch.Tensor] = []
-
-        def grab(_module: object, _args: object, output: Any) -> None:
-            box.append(output[0] if isinstance(output, tuple) else output)
-            raise _Stop
 
         def run() -> None:
-            box.clear()
-            handle = body.layers[layer].register_forward_hook(grab)
-            try:
-                with torch.inference_mode():
-                    body(tokens)
-            except _Stop:
-                pass
-            finally:
-                handle.remove()
+            state = stopped(tokens, layer)
             with torch.inference_mode():
-                centred = box[0][0, config.position].float()[None] - in_mean
+                centred = state[0, config.position].float()[None] - in_mean
                 vector = centred @ weight + out_mean
                 centred.norm(dim=-1)  # the range gate
                 slots = torch.fft.irfft(torch.fft.rfft(vector)[:, None, None] * keys, n=book.dim)
