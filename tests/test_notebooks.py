@@ -8,6 +8,9 @@ same rule as the test process's, ``tests/conftest.py``). A kernel that died is r
 A notebook may start with a cell tagged ``parameters`` (papermill's convention) holding its sizes;
 the test sets smaller ones from ``TEST_PARAMETERS`` in a cell right after it, so every cell still
 runs on the embedded model, faster, while a reader running the notebook gets its defaults.
+
+The kernel's LENSLAB_HOME is a throw-away copy (``home_support.sandbox_home``): a notebook that
+saves a learned prompt or refits maps never overwrites the real home's prepared artefacts.
 """
 
 import ast
@@ -47,7 +50,14 @@ del _one_load_per_kernel
 # Per notebook: the sizes the test runs it at (each name must be assigned in its parameters cell).
 TEST_PARAMETERS: dict[str, dict[str, object]] = {
     "attention": {"induction_length": 8, "induction_sequences": 2},
-    "future_lens": {"eval_examples": 32},
+    "future_lens": {"eval_examples": 32, "eval_layers": (9,), "grid_layers": (12,)},
+    "jacobian": {
+        "prompt": "The Eiffel Tower is in",
+        "n_components": 4,
+        "exact_components": 2,
+        "krylov_rank": 3,
+    },
+    "jacobian_lens": {"gap_layer": 16},
     "patching": {"layers": (0, 1, 8, 17)},
     "shared_neurons": {"n_prompts": 4, "resamples": 100},
 }
@@ -76,18 +86,50 @@ def prepare_cells(nb, name: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def kernel(tmp_path_factory):
-    """One Jupyter kernel for every notebook, started in ``notebooks/`` with reports in tmp."""
+def real_home_before():
+    """The real home's artefacts as they were before any notebook ran (to prove none wrote there)."""
+    from home_support import snapshot
+
+    from lenslab.models.paths import artefacts_dir
+
+    return snapshot(artefacts_dir())
+
+
+@pytest.fixture(scope="module")
+def kernel(tmp_path_factory, real_home_before):
+    """One Jupyter kernel for every notebook, started in ``notebooks/`` with a throw-away home.
+
+    Its LENSLAB_HOME links the real models and holds a copy of the real prepared artefacts, so
+    notebooks reuse what ``lenslab prepare`` built, and whatever they save (a learned prompt,
+    refitted maps) lands in tmp; reports go to tmp too.
+    """
     import os
 
+    from home_support import sandbox_home
     from jupyter_client.manager import KernelManager
 
-    env = {**os.environ, "LENSLAB_REPORTS": str(tmp_path_factory.mktemp("nb-reports"))}
-    # The real LENSLAB_HOME: notebooks reuse the artefacts `lenslab prepare` built; reports go to tmp.
+    root = tmp_path_factory.mktemp("nb-home")
+    env = {**os.environ, "LENSLAB_HOME": str(sandbox_home(root)), "LENSLAB_REPORTS": str(root / "reports")}
     manager = KernelManager(kernel_name="python3")
     manager.start_kernel(cwd=str(NOTEBOOKS[0].parent), env=env)
     yield manager
     manager.shutdown_kernel(now=True)
+
+
+def run_cells(kernel, nb) -> None:
+    """Execute ``nb`` in ``kernel`` (restarted first if it died); outputs are left in its cells."""
+    from nbclient import NotebookClient
+
+    if not kernel.is_alive():
+        kernel.restart_kernel(now=True)
+    client = NotebookClient(
+        nb, km=kernel, timeout=900, resources={"metadata": {"path": str(NOTEBOOKS[0].parent)}}
+    )
+    try:
+        client.execute()
+    finally:
+        if client.kc is not None:
+            client.kc.stop_channels()
 
 
 def test_there_are_notebooks():
@@ -95,24 +137,43 @@ def test_there_are_notebooks():
     assert set(TEST_PARAMETERS) <= {p.stem for p in NOTEBOOKS}, "TEST_PARAMETERS names a missing notebook"
 
 
+def test_the_kernel_home_is_a_sandbox(kernel):
+    """Where the notebooks' kernel would save artefacts is a copy in tmp, not the real home."""
+    from lenslab.models.loading import models_dir
+    from lenslab.models.paths import artefacts_dir, lenslab_home
+
+    nb = nbformat.v4.new_notebook()
+    code = (
+        "from lenslab.models import loading, paths\n"
+        "print(paths.lenslab_home(), paths.artefacts_dir(), loading.models_dir(), sep='\\n')"
+    )
+    nb.cells.append(nbformat.v4.new_code_cell(code))
+    run_cells(kernel, nb)
+    home, artefacts, models = (Path(line) for line in nb.cells[0].outputs[0].text.split())
+    real = lenslab_home().resolve()
+    assert home.resolve() != real and not home.resolve().is_relative_to(real), home
+    assert not artefacts.resolve().is_relative_to(real), (
+        f"the kernel saves artefacts into the real home: {artefacts}"
+    )
+    assert models.resolve() == models_dir().resolve(), "the kernel does not see the prepared models"
+    linked_out = [p for p in artefacts.rglob("*") if p.is_symlink() and p.resolve().is_relative_to(real)]
+    assert not linked_out, f"artefacts linked into the real home (a write would go through): {linked_out[:3]}"
+    real_files = {str(p.relative_to(artefacts_dir())) for p in artefacts_dir().rglob("*") if p.is_file()}
+    copied = {str(p.relative_to(artefacts)) for p in artefacts.rglob("*") if p.is_file()}
+    assert real_files <= copied, (
+        f"prepared artefacts missing from the sandbox: {sorted(real_files - copied)[:3]}"
+    )
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, kernel):
-    from nbclient import NotebookClient
-
     nb = nbformat.read(path, as_version=4)
     assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"), (
         "notebooks are committed without outputs"
     )
-    if not kernel.is_alive():
-        kernel.restart_kernel(now=True)
     prepare_cells(nb, path.stem)
     nb.cells.insert(0, nbformat.v4.new_code_cell(PREAMBLE))
-    client = NotebookClient(nb, km=kernel, timeout=900, resources={"metadata": {"path": str(path.parent)}})
-    try:
-        client.execute()
-    finally:
-        if client.kc is not None:
-            client.kc.stop_channels()
+    run_cells(kernel, nb)
     errors = [
         out
         for cell in nb.cells
@@ -121,3 +182,13 @@ def test_notebook_runs(path, kernel):
         if out.output_type == "error"
     ]
     assert not errors, [f"{e.ename}: {e.evalue}" for e in errors]
+
+
+def test_no_notebook_wrote_into_the_real_home(kernel, real_home_before):
+    """After the notebooks ran, every file of the real home's artefacts is as it was."""
+    from home_support import changes, snapshot
+
+    from lenslab.models.paths import artefacts_dir
+
+    changed = changes(real_home_before, snapshot(artefacts_dir()))
+    assert not changed, f"a notebook run changed the real home's artefacts: {changed[:5]}"

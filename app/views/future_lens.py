@@ -179,8 +179,11 @@ def _train_panel(session, artefacts: Artefacts) -> None:
             if meta.get("ridge_grid")
             else f"ridge fixed at {chosen}"
         )
+        layers = artefacts.linear.layers
+        contiguous = layers == list(range(layers[0], layers[-1] + 1))
+        shown = f"{layers[0]}–{layers[-1]}" if contiguous else ", ".join(map(str, layers))
         st.write(
-            f"Linear maps: layers {artefacts.linear.layers[0]}–{artefacts.linear.layers[-1]}, "
+            f"Linear maps: layers {shown}, "
             f"N = 0..3, {meta.get('n_train')} training examples, {how}; applied at positions "
             f"{artefacts.linear.positions} (where they were fitted)."
         )

@@ -607,7 +607,7 @@ def _ks(k: int) -> list[int]:
 def run_evaluation(
     session: ModelSession, config: FutureLensEvalConfig, progress: Progress = NO_PROGRESS
 ) -> FutureLensEvalResult:
-    """Build (or reuse) the data, fit (or reuse) the linear maps, evaluate every method."""
+    """Build (or reuse) the data, fit (or reuse) the evaluated layers' linear maps, evaluate every method."""
     config.validate(session)
     layers = config.layer_list(session)
 
@@ -615,8 +615,9 @@ def run_evaluation(
         return lambda fraction, message="": progress(start + (stop - start) * fraction, message)
 
     data = build_dataset(session, config.data_settings(), part(0.0, 0.45))
+    # Only the evaluated layers: each layer's maps are fitted independently, the others are unused.
     linear = ensure_linear(
-        session, data, config.ridge, progress=part(0.45, 0.5), toward_identity=config.toward_identity
+        session, data, config.ridge, layers, part(0.45, 0.5), toward_identity=config.toward_identity
     )
     prompts = learned_prompts(session, data, layers, config.refit and config.learned_prompt, part(0.5, 0.55))
     artefacts = Artefacts(linear=linear, prompts=prompts)

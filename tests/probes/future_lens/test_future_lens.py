@@ -21,6 +21,7 @@ from lenslab.probes.future_lens.evaluation import (
     bigram_top_ids,
     bigram_training_pairs,
     document_intervals,
+    evaluate,
     hits_at_ks,
     precision_at_k,
     run_evaluation,
@@ -593,6 +594,31 @@ def test_evaluation_on_tiny(tiny_gemma, corpus, lenslab_home):
     np.testing.assert_array_equal(forced.precision_ci[:2], result.precision_ci[:2])
     np.testing.assert_array_equal(forced.precision[2, :, 0], result.precision[2, :, 0])
     np.testing.assert_array_equal(forced.bigram, result.bigram)
+
+
+def test_evaluation_fits_only_the_evaluated_layers(tiny_gemma, corpus, lenslab_home):
+    """Maps fitted for the evaluated layer alone equal that layer's maps from an all-layer fit."""
+    config = FutureLensEvalConfig(
+        source=str(corpus),
+        n_examples=40,
+        prefix_tokens=8,
+        layers=(1,),
+        fixed_prompt=False,
+        learned_prompt=False,
+    )
+    result = run_evaluation(tiny_gemma, config)
+    saved = load_linear(tiny_gemma)
+    assert saved is not None and saved.layers == [1]
+    data = build_dataset(tiny_gemma, config.data_settings())
+    every = fit_linear_maps(tiny_gemma, data, None, config.ridge, toward_identity=config.toward_identity)
+    assert every.layers == [0, 1]
+    torch.testing.assert_close(saved.weight[0], every.weight[1], rtol=0, atol=0)
+    torch.testing.assert_close(saved.x_mean[0], every.x_mean[1], rtol=0, atol=0)
+    torch.testing.assert_close(saved.y_mean, every.y_mean, rtol=0, atol=0)
+    assert saved.meta["ridge_chosen"] == [every.meta["ridge_chosen"][1]]
+    scores = evaluate(tiny_gemma, data, [1], ["direct", "linear"], Artefacts(linear=every), config.k)
+    np.testing.assert_array_equal(result.precision, scores.precision)
+    np.testing.assert_array_equal(result.precision_ci, scores.precision_ci)
 
 
 def test_old_evaluation_reports_still_load(tiny_gemma, corpus, lenslab_home):
