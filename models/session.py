@@ -580,7 +580,13 @@ class ModelSession:
         with self.lock:
             copies: dict[torch.dtype, ModelSession] = self.__dict__.setdefault("_converted", {})
             if target not in copies:
-                bridge = copy.deepcopy(self.bridge).to(target)
+                bridge = copy.deepcopy(self.bridge)
+                # What ``bridge.to(target)`` does, without its loop that rebuilds (and discards)
+                # the whole state dict once per parameter: seconds on the embedded model.
+                if hasattr(bridge.cfg, "dtype"):
+                    bridge.cfg.dtype = target
+                torch.nn.Module.to(bridge, target)
+                bridge.original_model = bridge.original_model.to(target)
                 bridge.eval()
                 copies[target] = dataclasses.replace(self, bridge=bridge, lock=FairLock())
             return copies[target]

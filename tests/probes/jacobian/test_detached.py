@@ -143,6 +143,26 @@ def test_float64_copy_is_cached_and_separate(tiny_gemma):
 
 
 @pytest.mark.parametrize("family", ["gemma3", "llama", "gpt2"])
+def test_float64_copy_equals_the_bridges_own_conversion(family):
+    """The cast in ``converted`` gives bit for bit what ``bridge.to(float64)`` gives."""
+    import copy as copying
+
+    session = tiny_session(family)
+    expected = copying.deepcopy(session.bridge).to(torch.float64, print_details=False)
+    got = session.converted(torch.float64).bridge
+    assert got.cfg.dtype == expected.cfg.dtype == torch.float64
+    for mine, theirs in ((got, expected), (got.original_model, expected.original_model)):
+        a, b = mine.state_dict(), theirs.state_dict()
+        assert a.keys() == b.keys()
+        for name in a:
+            assert a[name].dtype == b[name].dtype, name
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    tokens = session.tokenize(PROMPT)
+    with torch.no_grad():
+        torch.testing.assert_close(got(tokens), expected(tokens), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama", "gpt2"])
 def test_recording_up_to_a_layer_matches_the_full_recording(family):
     """A forward stopped after layer 0 records what the full one does there, and replays it the same."""
     from lenslab.probes.jacobian.algorithms import contributions
