@@ -5,8 +5,8 @@ and printed by ``pytest_terminal_summary`` in ``conftest.py``, so every run ends
 issue 9 asks for: sessions run in parallel, fuzz cases tried, failures, hooks left, reports lost.
 
 The browser helpers start a real ``streamlit run`` on a free localhost port with an isolated
-LENSLAB_HOME (the converted models and trained artefacts are symlinked, never copied or
-reconverted) and drive Debian's Chromium through Playwright. No browser is ever downloaded.
+LENSLAB_HOME (the converted models symlinked, the trained artefacts copied, nothing reconverted)
+and drive Debian's Chromium through Playwright. No browser is ever downloaded.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "OPENAI_API_KEY", "WANDB_API_KEY")
+FAKE_TOKEN = "hf_e2eFakeTokenDoNotLog0123456789"  # in the browser tests' server env; never to be printed
+RUN_TIMEOUT_S = 240  # the browser tests' wait for a run; the server's time limit sits 30 s below it
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -144,18 +147,14 @@ def free_port() -> int:
 
 
 def isolated_home(root: Path) -> dict[str, str]:
-    """Environment for a server with its own LENSLAB_HOME/REPORTS; models and artefacts symlinked."""
-    from lenslab.models.paths import lenslab_home
+    """Environment for a server with its own LENSLAB_HOME/REPORTS: models linked, artefacts copied.
 
-    real = lenslab_home()
-    home = root / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    for part in ("models", "artefacts"):
-        source = real / part
-        source.mkdir(parents=True, exist_ok=True)
-        link = home / part
-        if not link.exists():
-            link.symlink_to(source, target_is_directory=True)
+    A page that fits or saves an artefact (an evaluation's linear maps) writes into the copy,
+    never into the real home (``home_support.sandbox_home``).
+    """
+    from home_support import sandbox_home
+
+    home = sandbox_home(root)
     reports = root / "reports"
     reports.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMLIT_")}
@@ -244,6 +243,37 @@ def start_app(
         time.sleep(0.5)
     server.stop()
     raise RuntimeError(f"streamlit did not become healthy in {HEALTHY_WITHIN_S} s:\n{server.log()[-3000:]}")
+
+
+class SharedServer:
+    """One app server shared by many tests, restarted (in a new folder) after a test that used it failed.
+
+    A failed browser test may leave a run going on the server (a page cut off by a timeout keeps
+    computing and holds the model); the next test's run would wait behind it and fail too. The
+    caller sets ``failed`` (``tests/e2e/conftest.py`` does, from the test reports).
+    """
+
+    def __init__(self, root: Path, start: Callable[[Path], AppServer]) -> None:
+        self.root = root
+        self.start = start
+        self.started: list[AppServer] = []
+        self.failed = False
+
+    def current(self) -> AppServer:
+        """The running server; a fresh one when there is none or the last test that used it failed."""
+        if self.started and not self.failed and self.started[-1].process.poll() is None:
+            return self.started[-1]
+        if self.started:
+            self.started[-1].stop()
+        self.started.append(self.start(self.root / f"server-{len(self.started)}"))
+        self.failed = False
+        return self.started[-1]
+
+    def stop(self) -> list[str]:
+        """Stop the running server; every started server's log."""
+        if self.started:
+            self.started[-1].stop()
+        return [server.log() for server in self.started]
 
 
 def listening_addresses(port: int) -> set[str]:

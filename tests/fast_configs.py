@@ -47,3 +47,17 @@ FAST: dict[str, Callable[[], Config]] = {
 def fast_config(name: str) -> Config:
     """The fast config of probe ``name``: its entry in :data:`FAST`, else its default config."""
     return FAST[name]() if name in FAST else get_probe(name).default_config()
+
+
+# The browser tests' app always runs the embedded model (18 layers): sizes valid only there. The
+# J-gap's cost grows with the layers after its layer, so it is computed near the end (the middle
+# layer, the default, is exercised by the notebook and the integration tests). The replications
+# page re-runs the families that read prepared artefacts (as its notebook does): the Jacobian
+# family's float64 runs take minutes on the embedded model on a CPU; its claims are tested on the
+# tiny model (tests/probes/replications) and its float64 probe run on the embedded model in the
+# jacobian notebook.
+BROWSER: dict[str, Callable[[], Config]] = {
+    **FAST,
+    "jacobian_lens": lambda: JacobianLensConfig(auto_fit_prompts=2, gap_layer=16),
+    "replications": lambda: ReplicationsConfig(families=("sae", "neurosymbolic")),
+}

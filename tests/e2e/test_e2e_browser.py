@@ -15,12 +15,11 @@ import zipfile
 import pytest
 from e2e_support import (
     CHROMIUM,
+    RUN_TIMEOUT_S,
     STATS,
     exceptions_on,
-    launch_chromium,
     save_server_log,
     screenshot,
-    start_app,
 )
 from e2e_support import errors_on as page_errors
 from e2e_support import wait_idle as idle
@@ -35,34 +34,10 @@ pytestmark = [
 
 # Harmless-looking for the model, hostile for a renderer: if any of it is executed, window.__xss is set.
 PROMPT = 'The <b>Eiffel</b> Tower "><img src=x onerror="window.__xss=1"> is in the city of'
-FAKE_TOKEN = "hf_e2eFakeTokenDoNotLog0123456789"
 PREPARE_WORDS = re.compile(r"^\W*(fit|train|prepare)\b", re.IGNORECASE)
 # Reports and Sweeps have no prompt → run → figure → save flow (Sweeps: tests/app/test_app_sweeps.py).
 PAGES = [m for m in discover() if m.URL not in ("reports", "sweeps")]
 LOAD_TIMEOUT_S = 240
-RUN_TIMEOUT_S = 240
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """One app server for the module, with its own reports folder and a fake secret in its env."""
-    env = {"HF_TOKEN": FAKE_TOKEN}  # start_app runs tests/e2e_app.py: forms start at fast configs
-    env["LENSLAB_TIME_LIMIT_S"] = str(RUN_TIMEOUT_S - 30)  # a runaway run ends with a message
-    app = start_app(tmp_path_factory.mktemp("e2e"), extra_env=env)
-    yield app
-    app.stop()
-    assert FAKE_TOKEN not in app.log(), "the server printed a secret from its environment"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's Chromium, driven by Playwright."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = launch_chromium(playwright)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -80,7 +55,7 @@ def page(browser, server, request):
 @pytest.fixture(autouse=True)
 def _keep_evidence(request, server):
     yield
-    report = getattr(request.node, "rep_call", None)
+    report = getattr(request.node, "rep_call", None)  # set by tests/e2e/conftest.py
     if report is not None and report.failed:
         save_server_log(server, request.node.name)
 

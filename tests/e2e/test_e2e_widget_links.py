@@ -10,7 +10,7 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 import pytest
-from e2e_support import CHROMIUM, launch_chromium, screenshot, start_app
+from e2e_support import CHROMIUM, screenshot
 from e2e_support import wait_idle as idle
 
 from lenslab.app.views import PAGES
@@ -23,24 +23,14 @@ pytestmark = [
 LOAD_TIMEOUT_S = 240
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    app = start_app(tmp_path_factory.mktemp("e2e-links"))
-    yield app
-    app.stop()
-
-
 @pytest.fixture
-def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_chromium(playwright)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        tab = context.new_page()
-        tab.set_default_timeout(30_000)
-        yield tab
-        browser.close()
+def page(browser, server):
+    """A fresh page on the session's Chromium (``tests/e2e/conftest.py``)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    tab = context.new_page()
+    tab.set_default_timeout(30_000)
+    yield tab
+    context.close()
 
 
 def test_a_future_lens_link_restores_the_grid_settings(page, server):
