@@ -50,14 +50,16 @@ def fast_config(name: str) -> Config:
 
 
 # The browser tests' app always runs the embedded model (18 layers): sizes valid only there. The
-# J-gap's cost grows with the layers after its layer, so it is computed near the end (the middle
-# layer, the default, is exercised by the notebook and the integration tests). The replications
+# J-lens page decodes four layers (each layer decodes every position through the 262k-token
+# unembedding twice), and the J-gap's cost grows with the layers after its layer, so it is
+# computed near the end (the middle layer, the default, is exercised by the notebook and the
+# integration tests). The replications
 # page re-runs the families that read prepared artefacts (as its notebook does): the Jacobian
 # family's float64 runs take minutes on the embedded model on a CPU; its claims are tested on the
 # tiny model (tests/probes/replications) and its float64 probe run on the embedded model in the
 # jacobian notebook.
 BROWSER: dict[str, Callable[[], Config]] = {
     **FAST,
-    "jacobian_lens": lambda: JacobianLensConfig(auto_fit_prompts=2, gap_layer=16),
+    "jacobian_lens": lambda: JacobianLensConfig(auto_fit_prompts=2, layers=(0, 9, 16, 17), gap_layer=16),
     "replications": lambda: ReplicationsConfig(families=("sae", "neurosymbolic")),
 }
