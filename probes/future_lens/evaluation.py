@@ -35,7 +35,13 @@ from lenslab.probes.future_lens.data import (
     build_dataset,
     load_documents,
 )
-from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, RIDGE_GRID, LinearMaps, ensure_linear
+from lenslab.probes.future_lens.linear import (
+    DEFAULT_RIDGE,
+    RIDGE_GRID,
+    LinearMaps,
+    ensure_linear,
+    evaluation_linear_path,
+)
 from lenslab.probes.future_lens.methods import Artefacts, method_topk
 from lenslab.probes.future_lens.prompts import (
     DEFAULT_PROTOCOL,
@@ -615,9 +621,16 @@ def run_evaluation(
         return lambda fraction, message="": progress(start + (stop - start) * fraction, message)
 
     data = build_dataset(session, config.data_settings(), part(0.0, 0.45))
-    # Only the evaluated layers: each layer's maps are fitted independently, the others are unused.
+    # Only the evaluated layers (each layer's maps are fitted independently), kept apart from the
+    # page's maps: the page's are reused when they were fitted on this data, never replaced.
     linear = ensure_linear(
-        session, data, config.ridge, layers, part(0.45, 0.5), toward_identity=config.toward_identity
+        session,
+        data,
+        config.ridge,
+        layers,
+        part(0.45, 0.5),
+        toward_identity=config.toward_identity,
+        path=evaluation_linear_path(session.model_id),
     )
     prompts = learned_prompts(session, data, layers, config.refit and config.learned_prompt, part(0.5, 0.55))
     artefacts = Artefacts(linear=linear, prompts=prompts)

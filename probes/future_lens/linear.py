@@ -337,13 +337,22 @@ def fit_linear_maps(
 
 
 def linear_path(model_id: str) -> Path:
-    """Where the linear maps of ``model_id`` are saved."""
+    """Where the page's linear maps of ``model_id`` are saved (what the linear method reads)."""
     return cache_dir(model_id) / "linear_maps.safetensors"
 
 
-def load_linear(session: ModelSession) -> LinearMaps | None:
-    """The saved linear maps of the session's model, or None when none were trained."""
-    path = linear_path(session.model_id)
+def evaluation_linear_path(model_id: str) -> Path:
+    """Where an evaluation keeps maps it fitted on data other than the page's maps'.
+
+    Apart from :func:`linear_path` so that evaluating on other data (fewer examples, another
+    source, a subset of layers) never replaces the maps the page's linear method reads.
+    """
+    return cache_dir(model_id) / "linear_maps_evaluation.safetensors"
+
+
+def load_linear(session: ModelSession, path: Path | None = None) -> LinearMaps | None:
+    """The saved linear maps of the session's model (the page's by default), or None when none."""
+    path = linear_path(session.model_id) if path is None else path
     return LinearMaps.load(path, session) if path.is_file() else None
 
 
@@ -355,20 +364,27 @@ def ensure_linear(
     progress: Progress = NO_PROGRESS,
     *,
     toward_identity: bool = True,
+    path: Path | None = None,
 ) -> LinearMaps:
-    """Reuse the saved maps when they were fitted on the same data and settings, else fit and save."""
+    """Reuse saved maps fitted on the same data and settings, else fit ``layers`` and save them.
+
+    ``path`` is where new maps go (the page's file by default); the page's maps are reused too
+    when they match, so an evaluation on the page's data fits nothing.
+    """
     wanted = session.check_layers(layers)
-    saved = load_linear(session)
-    if (
-        saved is not None
-        and saved.meta.get("data_key") == data.key
-        and saved.meta.get("ridge") == ridge
-        and (ridge is not None or saved.meta.get("ridge_grid") == list(RIDGE_GRID))
-        and saved.meta.get("toward_identity") == toward_identity
-        and "provenance" in saved.meta
-        and set(wanted) <= set(saved.layers)
-    ):
-        return saved
+    path = linear_path(session.model_id) if path is None else path
+    for candidate in dict.fromkeys([path, linear_path(session.model_id)]):
+        saved = load_linear(session, candidate)
+        if (
+            saved is not None
+            and saved.meta.get("data_key") == data.key
+            and saved.meta.get("ridge") == ridge
+            and (ridge is not None or saved.meta.get("ridge_grid") == list(RIDGE_GRID))
+            and saved.meta.get("toward_identity") == toward_identity
+            and "provenance" in saved.meta
+            and set(wanted) <= set(saved.layers)
+        ):
+            return saved
     maps = fit_linear_maps(session, data, wanted, ridge, progress, toward_identity=toward_identity)
-    maps.save(linear_path(session.model_id))
+    maps.save(path)
     return maps

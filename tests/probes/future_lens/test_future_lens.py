@@ -28,6 +28,7 @@ from lenslab.probes.future_lens.evaluation import (
 )
 from lenslab.probes.future_lens.linear import (
     LinearMaps,
+    evaluation_linear_path,
     fit_linear_map,
     fit_linear_maps,
     linear_path,
@@ -607,7 +608,7 @@ def test_evaluation_fits_only_the_evaluated_layers(tiny_gemma, corpus, lenslab_h
         learned_prompt=False,
     )
     result = run_evaluation(tiny_gemma, config)
-    saved = load_linear(tiny_gemma)
+    saved = load_linear(tiny_gemma, evaluation_linear_path(tiny_gemma.model_id))
     assert saved is not None and saved.layers == [1]
     data = build_dataset(tiny_gemma, config.data_settings())
     every = fit_linear_maps(tiny_gemma, data, None, config.ridge, toward_identity=config.toward_identity)
@@ -619,6 +620,33 @@ def test_evaluation_fits_only_the_evaluated_layers(tiny_gemma, corpus, lenslab_h
     scores = evaluate(tiny_gemma, data, [1], ["direct", "linear"], Artefacts(linear=every), config.k)
     np.testing.assert_array_equal(result.precision, scores.precision)
     np.testing.assert_array_equal(result.precision_ci, scores.precision_ci)
+
+
+def test_an_evaluation_never_replaces_the_pages_maps(tiny_gemma, corpus, lenslab_home):
+    """The page's maps stay as they were after an evaluation on other data, and serve one on theirs."""
+
+    def config(n_examples: int) -> FutureLensEvalConfig:
+        return FutureLensEvalConfig(
+            source=str(corpus),
+            n_examples=n_examples,
+            prefix_tokens=8,
+            layers=(1,),
+            fixed_prompt=False,
+            learned_prompt=False,
+        )
+
+    prepare_default_artefacts(tiny_gemma, settings=config(40).data_settings(), ridge=config(40).ridge)
+    page_file = linear_path(tiny_gemma.model_id)
+    before = page_file.read_bytes()
+    run_evaluation(tiny_gemma, config(30))
+    assert page_file.read_bytes() == before  # the page's linear method reads what it read before
+    evaluation_file = evaluation_linear_path(tiny_gemma.model_id)
+    own = load_linear(tiny_gemma, evaluation_file)
+    assert own is not None and own.meta["data_key"] != load_linear(tiny_gemma).meta["data_key"]
+    # on the page's own data the page's maps are reused: nothing is fitted or written
+    evaluation_file.unlink()
+    run_evaluation(tiny_gemma, config(40))
+    assert not evaluation_file.exists() and page_file.read_bytes() == before
 
 
 def test_old_evaluation_reports_still_load(tiny_gemma, corpus, lenslab_home):
