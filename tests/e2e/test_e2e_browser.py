@@ -273,7 +273,7 @@ def test_the_chart_code_loads_before_run_and_only_once(page, server):
     or resolves to another URL than the frontend's own import (it would be fetched twice).
     """
     fetched: list[str] = []
-    page.on("request", lambda request: fetched.append(request.url) if "/PlotlyChart." in request.url else None)
+    page.on("request", lambda r: fetched.append(r.url) if "/PlotlyChart." in r.url else None)
     try:
         _open(page, server, "logit-lens")
         deadline = time.monotonic() + LOAD_TIMEOUT_S
