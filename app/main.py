@@ -6,12 +6,14 @@ carry the page's state in the query string; the root ``/`` is an overview of the
 
 import streamlit as st
 
-from lenslab.app import access, state
+from lenslab.app import access, preload, state
 from lenslab.app.views import discover, home
 
 st.set_page_config(page_title="lenslab", page_icon=":material/biotech:", layout="wide")
 access.require_access()
 state.sidebar()
+with st.sidebar:  # the chart code loads while the user types, not after Run
+    preload.preload_charts()
 modules = discover()
 pages = {
     home.URL: st.Page(home.render, title=home.TITLE, icon=home.ICON, url_path=home.URL, default=True),

@@ -50,13 +50,17 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 - ``forward, all states`` (DLA): one forward keeping every layer's output;
 - ``clean + corrupted + patched`` (activation patching): the two forwards and one forward up to
   the final norm per patched cell, batched as the probe batches them (its own clean/corrupted
-  pair, at one length).
+  pair, at one length);
+- ``collect + ridge fits + decode`` (Future Lens evaluation, ``floor_future_lens_eval.py``): at
+  the tests' fast config (direct + linear), the probe timed on a first visit (a fresh home: it
+  collects and fits) against the KV-cached greedy collection, the linear maps' ridge selection
+  and refit as batched solves, and one batched decode of the evaluated rows; checked against the
+  probe's own numbers before timing.
 
-Other pages (Future Lens evaluation, patch lens, ...) are compared with one full forward, marked
-"generic floor". Times are the best of ``--repeat`` interleaved runs, both wall-clock and CPU
-(process) seconds: on a machine shared with other jobs the wall clock of a sub-second page moves
-by ±50 % between runs, the CPU seconds much less; the verdict uses the CPU ratio and the table
-shows both.
+Other pages (patch lens, ...) are compared with one full forward, marked "generic floor". Times
+are the best of ``--repeat`` interleaved runs, both wall-clock and CPU (process) seconds: on a
+machine shared with other jobs the wall clock of a sub-second page moves by ±50 % between runs,
+the CPU seconds much less; the verdict uses the CPU ratio and the table shows both.
 
 The figure is probe / floor. Targets: ≤ 1.5× for the single-forward lenses, ≤ 2× for the rest.
 Run: ``python bench/bench_pages.py [--quick] [--repeat 3] [--lengths 8,16,64] [--probes a,b]
@@ -82,10 +86,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.common import machine, write
+from bench.floor_future_lens_eval import eval_row
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
 from lenslab.probes.sae.loading import load_sae
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from fast_configs import fast_config  # the tests' fast config of the slow evaluation
 
 TEXT = (
     "The Eiffel Tower is located in Paris, the capital of France. It was built for the 1889 World's "
@@ -506,9 +514,15 @@ def main() -> None:
     floors = build_floors(session, hf)
     names = [n for n in sorted(registered_probes()) if not args.probes or n in args.probes.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
-    rows = []
+    rows, notes = [], []
     for name in names:
         if args.quick and name in SLOW:
+            continue
+        if name == "future_lens_eval":  # its own floor, timed cold at the tests' fast config
+            row, note = eval_row(session, hf, fast_config(name), 1)
+            rows.append(row)
+            notes.append(note)
+            print(row, flush=True)
             continue
         probe = get_probe(name)
         config = probe.default_config()
@@ -551,6 +565,7 @@ full forward, a lower bound but not the probe's own floor.
 {table}
 
 {hooks_line}
+{"".join(chr(10) + n for n in notes)}
 """,
     )
 

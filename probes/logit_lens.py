@@ -207,7 +207,8 @@ def top_k_decode(
             if target_ids is not None:
                 chosen = logits.gather(-1, target_ids[start : start + rows_per_chunk, None].to(logits.device))
                 target_prob.append((chosen - norm).exp()[:, 0])
-                target_rank.append((logits > chosen).sum(-1))
+                # counted in int32 (a vocabulary fits): a third faster than bool → int64 on a CPU
+                target_rank.append((logits > chosen).sum(-1, dtype=torch.int32).long())
     top_ids, top_probs = torch.cat(ids), torch.cat(probs)
     if target_ids is None:  # the target is each row's own top-1
         return TopKDecode(top_ids, top_probs, top_probs[:, 0], torch.zeros_like(top_ids[:, 0]))

@@ -179,7 +179,9 @@ def ridge_paths(
     """:func:`ridge_path` for several targets of the same inputs: ``out[target][ridge]``.
 
     The eigendecomposition of XᵀX is shared by every target and ridge (one per input matrix,
-    the fit's only cubic cost).
+    the fit's only cubic cost). With fewer examples than inputs (n < d: a page's evaluation fits
+    on a few hundred examples of a 640-wide stream) the same maps come from the n×n kernel
+    instead (:func:`_dual_ridge_paths`), d/n times fewer operations.
     """
     if any(r <= 0 or not math.isfinite(r) for r in ridges):
         raise ValueError(f"every ridge of a path must be a finite number > 0, got {ridges}")
@@ -188,6 +190,8 @@ def ridge_paths(
     x64 = x.double()
     x_mean = x64.mean(0)
     xc = x64 - x_mean
+    if xc.shape[0] < xc.shape[1]:
+        return _dual_ridge_paths(xc, x_mean, ys, ridges, toward_identity=toward_identity)
     gram = xc.T @ xc
     values, vectors = torch.linalg.eigh(gram)
     scale = torch.trace(gram) / gram.shape[0]
@@ -201,6 +205,43 @@ def ridge_paths(
             lam = ridge * scale
             rhs = cross + lam * vectors.T if toward_identity else cross
             weight = vectors @ (rhs / (values.clamp_min(0) + lam)[:, None])
+            maps.append((weight.float(), x_mean.float(), y_mean.float()))
+        out.append(maps)
+    return out
+
+
+def _dual_ridge_paths(
+    xc: Float[Tensor, "n d"],
+    x_mean: Float[Tensor, " d"],
+    ys: list[Float[Tensor, "n d_out"]],
+    ridges: tuple[float, ...],
+    *,
+    toward_identity: bool,
+) -> list[list[tuple[Tensor, Tensor, Tensor]]]:
+    """:func:`ridge_paths` for n < d through the kernel K = XXᵀ (X centred, float64).
+
+    The same maps, by the push-through identity (XᵀX + λI)⁻¹Xᵀ = Xᵀ(XXᵀ + λI)⁻¹: toward zero
+    W = Xᵀ(K + λI)⁻¹Y, toward the identity W = I + Xᵀ(K + λI)⁻¹(Y − X) (from (XᵀX + λI)W = XᵀY + λI).
+    One eigendecomposition of the n×n kernel serves every target and ridge; λ = ridge ·
+    trace(XᵀX)/d as in the primal form (trace(XXᵀ) is the same number).
+    """
+    kernel = xc @ xc.T
+    values, vectors = torch.linalg.eigh(kernel)
+    values = values.clamp_min(0)
+    scale = torch.trace(kernel) / xc.shape[1]
+    eye = torch.eye(xc.shape[1], dtype=xc.dtype, device=xc.device) if toward_identity else None
+    out = []
+    for y in ys:
+        y64 = y.double()
+        y_mean = y64.mean(0)
+        target = y64 - y_mean
+        projected = vectors.T @ (target - xc if eye is not None else target)  # Uᵀ(Y − X) or UᵀY
+        maps = []
+        for ridge in ridges:
+            coefficients = vectors @ (projected / (values + ridge * scale)[:, None])  # (K + λI)⁻¹(…)
+            weight = xc.T @ coefficients
+            if eye is not None:
+                weight = weight + eye
             maps.append((weight.float(), x_mean.float(), y_mean.float()))
         out.append(maps)
     return out

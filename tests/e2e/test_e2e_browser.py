@@ -241,6 +241,31 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(page, server):
         raise
 
 
+def test_the_chart_code_loads_before_run_and_only_once(page, server):
+    """The page fetches the frontend's plotly module while the user types, and Run reuses it.
+
+    Fails if the preload stops (the module would first be fetched after Run, in the user's wait)
+    or resolves to another URL than the frontend's own import (it would be fetched twice).
+    """
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url) if "/PlotlyChart." in r.url else None)
+    try:
+        _open(page, server, "logit-lens")
+        deadline = time.monotonic() + LOAD_TIMEOUT_S
+        while not fetched and time.monotonic() < deadline:
+            page.wait_for_timeout(100)
+        assert fetched, "the chart code was not fetched before Run"
+        assert not page.locator(".js-plotly-plot").count(), "a figure is on the page before Run"
+        _run_prompt(page, "Paris is the capital of")
+        assert _figure_rendered(page)
+        assert len(fetched) == 1, fetched
+        _no_crash(page)
+        assert not page_errors(page), page_errors(page)
+    except Exception:
+        screenshot(page, "e2e-chart-preload")
+        raise
+
+
 def test_clicking_a_grid_cell_opens_the_inspector(page, server):
     """A click on a logit-lens cell switches to the state inspector on that (layer, position)."""
     try:

@@ -303,3 +303,26 @@ def test_teacher_forced_numbers_are_labelled_everywhere(tiny_gemma, corpus, lens
     assert grid.summary()["protocol (N ≥ 1)"] == "teacher-forced"
     line = _future_describe(grid, StateRef(prompt="a grey cat", layer=0, position=2))[0]
     assert "teacher-forced N ≥ 1" in line
+
+
+@pytest.mark.parametrize("toward_identity", [True, False])
+def test_ridge_paths_with_fewer_examples_than_inputs_equal_the_direct_solve(toward_identity):
+    """n < d takes the kernel (dual) form: each map must equal the primal ridge solve in float64."""
+    from lenslab.probes.future_lens.linear import ridge_paths
+
+    gen = torch.Generator().manual_seed(2)
+    x = 30 * torch.randn(12, 40, generator=gen, dtype=torch.float64)  # a residual stream's scale
+    ys = [x @ torch.randn(40, 40, generator=gen, dtype=torch.float64) for _ in range(2)]
+    ridges = (0.01, 1.0, 3.0)
+    paths = ridge_paths(x, ys, ridges, toward_identity=toward_identity)
+    xc = x - x.mean(0)
+    gram = xc.T @ xc
+    eye = torch.eye(40, dtype=torch.float64)
+    for y, path in zip(ys, paths, strict=True):
+        for ridge, (weight, x_mean, y_mean) in zip(ridges, path, strict=True):
+            lam = ridge * torch.trace(gram) / 40
+            rhs = xc.T @ (y - y.mean(0)) + (lam * eye if toward_identity else 0)
+            expected = torch.linalg.solve(gram + lam * eye, rhs)
+            torch.testing.assert_close(weight.double(), expected, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(x_mean, x.mean(0).float())
+            torch.testing.assert_close(y_mean, y.mean(0).float())
