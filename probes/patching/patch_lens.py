@@ -22,7 +22,7 @@ from torch import Tensor
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.inspector import StateRef, StateView, register_state_view
-from lenslab.probes.logit_lens import lens_probs
+from lenslab.probes.logit_lens import top_k_decode
 from lenslab.probes.plotting import add_clickable_cells, label, token_grid, unique_labels
 from lenslab.progress import NO_PROGRESS, Progress
 
@@ -201,8 +201,7 @@ class PatchLens(Probe[PatchLensConfig, PatchLensResult]):
             after = session.capture(
                 target_tokens, names, hooks=[(session.resid_name(target_layer), _put(state, target_position))]
             )
-            lens = [_lens(session, before, names, config.k)]
-            lens.append(_lens(session, after, names, config.k, track=lens[0][2]))
+            lens = _lens(session, [before, after], names, config.k)
             progress(0.9, "decoded")
         top_ids = to_numpy(torch.stack([ids for ids, _, _, _ in lens])).astype(np.int64)
         progress(1.0, "done")
@@ -239,25 +238,25 @@ def _put(state: Float[Tensor, " d_model"], position: int):
 
 
 def _lens(
-    session: ModelSession, run: dict[str, Tensor], names: list[str], k: int, track: Tensor | None = None
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Top-k ids and probs per (layer, position), the run's prediction, and p(``track``) per cell.
+    session: ModelSession, runs: list[dict[str, Tensor]], names: list[str], k: int
+) -> list[tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """Per run: top-k ids and probs per (layer, position), its prediction, and p(first run's prediction).
 
-    The last layer's logit lens is the model's own output (final norm, unembedding), so its argmax
-    is the run's next-token prediction; ``track`` defaults to it. Layers are decoded one at a time
-    so memory stays at one [pos, vocab] slab.
+    The last layer's logit lens is the model's own output (final norm, unembedding), so its top-1
+    is the run's next-token prediction; every cell of every run tracks the first run's. All runs'
+    (layer, position) rows go through one batched decode (``top_k_decode``: chunked products with
+    the unembedding, no softmax materialised), after one small decode of the first run's last layer
+    for the token to track.
     """
-    last = lens_probs(session, run[names[-1]][0])
-    final = last.argmax(-1)
-    track = final if track is None else track
-    ids, probs, tracked = [], [], []
-    for name in names:
-        p = last if name == names[-1] else lens_probs(session, run[name][0])
-        values, top = p.topk(k, dim=-1)
-        ids.append(top)
-        probs.append(values)
-        tracked.append(p.gather(-1, track[:, None])[:, 0])
-    return torch.stack(ids), torch.stack(probs), final, torch.stack(tracked)
+    # [run, layer, pos, d_model]
+    states = torch.stack([torch.stack([run[name][0] for name in names]) for run in runs])
+    n_runs, n_layers, n_pos = states.shape[:3]
+    track = top_k_decode(session, states[0, -1], 1).ids[:, 0]
+    decoded = top_k_decode(session, states.flatten(0, 2), k, target_ids=track.repeat(n_runs * n_layers))
+    ids = decoded.ids.view(n_runs, n_layers, n_pos, -1)
+    probs = decoded.probs.view(n_runs, n_layers, n_pos, -1)
+    tracked = decoded.target_prob.view(n_runs, n_layers, n_pos)
+    return [(ids[r], probs[r], ids[r, -1, :, 0], tracked[r]) for r in range(n_runs)]
 
 
 def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> PatchLensResult:

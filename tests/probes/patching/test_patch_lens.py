@@ -1,6 +1,7 @@
 """Patch lens on tiny models: causality structure, self-patch identity, the patched cell's decode."""
 
 import numpy as np
+import torch
 
 from lenslab.probes import LogitLens, LogitLensConfig, get_probe
 from lenslab.probes.inspector import StateRef, inspect_state
@@ -39,3 +40,35 @@ def test_inspector_view_runs_on_the_identity_prompt(tiny_gemma):
     assert outcome.result.layer == outcome.result.target_layer == 1
     assert "next token" in outcome.lines[0]
     assert tiny_gemma.active_hook_count() == 0
+
+
+def test_the_batched_decode_equals_a_softmax_per_layer(tiny_any):
+    """Top-k, prediction and tracked probability match a full softmax of each layer's lens, run by run."""
+    target = "hello there, world"
+    config = PatchLensConfig(layer=1, position=3, target=target, target_layer=0, target_position=5, k=4)
+    result = get_probe("patch_lens").run(tiny_any, SOURCE, config)
+    session = tiny_any
+    names = [session.resid_name(layer) for layer in range(session.n_layers)]
+    source = session.tokenize(SOURCE)
+    state = session.capture(source, [names[1]])[names[1]][0, 3]
+
+    def put(activation, *, hook):
+        patched = activation.clone()
+        patched[:, 5] = state
+        return patched
+
+    tokens = session.tokenize(target)
+    runs = [session.capture(tokens, names), session.capture(tokens, names, hooks=[(names[0], put)])]
+    with torch.no_grad():
+        probs = [
+            torch.stack([session.decode_resid(run[name][0]).float().softmax(-1) for name in names])
+            for run in runs
+        ]
+    track = probs[0][-1].argmax(-1)
+    for r, p in enumerate(probs):
+        values, ids = p.topk(4, dim=-1)
+        assert np.array_equal(result.top_ids[r], ids.numpy())
+        np.testing.assert_allclose(result.top_probs[r], values.numpy(), rtol=1e-5, atol=1e-7)
+        assert np.array_equal(result.final_ids[r], p[-1].argmax(-1).numpy())
+        tracked = p.gather(-1, track.expand(p.shape[0], -1)[..., None])[..., 0]
+        np.testing.assert_allclose(result.tracked_prob[r], tracked.numpy(), rtol=1e-5, atol=1e-7)
