@@ -340,9 +340,8 @@ def _collect_after_prefixes(
                     tokens[b, : len(sequences[i]) - prefix] = torch.as_tensor(
                         list(sequences[i][prefix:]), dtype=torch.long
                     )
-                rows_cache = _rows_of(
-                    cache, torch.as_tensor([row_of[tuple(sequences[i][:prefix])] for i in rows], device=device)
-                )
+                cache_rows = [row_of[tuple(sequences[i][:prefix])] for i in rows]
+                rows_cache = _rows_of(cache, torch.as_tensor(cache_rows, device=device))
                 batch.update(active=True, box={}, mask=None, replacement=None)
                 if merge is not None:
                     shifted = Merge(

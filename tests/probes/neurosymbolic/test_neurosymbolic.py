@@ -11,8 +11,8 @@ import torch
 
 from lenslab.analyses.report import Report
 from lenslab.probes import get_probe, registered_probes
-from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig, artefact_folder
 from lenslab.probes.neurosymbolic import fit
+from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig, artefact_folder
 from lenslab.probes.neurosymbolic.fit import (
     Merge,
     collect,
