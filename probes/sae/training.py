@@ -97,11 +97,15 @@ def collect_activations(
     hook_name: str,
     windows: TokenWindows,
     *,
-    batch_size: int = 8,
+    batch_size: int = 32,
     progress: Progress = NO_PROGRESS,
     span: tuple[float, float] = (0.0, 1.0),
 ) -> Float[Tensor, "n d_in"]:
-    """Activations at ``hook_name`` for every non-BOS token of ``windows`` (float32, model device)."""
+    """Activations at ``hook_name`` for every non-BOS token of ``windows`` (float32, model device).
+
+    32 windows of 64 tokens per forward took about half the CPU time of 8 on 2 CPU threads, with
+    bit-identical activations (the forward's per-call overhead dominates small batches).
+    """
     tokens = as_tensor(windows, session)
     chunks = []
     n_batches = math.ceil(len(tokens) / batch_size)

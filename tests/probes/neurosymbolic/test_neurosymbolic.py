@@ -11,6 +11,7 @@ import torch
 
 from lenslab.analyses.report import Report
 from lenslab.probes import get_probe, registered_probes
+from lenslab.probes.neurosymbolic import fit
 from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig, artefact_folder
 from lenslab.probes.neurosymbolic.fit import (
     Merge,
@@ -174,6 +175,32 @@ def test_batched_collection_equals_single_runs(tiny_gemma):
         assert torch.allclose(got.target_logprob[i], log_probs[:, 5:7].diagonal(), atol=1e-4)
         assert torch.equal(got.argmax[i], run.logits[0, positions[i]].argmax(-1))
     assert tiny_gemma.active_hook_count() == 0
+
+
+@pytest.mark.parametrize("prefixed", [False, True], ids=["plain", "prefix-cached"])
+def test_answer_decoding_split_across_sequences_matches_single_runs(tiny_gemma, monkeypatch, prefixed):
+    """Answer logits are decoded in one product per batch, in chunks that cut across sequences:
+    each sequence still gets exactly its own positions' log-probabilities and argmax."""
+    monkeypatch.setattr(fit, "_DECODE_ROWS", 3)  # 3 sequences x 2-3 positions: chunks straddle rows
+    prompts = ["1 + 2 = 3\n4 + 5 = 9\n", "1 + 2 = 3\n12 * 3 = 36\n", "1 + 2 = 3\n7 gcd 21 = 7\n"]
+    sequences = [tiny_gemma.tokenize(p)[0].tolist() for p in prompts]
+    prefix = len(tiny_gemma.tokenize("1 + 2 = 3\n")[0])
+    positions = [[len(s) - 1, prefix + 1, prefix][: 2 + (i > 0)] for i, s in enumerate(sequences)]
+    targets = [[7 + i, 3, 11][: len(p)] for i, p in enumerate(positions)]
+    got = collect(
+        tiny_gemma,
+        sequences,
+        positions,
+        [0],
+        targets=targets,
+        batch_size=3,
+        prefix_lengths=[prefix] * 3 if prefixed else None,
+    )
+    for i, prompt in enumerate(prompts):
+        logits = tiny_gemma.run(prompt).logits[0, positions[i]]
+        expected = logits.log_softmax(-1).gather(-1, torch.as_tensor(targets[i])[:, None])[:, 0]
+        assert torch.allclose(got.target_logprob[i], expected, atol=1e-4)
+        assert torch.equal(got.argmax[i], logits.argmax(-1))
 
 
 def test_merge_changes_exactly_the_chosen_positions_and_is_removed(tiny_gemma):

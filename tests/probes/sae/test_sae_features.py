@@ -157,6 +157,29 @@ def test_streaming_dashboards_equal_brute_force(tiny_gemma, sae_dir, corpus_file
     assert dash.n_tokens == 10 * 15
 
 
+@pytest.mark.parametrize("forward_batches", [2, 4])
+def test_dashboards_with_wider_forwards_equal_one_forward_per_batch(
+    tiny_gemma, sae_dir, corpus_file, monkeypatch, forward_batches
+):
+    """Several statistics batches per forward give the same dashboards as one forward each
+    (histogram edges from the first batch, random samples, top-k), also across a ragged end."""
+    from lenslab.probes.sae import dashboards
+
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    settings = DashboardSettings(
+        corpus=str(corpus_file), n_seq=10, context_size=16, top_k=5, n_samples=6, batch_size=3
+    )
+    windows = token_windows(tiny_gemma, settings.corpus, context_size=16, n_seq=10)
+    monkeypatch.setattr(dashboards, "FORWARD_BATCHES", 1)
+    plain = build_dashboards(tiny_gemma, loaded, windows, settings)
+    monkeypatch.setattr(dashboards, "FORWARD_BATCHES", forward_batches)
+    wide = build_dashboards(tiny_gemma, loaded, windows, settings)
+    for name in ("top_values", "top_index", "sample_values", "sample_index", "hist_counts", "fire_count"):
+        np.testing.assert_array_equal(getattr(wide, name), getattr(plain, name), err_msg=name)
+    np.testing.assert_allclose(wide.act_sum, plain.act_sum, rtol=1e-6)
+    assert (plain.fire_count > 0).any()  # the comparison covers firing features
+
+
 def test_dashboards_cache_round_trip(tiny_gemma, sae_dir, corpus_file, lenslab_home):
     loaded = load_sae(tiny_gemma, str(sae_dir))
     settings = DashboardSettings(corpus=str(corpus_file), n_seq=4, context_size=12, batch_size=2)
