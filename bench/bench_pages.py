@@ -86,6 +86,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.common import machine, write
+from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
@@ -107,6 +108,8 @@ SLOW = {
     "neurosymbolic",
     "sae_feature",
     "replications",
+    "future_lens[fixed]",
+    "future_lens[learned]",
 }  # skipped by --quick
 PROMPT_FREE = {
     "future_lens_eval",
@@ -118,11 +121,21 @@ PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patchin
 TARGET = {
     "logit_lens": 1.5,
     "future_lens": 1.5,
+    "future_lens[linear]": 1.5,
     "sae_features": 1.5,
     "mlp_units": 1.5,
     "vsa_readout": 1.5,
     "feature_attribution": 1.5,
 }
+
+
+# Extra rows: a registered probe run with a non-default config, ``name[variant]`` (--probes names them).
+VARIANTS = {f"future_lens[{m}]": ("future_lens", {"method": m}) for m in ("linear", "fixed", "learned")}
+
+
+def split_row(row: str) -> tuple[str, dict[str, Any]]:
+    """The registered probe and its config overrides behind a row name."""
+    return VARIANTS.get(row, (row, {}))
 
 
 class _Stop(Exception):
@@ -136,6 +149,7 @@ class Floor:
     kind: str
     run: Callable[[], object]
     tight: bool = True
+    check: Callable[[Any], None] | None = None  # raises unless the floor computes the probe's numbers
 
 
 def measure(fns: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -423,10 +437,16 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         forward(corrupted)
         batched_body(clean, cells, session.n_layers - 1, batch)
 
-    def factory(name: str, prompt: str) -> Floor:
+    def factory(row: str, prompt: str) -> Floor:
+        name, overrides = split_row(row)
         tokens = session.tokenize(prompt)
-        config = get_probe(name).default_config()
+        config = get_probe(name).default_config().replace(**overrides)
         layer = getattr(config, "layer", None)
+        if name == "future_lens" and config.method != "direct":
+            kind, run, check = (linear_floor if config.method == "linear" else causal_floor)(
+                session, hf, tokens, config
+            )
+            return Floor(kind, run, check=check)
         if name == "vsa_readout":
             return vsa_readout_floor(tokens, config)
         if name == "logit_lens":
@@ -512,7 +532,8 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(embedded_dir("gemma-3-270m"), attn_implementation="eager")
     hf.to(session.device).eval()
     floors = build_floors(session, hf)
-    names = [n for n in sorted(registered_probes()) if not args.probes or n in args.probes.split(",")]
+    everything = sorted([*registered_probes(), *VARIANTS])
+    names = [n for n in everything if not args.probes or n in args.probes.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
     rows, notes = [], []
     for name in names:
@@ -524,13 +545,16 @@ def main() -> None:
             notes.append(note)
             print(row, flush=True)
             continue
-        probe = get_probe(name)
-        config = probe.default_config()
+        probe_name, overrides = split_row(name)
+        probe = get_probe(probe_name)
+        config = probe.default_config().replace(**overrides)
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
             prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
-            floor = floors(name, prompt)
             repeat = 1 if name in SLOW else args.repeat
             try:
+                floor = floors(name, prompt)
+                if floor.check is not None:  # the floor computes what the probe shows, or no row
+                    floor.check(probe.run(session, prompt, config))
                 wall, cpu = measure(
                     {"probe": lambda p=probe, pr=prompt, c=config: p.run(session, pr, c), "floor": floor.run},
                     repeat=repeat,
