@@ -88,6 +88,7 @@ from transformers import AutoModelForCausalLM
 from bench.common import machine, write
 from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
+from bench.floor_patch_lens import patch_lens_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
@@ -152,9 +153,12 @@ class Floor:
     check: Callable[[Any], None] | None = None  # raises unless the floor computes the probe's numbers
 
 
-def measure(fns: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Best wall-clock and best CPU (process) seconds of each function, interleaved, after a warm-up."""
-    for fn in fns.values():
+def measure(
+    fns: dict[str, Callable[[], object]], repeat: int, warm: bool = True
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall-clock and best CPU (process) seconds of each function, interleaved, after a warm-up
+    (``warm=False``: the caller has just run each once, e.g. a floor's check)."""
+    for fn in fns.values() if warm else ():
         fn()
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
@@ -447,6 +451,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
                 session, hf, tokens, config
             )
             return Floor(kind, run, check=check)
+        if name == "patch_lens":
+            kind, run, check = patch_lens_floor(session, hf, stopped, tokens, config)
+            return Floor(kind, run, check=check)
         if name == "vsa_readout":
             return vsa_readout_floor(tokens, config)
         if name == "logit_lens":
@@ -558,6 +565,7 @@ def main() -> None:
                 wall, cpu = measure(
                     {"probe": lambda p=probe, pr=prompt, c=config: p.run(session, pr, c), "floor": floor.run},
                     repeat=repeat,
+                    warm=floor.check is None or name not in SLOW,  # the check ran both once
                 )
             except (ValueError, FileNotFoundError) as exc:  # e.g. artefacts not prepared
                 rows.append(f"| {name} | {n_tokens} | — | — | — | — | — | skipped: {exc} |")
