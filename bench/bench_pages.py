@@ -57,7 +57,26 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   and refit as batched solves, and one batched decode of the evaluated rows; checked against the
   probe's own numbers before timing.
 
-Other pages (patch lens, ...) are compared with one full forward, marked "generic floor". Times
+- ``future_lens[linear]``, ``future_lens[fixed]`` (extra rows: the Future Lens page with that
+  method; ``floor_future_lens.py``): the prefill with every block's output and the KV cache, its
+  full logits and the N cached greedy steps (the "actual" row), then for linear the maps as one
+  ``bmm`` per horizon over every layer at the fitted positions and ONE batched decode; for fixed
+  the context's prefix run once into a KV cache repeated for every (layer, position) cell, ONE
+  batched forward of the context's last position with each cell's state written into its layer's
+  output, and the N cached greedy steps of all cells together. ``future_lens[learned]`` is
+  skipped while no learned prompt is saved;
+- ``stop@ℓ + 2 target forwards + 1 decode`` (patch lens, ``floor_patch_lens.py``): the source
+  body up to the layer, the target's clean and patched forwards keeping every block's output and
+  ONE batched decode of all 2 × layers × positions rows (logsumexp, top-k, tracked logit).
+
+A floor with a ``check`` is run against the probe's own output before timing (linear: the same
+top-k ids; patch lens: the same top-1 in ≥ 99.5 % of cells, as the probe ranks float32 softmax
+values and near-ties can swap; fixed: the same top-1 in ≥ 99 % of (layer, position, N) cells, as
+a swapped near-tie changes that cell's later greedy steps); a floor that computes something else
+raises instead of giving a row.
+
+Other pages (sae_feature, jacobian_lens, neurosymbolic, ...) are compared with one full forward,
+marked "generic floor". Times
 are the best of ``--repeat`` interleaved runs, both wall-clock and CPU (process) seconds: on a
 machine shared with other jobs the wall clock of a sub-second page moves by ±50 % between runs,
 the CPU seconds much less; the verdict uses the CPU ratio and the table shows both.
