@@ -17,6 +17,12 @@ before timing (``check``):
   together, each step with the top-k and logsumexp of every cell's logits. The probe runs the
   whole context per cell (it cannot share the prefix across cells without a cache copy) and one
   batch per layer; that is what the ratio measures.
+
+Measured (7 and 16 tokens, CPU): the fixed page runs 3.6-6.4× its floor. A cProfile of the probe
+(7 tokens, 26.4 s) puts 16.0 s in 76 unembedding products (0.21 s each: one per layer and greedy
+step on a few rows, each reading the whole 262k × 640 matrix, where the floor reads it 8 times)
+and 10 s in 1,368 block calls (18 per-layer batches × 4 steps, each re-running the context); the
+probe's time barely grows with the prompt (26 s at 7 tokens, 25 s at 16), the floor's does.
 """
 
 from __future__ import annotations
