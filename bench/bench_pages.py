@@ -57,7 +57,26 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   and refit as batched solves, and one batched decode of the evaluated rows; checked against the
   probe's own numbers before timing.
 
-Other pages (patch lens, ...) are compared with one full forward, marked "generic floor". Times
+- ``future_lens[linear]``, ``future_lens[fixed]`` (extra rows: the Future Lens page with that
+  method; ``floor_future_lens.py``): the prefill with every block's output and the KV cache, its
+  full logits and the N cached greedy steps (the "actual" row), then for linear the maps as one
+  ``bmm`` per horizon over every layer at the fitted positions and ONE batched decode; for fixed
+  the context's prefix run once into a KV cache repeated for every (layer, position) cell, ONE
+  batched forward of the context's last position with each cell's state written into its layer's
+  output, and the N cached greedy steps of all cells together. ``future_lens[learned]`` is
+  skipped while no learned prompt is saved;
+- ``stop@ℓ + 2 target forwards + 1 decode`` (patch lens, ``floor_patch_lens.py``): the source
+  body up to the layer, the target's clean and patched forwards keeping every block's output and
+  ONE batched decode of all 2 × layers × positions rows (logsumexp, top-k, tracked logit).
+
+A floor with a ``check`` is run against the probe's own output before timing (linear: the same
+top-k ids; patch lens: the same top-1 in ≥ 99.5 % of cells, as the probe ranks float32 softmax
+values and near-ties can swap; fixed: the same top-1 in ≥ 99 % of (layer, position, N) cells, as
+a swapped near-tie changes that cell's later greedy steps); a floor that computes something else
+raises instead of giving a row.
+
+Other pages (sae_feature, jacobian_lens, neurosymbolic, ...) are compared with one full forward,
+marked "generic floor". Times
 are the best of ``--repeat`` interleaved runs, both wall-clock and CPU (process) seconds: on a
 machine shared with other jobs the wall clock of a sub-second page moves by ±50 % between runs,
 the CPU seconds much less; the verdict uses the CPU ratio and the table shows both.
@@ -86,7 +105,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.common import machine, write
+from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
+from bench.floor_patch_lens import patch_lens_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
@@ -107,6 +128,8 @@ SLOW = {
     "neurosymbolic",
     "sae_feature",
     "replications",
+    "future_lens[fixed]",
+    "future_lens[learned]",
 }  # skipped by --quick
 PROMPT_FREE = {
     "future_lens_eval",
@@ -118,11 +141,21 @@ PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patchin
 TARGET = {
     "logit_lens": 1.5,
     "future_lens": 1.5,
+    "future_lens[linear]": 1.5,
     "sae_features": 1.5,
     "mlp_units": 1.5,
     "vsa_readout": 1.5,
     "feature_attribution": 1.5,
 }
+
+
+# Extra rows: a registered probe run with a non-default config, ``name[variant]`` (--probes names them).
+VARIANTS = {f"future_lens[{m}]": ("future_lens", {"method": m}) for m in ("linear", "fixed", "learned")}
+
+
+def split_row(row: str) -> tuple[str, dict[str, Any]]:
+    """The registered probe and its config overrides behind a row name."""
+    return VARIANTS.get(row, (row, {}))
 
 
 class _Stop(Exception):
@@ -136,11 +169,15 @@ class Floor:
     kind: str
     run: Callable[[], object]
     tight: bool = True
+    check: Callable[[Any], None] | None = None  # raises unless the floor computes the probe's numbers
 
 
-def measure(fns: dict[str, Callable[[], object]], repeat: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Best wall-clock and best CPU (process) seconds of each function, interleaved, after a warm-up."""
-    for fn in fns.values():
+def measure(
+    fns: dict[str, Callable[[], object]], repeat: int, warm: bool = True
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Best wall-clock and best CPU (process) seconds of each function, interleaved, after a warm-up
+    (``warm=False``: the caller has just run each once, e.g. a floor's check)."""
+    for fn in fns.values() if warm else ():
         fn()
     wall: dict[str, list[float]] = {name: [] for name in fns}
     cpu: dict[str, list[float]] = {name: [] for name in fns}
@@ -423,10 +460,19 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         forward(corrupted)
         batched_body(clean, cells, session.n_layers - 1, batch)
 
-    def factory(name: str, prompt: str) -> Floor:
+    def factory(row: str, prompt: str) -> Floor:
+        name, overrides = split_row(row)
         tokens = session.tokenize(prompt)
-        config = get_probe(name).default_config()
+        config = get_probe(name).default_config().replace(**overrides)
         layer = getattr(config, "layer", None)
+        if name == "future_lens" and config.method != "direct":
+            kind, run, check = (linear_floor if config.method == "linear" else causal_floor)(
+                session, hf, tokens, config
+            )
+            return Floor(kind, run, check=check)
+        if name == "patch_lens":
+            kind, run, check = patch_lens_floor(session, hf, stopped, tokens, config)
+            return Floor(kind, run, check=check)
         if name == "vsa_readout":
             return vsa_readout_floor(tokens, config)
         if name == "logit_lens":
@@ -512,7 +558,8 @@ def main() -> None:
     hf = AutoModelForCausalLM.from_pretrained(embedded_dir("gemma-3-270m"), attn_implementation="eager")
     hf.to(session.device).eval()
     floors = build_floors(session, hf)
-    names = [n for n in sorted(registered_probes()) if not args.probes or n in args.probes.split(",")]
+    everything = sorted([*registered_probes(), *VARIANTS])
+    names = [n for n in everything if not args.probes or n in args.probes.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
     rows, notes = [], []
     for name in names:
@@ -524,16 +571,20 @@ def main() -> None:
             notes.append(note)
             print(row, flush=True)
             continue
-        probe = get_probe(name)
-        config = probe.default_config()
+        probe_name, overrides = split_row(name)
+        probe = get_probe(probe_name)
+        config = probe.default_config().replace(**overrides)
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
             prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
-            floor = floors(name, prompt)
             repeat = 1 if name in SLOW else args.repeat
             try:
+                floor = floors(name, prompt)
+                if floor.check is not None:  # the floor computes what the probe shows, or no row
+                    floor.check(probe.run(session, prompt, config))
                 wall, cpu = measure(
                     {"probe": lambda p=probe, pr=prompt, c=config: p.run(session, pr, c), "floor": floor.run},
                     repeat=repeat,
+                    warm=floor.check is None or name not in SLOW,  # the check ran both once
                 )
             except (ValueError, FileNotFoundError) as exc:  # e.g. artefacts not prepared
                 rows.append(f"| {name} | {n_tokens} | — | — | — | — | — | skipped: {exc} |")

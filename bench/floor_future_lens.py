@@ -1,0 +1,188 @@
+"""Floors of the Future Lens page's trained and causal methods (``future_lens[linear|fixed|learned]``).
+
+Each floor is the page's unavoidable work as bare tensor work on the plain Hugging Face model, and
+returns the top-k ids it computed so that the bench can check them against the probe's own grid
+before timing (``check``):
+
+- the prompt's prefill keeping every block's output and the KV cache, its full logits (the
+  model's greedy token after every prompt position: the page's "actual" row) and the N cached
+  greedy steps past the prompt's end. Every method needs this;
+- linear: the maps applied to the states at the positions they were fitted at (one batched
+  product per horizon over every layer, ``bmm``), then ONE decode of all predicted rows (final
+  norm, ``rows @ W_U`` in chunks of 256, logsumexp, top-k);
+- fixed / learned: the context's prefix (the generic prompt's tokens before its last, or BOS +
+  the soft prompt's vectors before its last) run ONCE into a KV cache, the cache repeated for
+  every (layer, position) cell, then ONE batched forward of the context's last position with each
+  cell's state written into its layer's output, and the N − 1 KV-cached greedy steps of all cells
+  together, each step with the top-k and logsumexp of every cell's logits. The probe runs the
+  whole context per cell (it cannot share the prefix across cells without a cache copy) and one
+  batch per layer; that is what the ratio measures.
+
+Measured (7 and 16 tokens, CPU): the fixed page runs 3.6-6.4× its floor. A cProfile of the probe
+(7 tokens, 26.4 s) puts 16.0 s in 76 unembedding products (0.21 s each: one per layer and greedy
+step on a few rows, each reading the whole 262k × 640 matrix, where the floor reads it 8 times)
+and 10 s in 1,368 block calls (18 per-layer batches × 4 steps, each re-running the context); the
+probe's time barely grows with the prompt (26 s at 7 tokens, 25 s at 16), the floor's does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lenslab.models import ModelSession
+from lenslab.probes.future_lens.methods import Artefacts
+from lenslab.probes.future_lens.prompts import fixed_context_ids
+
+
+def _outputs(body: torch.nn.Module) -> tuple[list[Tensor], Callable[[], None]]:
+    """Forward hooks keeping every block's output (pre final norm); returns (box, remove)."""
+    box: list[Tensor] = []
+
+    def keep(_module: object, _args: object, output: Any) -> None:
+        box.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(keep) for layer in body.layers]
+    return box, lambda: [h.remove() for h in handles]
+
+
+def prefill_and_actual(hf: torch.nn.Module, tokens: Tensor, horizon: int) -> tuple[list[Tensor], Tensor]:
+    """Every block's output over the prompt and the actual tokens t+1 .. t+horizon per position."""
+    box, remove = _outputs(hf.model)
+    try:
+        out = hf(tokens, use_cache=True, logits_to_keep=0)
+    finally:
+        remove()
+    states = list(box)
+    chosen = [out.logits[0].float().argmax(-1)]
+    cache, nxt = out.past_key_values, chosen[0][-1:][None]
+    for _ in range(horizon - 1):
+        step = hf(nxt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache, nxt = step.past_key_values, step.logits[:, -1:].float().argmax(-1)
+        chosen.append(nxt[0])
+    extended = torch.cat(chosen)
+    seq = tokens.shape[1]
+    return states, torch.stack([extended[t : t + horizon] for t in range(seq)])
+
+
+def topk_rows(hf: torch.nn.Module, rows: Tensor, k: int, normed: bool = False) -> Tensor:
+    """Top-k ids of each row's logits (final norm unless ``normed``, unembedding, logsumexp)."""
+    norm, w_u = hf.model.norm, hf.lm_head.weight
+    rows = rows if normed else norm(rows)
+    ids = []
+    for start in range(0, rows.shape[0], 256):
+        logits = (rows[start : start + 256] @ w_u.T).float()
+        logits.logsumexp(-1)
+        ids.append(logits.topk(k, -1).indices)
+    return torch.cat(ids)
+
+
+def linear_floor(
+    session: ModelSession, hf: torch.nn.Module, tokens: Tensor, config: Any
+) -> tuple[str, Callable[[], Tensor], Callable[[Any], None]]:
+    """The linear method's floor; its run returns top-k ids ``[layer, fitted position, N, k]``."""
+    maps = Artefacts.saved(session).linear
+    layers = session.check_layers(config.layers)
+    if maps is None or any(layer not in maps.layers for layer in layers):
+        raise ValueError("no linear maps are trained for every layer: run bench/bench_prepare.py")
+    horizon, seq = config.horizon + 1, tokens.shape[1]
+    first, last = maps.positions or (0, seq - 1)
+    last = min(last, seq - 1)
+    index = [maps.layers.index(layer) for layer in layers]
+    weight = maps.weight[index][:, :horizon].contiguous()  # [layer, N, d, d]
+    x_mean, y_mean = maps.x_mean[index][:, None], maps.y_mean[:horizon]
+
+    def run() -> Tensor:
+        with torch.inference_mode():
+            states, _ = prefill_and_actual(hf, tokens, horizon)
+            centred = torch.stack([states[layer][0, first : last + 1] for layer in layers]) - x_mean
+            predicted = torch.stack([torch.bmm(centred, weight[:, n]) for n in range(horizon)], 2) + y_mean
+            ids = topk_rows(hf, predicted.reshape(-1, predicted.shape[-1]), config.k)
+            return ids.reshape(*predicted.shape[:3], -1)
+
+    def check(result: Any) -> None:
+        probe = torch.as_tensor(result.top_ids)[:, first : last + 1]
+        ours = run().cpu()
+        if not torch.equal(probe, ours):
+            share = (probe[..., 0] == ours[..., 0]).float().mean().item()
+            raise AssertionError(f"linear floor's top-k differ from the probe's (top-1 agree {share:.3f})")
+
+    return f"prefill + greedy + {horizon} map bmm + decode", run, check
+
+
+def causal_floor(
+    session: ModelSession, hf: torch.nn.Module, tokens: Tensor, config: Any
+) -> tuple[str, Callable[[], Tensor], Callable[[Any], None]]:
+    """The fixed / learned method's floor (free-running); its run returns ids ``[layer, pos, N, k]``."""
+    if config.protocol != "free-running":
+        raise ValueError(f"the causal floor times the free-running protocol, not {config.protocol!r}")
+    layers = session.check_layers(config.layers)
+    horizon, seq = config.horizon + 1, tokens.shape[1]
+    body = hf.model
+    if config.method == "fixed":
+        context = fixed_context_ids(session).to(tokens.device)
+        embedded = body.embed_tokens(context[None])  # the model's own (scaled) embeddings
+        kind = f"ctx prefix once + {len(layers) * seq} cells × {horizon} cached steps"
+    else:
+        artefacts = Artefacts.saved(session)
+        missing = artefacts.missing("learned", layers)
+        if missing:
+            raise ValueError(missing)
+        raise ValueError("the learned-prompt floor (one soft prompt per layer, batched) is not written")
+    prefix, last_embed = embedded[:, :-1], embedded[:, -1:]
+    rows = len(layers) * seq
+
+    def run() -> Tensor:
+        with torch.inference_mode():
+            states, _ = prefill_and_actual(hf, tokens, horizon)
+            cells = {layer: states[layer][0] for layer in layers}  # [seq, d] per layer
+            cache = hf(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).past_key_values
+            cache.batch_repeat_interleave(rows)
+
+            def write(group: int, layer_states: Tensor) -> Callable[..., Tensor]:
+                def hook(_module: object, _args: object, output: Any) -> Any:
+                    hidden = output[0] if isinstance(output, tuple) else output
+                    hidden = hidden.clone()
+                    hidden[group * seq : (group + 1) * seq, -1] = layer_states
+                    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+                return hook
+
+            handles = [
+                body.layers[layer].register_forward_hook(write(group, cells[layer]))
+                for group, layer in enumerate(layers)
+            ]
+            try:
+                out = hf(
+                    inputs_embeds=last_embed.expand(rows, -1, -1),
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            finally:
+                for handle in handles:
+                    handle.remove()
+            ids = []
+            for n in range(horizon):
+                logits = out.logits[:, -1].float()
+                logits.logsumexp(-1)
+                ids.append(logits.topk(config.k, -1).indices)
+                if n + 1 < horizon:
+                    out = hf(
+                        ids[-1][:, :1], past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1
+                    )
+            return torch.stack(ids, 1).reshape(len(layers), seq, horizon, -1)
+
+    def check(result: Any) -> None:
+        """Top-1 of every cell and N equal but for near-ties (a batch of another shape can swap
+        one, and a swapped greedy token changes the cell's later N)."""
+        probe, ours = torch.as_tensor(result.top_ids), run().cpu()
+        share = (probe[..., 0] == ours[..., 0]).float().mean().item()
+        if share < 0.99:
+            raise AssertionError(f"causal floor's top-1 differ from the probe's (agree {share:.4f})")
+        print(f"causal floor: top-1 agree with the probe in {share:.4f} of {probe[..., 0].numel()} cells")
+
+    return kind, run, check
