@@ -597,16 +597,21 @@ def test_evaluation_on_tiny(tiny_gemma, corpus, lenslab_home):
     np.testing.assert_array_equal(forced.bigram, result.bigram)
 
 
-def test_evaluation_fits_only_the_evaluated_layers(tiny_gemma, corpus, lenslab_home):
-    """Maps fitted for the evaluated layer alone equal that layer's maps from an all-layer fit."""
-    config = FutureLensEvalConfig(
+def _layer_one_evaluation(corpus, n_examples: int = 40) -> FutureLensEvalConfig:
+    """A small evaluation of layer 1 by the direct and linear methods only."""
+    return FutureLensEvalConfig(
         source=str(corpus),
-        n_examples=40,
+        n_examples=n_examples,
         prefix_tokens=8,
         layers=(1,),
         fixed_prompt=False,
         learned_prompt=False,
     )
+
+
+def test_evaluation_fits_only_the_evaluated_layers(tiny_gemma, corpus, lenslab_home):
+    """Maps fitted for the evaluated layer alone equal that layer's maps from an all-layer fit."""
+    config = _layer_one_evaluation(corpus)
     result = run_evaluation(tiny_gemma, config)
     saved = load_linear(tiny_gemma, evaluation_linear_path(tiny_gemma.model_id))
     assert saved is not None and saved.layers == [1]
@@ -625,40 +630,24 @@ def test_evaluation_fits_only_the_evaluated_layers(tiny_gemma, corpus, lenslab_h
 def test_an_evaluation_never_replaces_the_pages_maps(tiny_gemma, corpus, lenslab_home):
     """The page's maps stay as they were after an evaluation on other data, and serve one on theirs."""
 
-    def config(n_examples: int) -> FutureLensEvalConfig:
-        return FutureLensEvalConfig(
-            source=str(corpus),
-            n_examples=n_examples,
-            prefix_tokens=8,
-            layers=(1,),
-            fixed_prompt=False,
-            learned_prompt=False,
-        )
-
-    prepare_default_artefacts(tiny_gemma, settings=config(40).data_settings(), ridge=config(40).ridge)
+    page = _layer_one_evaluation(corpus)
+    prepare_default_artefacts(tiny_gemma, settings=page.data_settings(), ridge=page.ridge)
     page_file = linear_path(tiny_gemma.model_id)
     before = page_file.read_bytes()
-    run_evaluation(tiny_gemma, config(30))
+    run_evaluation(tiny_gemma, _layer_one_evaluation(corpus, 30))
     assert page_file.read_bytes() == before  # the page's linear method reads what it read before
     evaluation_file = evaluation_linear_path(tiny_gemma.model_id)
     own = load_linear(tiny_gemma, evaluation_file)
     assert own is not None and own.meta["data_key"] != load_linear(tiny_gemma).meta["data_key"]
     # on the page's own data the page's maps are reused: nothing is fitted or written
     evaluation_file.unlink()
-    run_evaluation(tiny_gemma, config(40))
+    run_evaluation(tiny_gemma, page)
     assert not evaluation_file.exists() and page_file.read_bytes() == before
 
 
 def test_old_evaluation_reports_still_load(tiny_gemma, corpus, lenslab_home):
     """A result saved before protocols and intervals existed: teacher-forced, no intervals."""
-    config = FutureLensEvalConfig(
-        source=str(corpus),
-        n_examples=40,
-        prefix_tokens=8,
-        layers=(1,),
-        fixed_prompt=False,
-        learned_prompt=False,
-    )
+    config = _layer_one_evaluation(corpus)
     payload = run_evaluation(tiny_gemma, config).to_dict()
     for key in ("protocol", "precision_ci", "bigram_ci", "n_documents", "n_train_documents", "bigram_pairs"):
         payload["data"].pop(key)
