@@ -128,14 +128,21 @@ def _figure_rendered(page) -> bool:
     return True
 
 
+# Pages whose prompt box has another label or whose Run needs a particular prompt: activation
+# patching runs only on a clean prompt token-aligned with its corrupted one (fast_configs: one digit
+# changed), which still carries markup.
+PAGE_PROMPTS = {"patching": ("Clean prompt", "The Eiffel Tower is in <b>Paris</b> & 48 + 7 =")}
+
+
 @pytest.mark.parametrize("module", PAGES, ids=lambda m: m.URL)
 def test_page_runs_renders_and_saves(module, page, server):
     try:
         _open(page, server, module.URL)
         _no_crash(page)
-        prompt = page.locator("textarea[aria-label='Prompt']:visible")
+        label, text = PAGE_PROMPTS.get(module.URL, ("Prompt", PROMPT))
+        prompt = page.locator(f"textarea[aria-label='{label}']:visible")
         if prompt.count():
-            prompt.first.fill(PROMPT)
+            prompt.first.fill(text)
             prompt.first.press("Tab")  # commit the value before pressing the button
             idle(page)
         button, label = _run_button(page)
