@@ -107,6 +107,7 @@ from transformers import AutoModelForCausalLM
 from bench.common import machine, write
 from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
+from bench.floor_neurosymbolic import neurosymbolic_floor
 from bench.floor_patch_lens import patch_lens_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
@@ -125,7 +126,6 @@ TEXT = (
 SLOW = {
     "future_lens_eval",
     "shared_neurons",
-    "neurosymbolic",
     "sae_feature",
     "replications",
     "future_lens[fixed]",
@@ -136,8 +136,10 @@ PROMPT_FREE = {
     "shared_neurons",
     "activation_patching",
     "replications",
+    "neurosymbolic",
 }  # read their own data: run at one length only
 PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patching: the clean prompt
+PROBLEM_PROMPT = "What is 48 * 7?"  # neurosymbolic: the page's default typed problem
 TARGET = {
     "logit_lens": 1.5,
     "future_lens": 1.5,
@@ -475,6 +477,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             return Floor(kind, run, check=check)
         if name == "vsa_readout":
             return vsa_readout_floor(tokens, config)
+        if name == "neurosymbolic":
+            kind, run, check = neurosymbolic_floor(session, hf, prompt, config)
+            return Floor(kind, run, check=check)
         if name == "logit_lens":
             return Floor("lens", lambda: lens(tokens, config.k))
         if name == "future_lens" and config.method == "direct":
@@ -576,6 +581,7 @@ def main() -> None:
         config = probe.default_config().replace(**overrides)
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
             prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
+            prompt = PROBLEM_PROMPT if name == "neurosymbolic" else prompt
             repeat = 1 if name in SLOW else args.repeat
             try:
                 floor = floors(name, prompt)

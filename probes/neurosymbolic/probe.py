@@ -599,9 +599,16 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
         answer_ids = answer_tokens(session, problem.answer)
         readout_layer = artefact.chosen_layer if config.layer == -1 else session.check_layer(config.layer)
         progress(0.1, "reading the hidden states")
+        # One forward of the prompt followed by the exact answer gives every layer's state at the
+        # prompt's last position (the read-out), the answer's CE and the teacher-forced argmax that
+        # is the greedy answer while the model follows the exact answer (``greedy_answer``).
+        positions = [list(range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(answer_ids)))]
+        sequence = [prompt_ids + answer_ids]
+        max_steps = artefact.codebook.n_digits + 2
         with session.lock:
             layers = list(range(session.n_layers))
-            clean = collect(session, [prompt_ids + answer_ids], [[len(prompt_ids) - 1]], layers)
+            clean = collect(session, sequence, positions, layers, targets=[answer_ids])
+            assert clean.target_logprob is not None and clean.argmax is not None
 
             def gate(layer: int) -> float:
                 return artefact.gate(layer) if config.calibrated_gate else -math.inf
@@ -610,7 +617,7 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
                 layer: read_out(
                     artefact.codebook,
                     artefact.encoders[layer],
-                    clean.states[layer][0],
+                    clean.states[layer][0][:1],
                     config.threshold,
                     gate(layer),
                 )
@@ -618,35 +625,34 @@ class NeurosymbolicProbe(Probe[NeurosymbolicConfig, NeurosymbolicResult]):
             }
             readout = per_layer[readout_layer]
             steps = decoded_steps(artefact, readout.system_answers, readout.fired)[0]
-            progress(0.3, "generating without the merge")
-            max_steps = artefact.codebook.n_digits + 2
+            progress(0.4, "generating without the merge")
             baseline, _ = greedy_answer(
-                session, prompt_ids, merge_layer=artefact.merge_layer, max_steps=max_steps
-            )
-            progress(0.6, "generating with the merge")
-            merged, _ = greedy_answer(
                 session,
                 prompt_ids,
-                merge_vectors=steps,
                 merge_layer=artefact.merge_layer,
-                weight=config.merge_weight,
                 max_steps=max_steps,
+                teacher_forced=(answer_ids, clean.argmax[0].tolist()),
             )
-            progress(0.9, "scoring the exact answer")
-            positions = [list(range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(answer_ids)))]
-            sequence = [prompt_ids + answer_ids]
-            ce = {}
-            for name, vectors in (("baseline", None), ("merged", steps)):
-                merge = (
-                    None
-                    if vectors is None
-                    else Merge(artefact.merge_layer, config.merge_weight, [vectors], [positions[0][0]])
-                )
+            ce = {"baseline": float(-clean.target_logprob[0].mean())}
+            if len(steps):
+                progress(0.6, "generating with the merge")
+                merge = Merge(artefact.merge_layer, config.merge_weight, [steps], [positions[0][0]])
                 run = collect(
                     session, sequence, positions, [artefact.merge_layer], targets=[answer_ids], merge=merge
                 )
-                assert run.target_logprob is not None
-                ce[name] = float(-run.target_logprob[0].mean())
+                assert run.target_logprob is not None and run.argmax is not None
+                merged, _ = greedy_answer(
+                    session,
+                    prompt_ids,
+                    merge_vectors=steps,
+                    merge_layer=artefact.merge_layer,
+                    weight=config.merge_weight,
+                    max_steps=max_steps,
+                    teacher_forced=(answer_ids, run.argmax[0].tolist()),
+                )
+                ce["merged"] = float(-run.target_logprob[0].mean())
+            else:  # the system abstains: the merge writes nothing, so it is the baseline run
+                merged, ce["merged"] = baseline, ce["baseline"]
         answer = readout.system_answers[0]
         decoded = readout.decoded
         n_digits = artefact.codebook.n_digits

@@ -11,6 +11,7 @@ problem, and :func:`greedy_answer` (one forward per generated token) is for sing
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,11 +359,27 @@ def greedy_answer(
     merge_layer: int = 0,
     weight: float = 0.5,
     max_steps: int = 8,
+    teacher_forced: tuple[Sequence[int], Sequence[int]] | None = None,
 ) -> tuple[str, list[int]]:
-    """Greedy continuation until a non-digit token (merging step j's vector at p0 + j if given)."""
+    """Greedy continuation until a non-digit token (merging step j's vector at p0 + j if given).
+
+    ``teacher_forced`` is ``(answer ids, argmax at the positions predicting them)`` from one forward
+    of the prompt followed by that answer with the same merge. Position ``p0 + j`` attends only to
+    the prompt and the answer's first ``j`` tokens, so while the greedy tokens follow the answer its
+    argmax there IS the greedy token: those steps are read off it, and forwards run only from the
+    first step where the greedy token departs from the answer (none when the model writes it).
+    """
     generated: list[int] = []
     start = len(prompt_ids) - 1
-    for _ in range(max_steps):
+    if teacher_forced is not None:
+        answer, argmax = teacher_forced
+        for expected, token in zip(answer, argmax, strict=True):
+            generated.append(int(token))
+            if _ends_answer(session, int(token)) or len(generated) == max_steps:
+                return session.tokenizer.decode(generated), generated
+            if int(token) != int(expected):
+                break
+    while len(generated) < max_steps:
         sequence = prompt_ids + generated
         merge = None
         if merge_vectors is not None and len(merge_vectors):
@@ -371,7 +388,12 @@ def greedy_answer(
         assert run.argmax is not None
         token = int(run.argmax[0][0])
         generated.append(token)
-        if not session.tokenizer.decode([token]).strip().isdigit():
+        if _ends_answer(session, token):
             break
     text = session.tokenizer.decode(generated)
     return text, generated
+
+
+def _ends_answer(session: ModelSession, token: int) -> bool:
+    """Whether ``token`` ends a greedy answer: it is not made of digits."""
+    return not session.tokenizer.decode([token]).strip().isdigit()

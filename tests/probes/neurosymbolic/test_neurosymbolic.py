@@ -11,7 +11,7 @@ import torch
 
 from lenslab.analyses.report import Report
 from lenslab.probes import get_probe, registered_probes
-from lenslab.probes.neurosymbolic import fit
+from lenslab.probes.neurosymbolic import fit, readout
 from lenslab.probes.neurosymbolic.artefact import Artefact, TrainConfig, artefact_folder
 from lenslab.probes.neurosymbolic.fit import (
     Merge,
@@ -413,3 +413,96 @@ def test_ridge_dual_form_equals_primal():
     lam = 0.1 * float((xc * xc).sum()) / 80
     primal = torch.linalg.solve(xc.T @ xc + lam * torch.eye(80, dtype=torch.float64), xc.T @ yc)
     assert torch.allclose(dual.weight, primal, atol=1e-8)
+
+
+# ------------------------------------------------------------------- greedy read off teacher forcing
+@pytest.mark.parametrize("with_merge", [False, True])
+def test_teacher_forced_greedy_equals_step_by_step_and_skips_agreed_steps(
+    tiny_gemma, monkeypatch, with_merge
+):
+    """Greedy steps read off one teacher-forced run equal the step-by-step greedy answer; forwards
+    run only after the first step where the greedy token departs from the forced answer."""
+    session, layer, max_steps = tiny_gemma, 1, 5
+    monkeypatch.setattr(readout, "_ends_answer", lambda _session, _token: False)  # always max_steps
+    prompt_ids = session.tokenize("7 + 5 = 12\n3 * 4 = ")[0].tolist()
+    start = len(prompt_ids) - 1
+    vectors = torch.randn(3, session.d_model, generator=torch.Generator().manual_seed(0)) * 4
+    merge_kwargs = {"merge_vectors": vectors, "weight": 0.5} if with_merge else {}
+    _, reference = readout.greedy_answer(
+        session, prompt_ids, merge_layer=layer, max_steps=max_steps, **merge_kwargs
+    )
+    assert len(reference) == max_steps
+    calls = []
+    counting = readout.collect
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return counting(*args, **kwargs)
+
+    for departs in (None, 0, 2):
+        answer = list(reference)
+        if departs is not None:  # a forced answer the model does not write from this step on
+            answer[departs] = next(t for t in range(5, 100) if t != reference[departs])
+        positions = [list(range(start, start + len(answer)))]
+        merge = Merge(layer, 0.5, [vectors], [start]) if with_merge else None
+        forced = collect(session, [prompt_ids + answer], positions, [layer], targets=[answer], merge=merge)
+        monkeypatch.setattr(readout, "collect", counted)
+        calls.clear()
+        _, got = readout.greedy_answer(
+            session,
+            prompt_ids,
+            merge_layer=layer,
+            max_steps=max_steps,
+            teacher_forced=(answer, forced.argmax[0].tolist()),
+            **merge_kwargs,
+        )
+        monkeypatch.setattr(readout, "collect", counting)
+        assert got == reference, departs
+        assert len(calls) == (0 if departs is None else max_steps - departs - 1), departs
+    assert session.active_hook_count() == 0
+
+
+@pytest.mark.parametrize("acts", [False, True])
+def test_probe_answers_equal_step_by_step_generation_and_separate_scoring(tiny_gemma, fitted, acts):
+    """The probe's one-forward read-out, CE and greedy answers equal the step-by-step reference:
+    greedy generation without the teacher-forced shortcut and a separate scoring run per answer."""
+    probe = NeurosymbolicProbe(train_config=SMALL)
+    config = NeurosymbolicConfig(layer=1, threshold=-10.0, merge_weight=1.0, calibrated_gate=not acts)
+    result = probe.run(tiny_gemma, "What is 12 * 3?", config)
+    assert result.fired == acts
+    artefact = load_artefact(tiny_gemma, SMALL)
+    prompt_ids = tiny_gemma.tokenize(result.few_shot_prompt)[0].tolist()
+    answer_ids = answer_tokens(tiny_gemma, result.exact_answer)
+    start = len(prompt_ids) - 1
+    clean = collect(tiny_gemma, [prompt_ids], [[start]], [1])
+    vectors = readout.read_out(artefact.codebook, artefact.encoders[1], clean.states[1][0], -10.0).vectors
+    assert torch.allclose(
+        torch.as_tensor(result.operation_scores), vectors @ artefact.codebook.operation_atoms.T
+    )
+    steps = readout.decoded_steps(artefact, [result.system_answer if acts else None], [acts])[0]
+    max_steps = artefact.codebook.n_digits + 2
+    for answer_text, ce, vectors_used in (
+        (result.baseline_answer, result.baseline_answer_ce, None),
+        (result.merged_answer, result.merged_answer_ce, steps),
+    ):
+        text, _ = readout.greedy_answer(
+            tiny_gemma,
+            prompt_ids,
+            merge_vectors=vectors_used,
+            merge_layer=artefact.merge_layer,
+            weight=1.0,
+            max_steps=max_steps,
+        )
+        assert text == answer_text
+        merge = None if vectors_used is None else Merge(artefact.merge_layer, 1.0, [vectors_used], [start])
+        scored = collect(
+            tiny_gemma,
+            [prompt_ids + answer_ids],
+            [list(range(start, start + len(answer_ids)))],
+            [artefact.merge_layer],
+            targets=[answer_ids],
+            merge=merge,
+        )
+        assert ce == pytest.approx(float(-scored.target_logprob[0].mean()), abs=1e-6)
+    if acts:  # the merge (w = 1) writes the decoded answer: the merged CE differs from the baseline's
+        assert result.merged_answer_ce != result.baseline_answer_ce
