@@ -65,6 +65,17 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   batched forward of the context's last position with each cell's state written into its layer's
   output, and the N cached greedy steps of all cells together. ``future_lens[learned]`` is
   skipped while no learned prompt is saved;
+- ``1 forward + 18 read-outs + cached greedy`` (neurosymbolic, ``floor_neurosymbolic.py``, run on
+  the page's default problem "What is 48 * 7?"): one forward of the few-shot prompt and the exact
+  answer keeping every block's output at the prompt's last position and the KV cache, the answer
+  positions' logits (the CE, and the greedy answer while the model writes the exact answer), the
+  encoders as one batched product with the VSA unbinding and the gate, cached greedy steps from
+  where the model departs from the exact answer, and the merged suffix only if the system acts;
+- ``cached dashboards + logit effects`` (SAE feature page, ``floor_sae_feature.py``): the cache
+  file read, one ``W_U`` product of the feature's decoder row and the shown contexts decoded; and
+  a second row ``sae_feature (cold)``, the page on a first visit (a fresh home holding only the
+  SAE: it builds the dashboards) against the corpus windows' stopped forwards, the SAE encoder
+  and that one feature's statistics;
 - ``stop@ℓ + 2 target forwards + 1 decode`` (patch lens, ``floor_patch_lens.py``): the source
   body up to the layer, the target's clean and patched forwards keeping every block's output and
   ONE batched decode of all 2 × layers × positions rows (logsumexp, top-k, tracked logit).
@@ -109,6 +120,7 @@ from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
 from bench.floor_neurosymbolic import neurosymbolic_floor
 from bench.floor_patch_lens import patch_lens_floor
+from bench.floor_sae_feature import first_visit_row, sae_feature_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
@@ -137,6 +149,7 @@ PROMPT_FREE = {
     "activation_patching",
     "replications",
     "neurosymbolic",
+    "sae_feature",
 }  # read their own data: run at one length only
 PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patching: the clean prompt
 PROBLEM_PROMPT = "What is 48 * 7?"  # neurosymbolic: the page's default typed problem
@@ -480,6 +493,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         if name == "neurosymbolic":
             kind, run, check = neurosymbolic_floor(session, hf, prompt, config)
             return Floor(kind, run, check=check)
+        if name == "sae_feature":
+            kind, run, check = sae_feature_floor(session, hf, config)
+            return Floor(kind, run, check=check)
         if name == "logit_lens":
             return Floor("lens", lambda: lens(tokens, config.k))
         if name == "future_lens" and config.method == "direct":
@@ -576,6 +592,11 @@ def main() -> None:
             notes.append(note)
             print(row, flush=True)
             continue
+        if name == "sae_feature":  # also a first visit (dashboards built): its own floor and row
+            row, note = first_visit_row(session, hf, get_probe(name).default_config(), 1)
+            rows.append(row)
+            notes.append(note)
+            print(row, flush=True)
         probe_name, overrides = split_row(name)
         probe = get_probe(probe_name)
         config = probe.default_config().replace(**overrides)
