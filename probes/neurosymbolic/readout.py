@@ -5,7 +5,8 @@ encoder reads and positions ``p0 + j`` predict answer token ``j``. Tokenizers th
 (GPT-2) are refused, since step ``j``'s decoded vector must steer exactly one digit. Because the
 merge at step ``j`` depends only on ``j``, teacher forcing the true answer and checking the
 argmax at every step gives greedy decoding's result: :func:`evaluate` needs one forward per
-problem, and :func:`greedy_answer` (one forward per generated token) is for single prompts.
+problem, and :func:`greedy_answer` reads a single prompt's greedy answer off such a run, running
+the model (KV-cached) only from where the greedy tokens depart from the forced answer.
 """
 
 from __future__ import annotations
@@ -366,8 +367,9 @@ def greedy_answer(
     ``teacher_forced`` is ``(answer ids, argmax at the positions predicting them)`` from one forward
     of the prompt followed by that answer with the same merge. Position ``p0 + j`` attends only to
     the prompt and the answer's first ``j`` tokens, so while the greedy tokens follow the answer its
-    argmax there IS the greedy token: those steps are read off it, and forwards run only from the
-    first step where the greedy token departs from the answer (none when the model writes it).
+    argmax there IS the greedy token: those steps are read off it, and the model runs only from the
+    first step where the greedy token departs from the answer (none when the model writes it), as
+    a KV-cached continuation (:func:`_cached_greedy`). Without it, every step re-runs the sequence.
     """
     generated: list[int] = []
     start = len(prompt_ids) - 1
@@ -379,6 +381,12 @@ def greedy_answer(
                 return session.tokenizer.decode(generated), generated
             if int(token) != int(expected):
                 break
+        if len(generated) < max_steps and not _ends_answer(session, generated[-1]):
+            vectors = merge_vectors if merge_vectors is not None and len(merge_vectors) else None
+            generated = _cached_greedy(
+                session, prompt_ids, generated, vectors, merge_layer, weight, max_steps
+            )
+        return session.tokenizer.decode(generated), generated
     while len(generated) < max_steps:
         sequence = prompt_ids + generated
         merge = None
@@ -392,6 +400,57 @@ def greedy_answer(
             break
     text = session.tokenizer.decode(generated)
     return text, generated
+
+
+def _cached_greedy(
+    session: ModelSession,
+    prompt_ids: list[int],
+    generated: list[int],
+    merge_vectors: Tensor | None,
+    merge_layer: int,
+    weight: float,
+    max_steps: int,
+) -> list[int]:
+    """``generated`` continued greedily with the KV cache, until a non-digit token or ``max_steps``.
+
+    One forward of the prompt and ``generated``, then one token a step. The merge (if any)
+    writes step j's vector at position p0 + j of the merge layer's output, as
+    :func:`~.fit.merge_hook` does in a full run; the hook counts the positions it has seen, since
+    a cached step's single position is the next one after the cache.
+    """
+    start, seen = len(prompt_ids) - 1, [0]
+
+    def merge(resid: Tensor, *, hook: Any = None) -> Tensor:
+        first, seq = seen[0], resid.shape[1]
+        seen[0] += seq
+        assert merge_vectors is not None
+        low, high = max(first, start), min(first + seq, start + len(merge_vectors))
+        if low >= high:
+            return resid
+        rows = slice(low - first, high - first)
+        resid = resid.clone()
+        replacement = merge_vectors[low - start : high - start].to(resid)
+        resid[:, rows] = (1.0 - weight) * resid[:, rows] + weight * replacement
+        return resid
+
+    hooks = [] if merge_vectors is None else [(session.resid_name(merge_layer), merge)]
+    out_tokens = list(generated)
+    device = session.device
+    with session.hooks(hooks) as model, torch.inference_mode():
+        out = model.hf(
+            input_ids=torch.tensor([prompt_ids + generated], device=device), use_cache=True, logits_to_keep=1
+        )
+        while True:
+            token = int(out.logits[0, -1].float().argmax())
+            out_tokens.append(token)
+            if _ends_answer(session, token) or len(out_tokens) >= max_steps:
+                return out_tokens
+            out = model.hf(
+                input_ids=torch.tensor([[token]], device=device),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+                logits_to_keep=1,
+            )
 
 
 def _ends_answer(session: ModelSession, token: int) -> bool:

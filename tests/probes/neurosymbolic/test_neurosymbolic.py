@@ -432,13 +432,7 @@ def test_teacher_forced_greedy_equals_step_by_step_and_skips_agreed_steps(
         session, prompt_ids, merge_layer=layer, max_steps=max_steps, **merge_kwargs
     )
     assert len(reference) == max_steps
-    calls = []
-    counting = readout.collect
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return counting(*args, **kwargs)
-
+    lengths: list[int] = []  # tokens of each forward the greedy answer runs (counted at the embedding)
     for departs in (None, 0, 2):
         answer = list(reference)
         if departs is not None:  # a forced answer the model does not write from this step on
@@ -446,19 +440,27 @@ def test_teacher_forced_greedy_equals_step_by_step_and_skips_agreed_steps(
         positions = [list(range(start, start + len(answer)))]
         merge = Merge(layer, 0.5, [vectors], [start]) if with_merge else None
         forced = collect(session, [prompt_ids + answer], positions, [layer], targets=[answer], merge=merge)
-        monkeypatch.setattr(readout, "collect", counted)
-        calls.clear()
-        _, got = readout.greedy_answer(
-            session,
-            prompt_ids,
-            merge_layer=layer,
-            max_steps=max_steps,
-            teacher_forced=(answer, forced.argmax[0].tolist()),
-            **merge_kwargs,
+        lengths.clear()
+        handle = session.input_embedding().register_forward_hook(
+            lambda _m, args, _out: lengths.append(int(args[0].shape[-1]))
         )
-        monkeypatch.setattr(readout, "collect", counting)
+        try:
+            _, got = readout.greedy_answer(
+                session,
+                prompt_ids,
+                merge_layer=layer,
+                max_steps=max_steps,
+                teacher_forced=(answer, forced.argmax[0].tolist()),
+                **merge_kwargs,
+            )
+        finally:
+            handle.remove()
         assert got == reference, departs
-        assert len(calls) == (0 if departs is None else max_steps - departs - 1), departs
+        if departs is None:  # the model writes the forced answer: nothing runs
+            assert lengths == [], departs
+        else:  # the prompt and the agreed tokens once, then one cached token a step
+            steps_left = max_steps - departs - 1
+            assert lengths == [len(prompt_ids) + departs + 1] + [1] * (steps_left - 1), departs
     assert session.active_hook_count() == 0
 
 
