@@ -7,7 +7,7 @@ app:            ## install (once), prepare the embedded model (once), start http
 
 test:           ## install (once), prepare (once), run the whole test suite
 	scripts/setup.sh --test
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest --durations=25
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 .venv/bin/python -m pytest -n auto --maxprocesses 4 --durations=25
 
 lint:
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

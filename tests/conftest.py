@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,22 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+def _threads_per_process() -> int:
+    """Torch threads for one test process: the cores shared out among pytest-xdist workers.
+
+    Two processes that each run a 2-thread OpenMP pool on 2 cores spin-wait on each other and
+    run several times slower than one; so each worker takes its share of the cores, and the
+    subprocesses a test starts (servers, notebook kernels, the CLI, Ray) inherit that share.
+    """
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    return max(1, min(4, (os.cpu_count() or 1) // workers))
+
+
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ["OMP_NUM_THREADS"] = str(_threads_per_process())
+torch.set_num_threads(_threads_per_process())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -91,3 +107,38 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(line)
     failed = len(terminalreporter.stats.get("failed", [])) + len(terminalreporter.stats.get("error", []))
     terminalreporter.write_line(f"failed tests in this run: {failed}")
+
+
+_BROWSER_TESTS = Path(__file__).parent / "e2e"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist the browser tests come first: they are the longest unit (see below)."""
+    if "PYTEST_XDIST_WORKER" in os.environ:  # collection happens on the workers only
+        items.sort(key=lambda item: not item.path.is_relative_to(_BROWSER_TESTS))
+
+
+class _ModulesToWorkers:
+    """pytest-xdist hands out whole modules, and every browser test as one unit.
+
+    A module stays on one worker so its module-scoped fixtures are built once; the browser tests
+    share one app server and one Chromium per process, so they go to one worker together, and
+    first (they take longest), while the other worker takes the remaining modules in turn.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        browser = _BROWSER_TESTS.relative_to(config.rootpath).as_posix() + "/"
+
+        class ModuleScheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return "browser" if nodeid.startswith(browser) else nodeid.split("::", 1)[0]
+
+        return ModuleScheduling(config, log)
+
+
+def pytest_configure(config):
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_ModulesToWorkers(), "lenslab-modules-to-workers")
