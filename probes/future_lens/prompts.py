@@ -39,7 +39,8 @@ from lenslab.progress import NO_PROGRESS, Progress
 
 FIXED_CONTEXT = 'Hello! Could you please tell me more about "'
 PROTOCOLS = ("free-running", "teacher-forced")  # how the intervened run reaches N ≥ 1
-DEFAULT_PROTOCOL = "free-running"  # the paper's
+FREE_RUNNING = "free-running"
+DEFAULT_PROTOCOL = FREE_RUNNING  # the paper's
 
 
 # ----------------------------------------------------------------------------- the transplant
