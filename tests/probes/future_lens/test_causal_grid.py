@@ -11,14 +11,14 @@ from lenslab.probes.future_lens.probe import FutureLens, FutureLensConfig, actua
 from lenslab.probes.future_lens.prompts import SoftPrompt, embedding_multiplier
 
 
-def _soft_prompts(session, layers, n_prompt=4, seed=0):
+def _soft_prompts(session, layers, n_prompt=4, seed=0, scale=0.5):
     """A different random soft prompt per layer (so a row given another layer's prompt shows)."""
     generator = torch.Generator().manual_seed(seed)
     multiplier = embedding_multiplier(session)
     return {
         layer: SoftPrompt(
             layer=layer,
-            vectors=torch.randn(n_prompt, session.d_model, generator=generator) * 0.5,
+            vectors=torch.randn(n_prompt, session.d_model, generator=generator) * scale,
             meta={"multiplier": multiplier},
         )
         for layer in layers
@@ -26,7 +26,7 @@ def _soft_prompts(session, layers, n_prompt=4, seed=0):
 
 
 def _assert_each_layer_matches_its_own_reference(
-    session, method, layers, states, horizon, artefacts, k, ids, probs
+    session, method, layers, states, horizon, artefacts, k, ids, probs, tolerance=1e-5
 ):
     references = []
     for i, layer in enumerate(layers):
@@ -34,7 +34,7 @@ def _assert_each_layer_matches_its_own_reference(
             session, method, layer, states[layer], horizon, artefacts, k, protocol="free-running"
         )
         references.append(ref_ids)
-        torch.testing.assert_close(probs[i], ref_probs, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(probs[i], ref_probs, rtol=tolerance, atol=tolerance)
         # ids agree wherever the top-k is not a near-tie
         gaps = ref_probs[..., :-1] - ref_probs[..., 1:]
         clear = torch.cat([gaps > 1e-5, torch.ones_like(gaps[..., :1], dtype=torch.bool)], -1)
@@ -132,8 +132,9 @@ def test_causal_grid_on_the_embedded_model(embedded_session, method):
     tokens = session.tokenize("The Eiffel Tower is in Paris")
     states, _ = actual_continuation(session, tokens, horizon, layers)
     states = {layer: s[-3:] for layer, s in states.items()}  # three positions per layer
-    artefacts = Artefacts(prompts=_soft_prompts(session, layers, n_prompt=10, seed=1))
+    artefacts = Artefacts(prompts=_soft_prompts(session, layers, n_prompt=10, seed=1, scale=0.05))
     ids, probs = causal_grid(session, method, layers, states, horizon, artefacts, k)
+    # float32 over 18 layers: the cached prefix and the batch sum in another order
     _assert_each_layer_matches_its_own_reference(
-        session, method, layers, states, horizon, artefacts, k, ids, probs
+        session, method, layers, states, horizon, artefacts, k, ids, probs, tolerance=1e-4
     )
