@@ -63,8 +63,10 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   ``bmm`` per horizon over every layer at the fitted positions and ONE batched decode; for fixed
   the context's prefix run once into a KV cache repeated for every (layer, position) cell, ONE
   batched forward of the context's last position with each cell's state written into its layer's
-  output, and the N cached greedy steps of all cells together. ``future_lens[learned]`` is
-  skipped while no learned prompt is saved;
+  output, and the N cached greedy steps of all cells together. ``future_lens[learned]``: the same
+  with each layer's soft prompt as the context (its prefixes run once, as one batch); the bench
+  trains a prompt per layer first (one step, in a throw-away ``LENSLAB_HOME``: ``bench_home``),
+  as quality does not change the timed work;
 - ``stop@ℓ + 2 target forwards + 1 decode`` (patch lens, ``floor_patch_lens.py``): the source
   body up to the layer, the target's clean and patched forwards keeping every block's output and
   ONE batched decode of all 2 × layers × positions rows (logsumexp, top-k, tracked logit).
@@ -105,7 +107,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.common import machine, write
-from bench.floor_future_lens import causal_floor, linear_floor
+from bench.floor_future_lens import bench_home, causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
 from bench.floor_patch_lens import patch_lens_floor
 from lenslab.models import ModelSession, hooknames
@@ -574,6 +576,7 @@ def main() -> None:
         probe_name, overrides = split_row(name)
         probe = get_probe(probe_name)
         config = probe.default_config().replace(**overrides)
+        restore = bench_home(session, name)  # future_lens[learned]: bench-trained prompts
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
             prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
             repeat = 1 if name in SLOW else args.repeat
@@ -598,6 +601,7 @@ def main() -> None:
                 f"| {wall['probe'] / wall['floor']:.2f}× | {ratio:.2f}× | ≤ {target}×: {verdict} |"
             )
             print(rows[-1], flush=True)
+        restore()
     table = "\n".join(rows)
     hooks_line = hook_context_cost(session)
     load = f"load average {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"

@@ -27,15 +27,24 @@ probe's time barely grows with the prompt (26 s at 7 tokens, 25 s at 16), the fl
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lenslab.models import ModelSession
+from lenslab.models.paths import lenslab_home
+from lenslab.probes import get_probe
+from lenslab.probes.future_lens.data import DataSettings, bos_id
 from lenslab.probes.future_lens.methods import Artefacts
-from lenslab.probes.future_lens.prompts import fixed_context_ids
+from lenslab.probes.future_lens.probe import train_learned_prompt
+from lenslab.probes.future_lens.prompts import PromptTraining, fixed_context_ids
 
 
 def _outputs(body: torch.nn.Module) -> tuple[list[Tensor], Callable[[], None]]:
@@ -113,6 +122,41 @@ def linear_floor(
     return f"prefill + greedy + {horizon} map bmm + decode", run, check
 
 
+# The learned row's prompts: trained by the bench in a throw-away home (quality is not the point,
+# the timed work is the same for any prompt): one AdamW step on 16 pydoc examples per layer.
+BENCH_DATA = DataSettings(source="pydoc", n_examples=32, prefix_tokens=8, min_prefix_tokens=4)
+BENCH_TRAINING = PromptTraining(epochs=1, batch_size=16, max_examples=16)
+
+
+def bench_home(session: ModelSession, row: str) -> Callable[[], None]:
+    """For ``future_lens[learned]``: a throw-away ``LENSLAB_HOME`` holding a bench-trained prompt per layer.
+
+    The home's ``models`` links to the real one; ``~/.cache/lenslab`` is never written. The probe
+    then loads its prompts from there as the page does. Returns the function that restores the
+    environment and deletes the home (a no-op for every other row).
+    """
+    if row != "future_lens[learned]":
+        return lambda: None
+    before = os.environ.get("LENSLAB_HOME")
+    home = Path(tempfile.mkdtemp(prefix="lenslab-bench-learned-"))
+    (home / "models").symlink_to(lenslab_home() / "models")
+    os.environ["LENSLAB_HOME"] = str(home)
+    config = get_probe("future_lens").default_config()
+    started = time.perf_counter()
+    for layer in session.check_layers(config.layers):
+        train_learned_prompt(session, layer, BENCH_TRAINING, BENCH_DATA)
+    print(f"bench-trained learned prompts in {time.perf_counter() - started:.1f} s ({home})", flush=True)
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop("LENSLAB_HOME", None)
+        else:
+            os.environ["LENSLAB_HOME"] = before
+        shutil.rmtree(home, ignore_errors=True)
+
+    return restore
+
+
 def causal_floor(
     session: ModelSession, hf: torch.nn.Module, tokens: Tensor, config: Any
 ) -> tuple[str, Callable[[], Tensor], Callable[[Any], None]]:
@@ -122,25 +166,38 @@ def causal_floor(
     layers = session.check_layers(config.layers)
     horizon, seq = config.horizon + 1, tokens.shape[1]
     body = hf.model
+    rows = len(layers) * seq
     if config.method == "fixed":
         context = fixed_context_ids(session).to(tokens.device)
         embedded = body.embed_tokens(context[None])  # the model's own (scaled) embeddings
-        kind = f"ctx prefix once + {len(layers) * seq} cells × {horizon} cached steps"
+        prefix, last_embed = embedded[:, :-1], embedded[:, -1:].expand(rows, -1, -1)
+        kind = f"ctx prefix once + {rows} cells × {horizon} cached steps"
     else:
         artefacts = Artefacts.saved(session)
         missing = artefacts.missing("learned", layers)
         if missing:
             raise ValueError(missing)
-        raise ValueError("the learned-prompt floor (one soft prompt per layer, batched) is not written")
-    prefix, last_embed = embedded[:, :-1], embedded[:, -1:]
-    rows = len(layers) * seq
+        with torch.inference_mode():
+            bos = body.embed_tokens(torch.tensor([[bos_id(session)]], device=tokens.device))
+            soft = torch.stack(
+                [
+                    artefacts.prompts[layer].vectors * float(artefacts.prompts[layer].meta["multiplier"])
+                    for layer in layers
+                ]
+            ).to(bos.dtype)  # [layer, n_prompt, d]: one prefix per layer's prompt
+            prefix = torch.cat([bos.expand(len(layers), -1, -1), soft[:, :-1]], 1)
+            last_embed = soft[:, -1:].repeat_interleave(seq, 0)
+        kind = (
+            f"bench-trained prompts (1 step, 16 ex.): {len(layers)} prefixes once + {rows} cells × "
+            f"{horizon} cached steps"
+        )
 
     def run() -> Tensor:
         with torch.inference_mode():
             states, _ = prefill_and_actual(hf, tokens, horizon)
             cells = {layer: states[layer][0] for layer in layers}  # [seq, d] per layer
             cache = hf(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).past_key_values
-            cache.batch_repeat_interleave(rows)
+            cache.batch_repeat_interleave(rows // prefix.shape[0])
 
             def write(group: int, layer_states: Tensor) -> Callable[..., Tensor]:
                 def hook(_module: object, _args: object, output: Any) -> Any:
@@ -156,12 +213,7 @@ def causal_floor(
                 for group, layer in enumerate(layers)
             ]
             try:
-                out = hf(
-                    inputs_embeds=last_embed.expand(rows, -1, -1),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+                out = hf(inputs_embeds=last_embed, past_key_values=cache, use_cache=True, logits_to_keep=1)
             finally:
                 for handle in handles:
                     handle.remove()
