@@ -11,18 +11,18 @@ before timing (``check``):
   product per horizon over every layer, ``bmm``), then ONE decode of all predicted rows (final
   norm, ``rows @ W_U`` in chunks of 256, logsumexp, top-k);
 - fixed / learned: the context's prefix (the generic prompt's tokens before its last, or BOS +
-  the soft prompt's vectors before its last) run ONCE into a KV cache, the cache repeated for
-  every (layer, position) cell, then ONE batched forward of the context's last position with each
-  cell's state written into its layer's output, and the N − 1 KV-cached greedy steps of all cells
-  together, each step with the top-k and logsumexp of every cell's logits. The probe runs the
-  whole context per cell (it cannot share the prefix across cells without a cache copy) and one
-  batch per layer; that is what the ratio measures.
+  the soft prompt's vectors before its last: one prefix per layer, run as one batch) run ONCE
+  into a KV cache, the cache repeated for every (layer, position) cell, then ONE batched forward
+  of the context's last position with each cell's state written into its layer's output, and the
+  N − 1 KV-cached greedy steps of all cells together, each step with the top-k and logsumexp of
+  every cell's logits. The probe does the same work through the session
+  (``continuation.causal_grid_topk``: hooks on the bridge, chunks of at most 512 cells). The
+  learned row's prompts are trained by the bench (``bench_home``: one AdamW step on 16 pydoc
+  examples per layer, in a throw-away ``LENSLAB_HOME``); their quality does not change the work.
 
-Measured (7 and 16 tokens, CPU): the fixed page runs 3.6-6.4× its floor. A cProfile of the probe
-(7 tokens, 26.4 s) puts 16.0 s in 76 unembedding products (0.21 s each: one per layer and greedy
-step on a few rows, each reading the whole 262k × 640 matrix, where the floor reads it 8 times)
-and 10 s in 1,368 block calls (18 per-layer batches × 4 steps, each re-running the context); the
-probe's time barely grows with the prompt (26 s at 7 tokens, 25 s at 16), the floor's does.
+Before the probe batched its cells, the fixed page ran 3.6-6.4× this floor: a cProfile (7 tokens,
+26.4 s) put 16.0 s in 76 unembedding products (one per layer and greedy step on a few rows, each
+reading the whole 262k × 640 matrix) and 10 s in re-running the context for each layer's batch.
 """
 
 from __future__ import annotations
@@ -41,10 +41,14 @@ from torch import Tensor
 from lenslab.models import ModelSession
 from lenslab.models.paths import lenslab_home
 from lenslab.probes import get_probe
-from lenslab.probes.future_lens.data import DataSettings, bos_id
+from lenslab.probes.future_lens.data import DataSettings, bos_id, build_dataset
 from lenslab.probes.future_lens.methods import Artefacts
-from lenslab.probes.future_lens.probe import train_learned_prompt
-from lenslab.probes.future_lens.prompts import PromptTraining, fixed_context_ids
+from lenslab.probes.future_lens.prompts import (
+    PromptTraining,
+    fixed_context_ids,
+    soft_prompt_path,
+    train_soft_prompt,
+)
 
 
 def _outputs(body: torch.nn.Module) -> tuple[list[Tensor], Callable[[], None]]:
@@ -143,8 +147,11 @@ def bench_home(session: ModelSession, row: str) -> Callable[[], None]:
     os.environ["LENSLAB_HOME"] = str(home)
     config = get_probe("future_lens").default_config()
     started = time.perf_counter()
+    data = build_dataset(session, BENCH_DATA)  # built once, in the throw-away home
     for layer in session.check_layers(config.layers):
-        train_learned_prompt(session, layer, BENCH_TRAINING, BENCH_DATA)
+        train_soft_prompt(session, data, layer, BENCH_TRAINING).save(
+            soft_prompt_path(session.model_id, layer)
+        )
     print(f"bench-trained learned prompts in {time.perf_counter() - started:.1f} s ({home})", flush=True)
 
     def restore() -> None:
