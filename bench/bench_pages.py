@@ -63,8 +63,10 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   ``bmm`` per horizon over every layer at the fitted positions and ONE batched decode; for fixed
   the context's prefix run once into a KV cache repeated for every (layer, position) cell, ONE
   batched forward of the context's last position with each cell's state written into its layer's
-  output, and the N cached greedy steps of all cells together. ``future_lens[learned]`` is
-  skipped while no learned prompt is saved;
+  output, and the N cached greedy steps of all cells together. ``future_lens[learned]``: the same
+  with each layer's soft prompt as the context (its prefixes run once, as one batch); the bench
+  trains a prompt per layer first (one step, in a throw-away ``LENSLAB_HOME``: ``bench_home``),
+  as quality does not change the timed work;
 - ``1 forward + 18 read-outs + cached greedy`` (neurosymbolic, ``floor_neurosymbolic.py``, run on
   the page's default problem "What is 48 * 7?"): one forward of the few-shot prompt and the exact
   answer keeping every block's output at the prompt's last position and the KV cache, the answer
@@ -116,7 +118,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench.common import machine, write
-from bench.floor_future_lens import causal_floor, linear_floor
+from bench.floor_future_lens import bench_home, causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
 from bench.floor_neurosymbolic import neurosymbolic_floor
 from bench.floor_patch_lens import patch_lens_floor
@@ -600,6 +602,7 @@ def main() -> None:
         probe_name, overrides = split_row(name)
         probe = get_probe(probe_name)
         config = probe.default_config().replace(**overrides)
+        restore = bench_home(session, name)  # future_lens[learned]: bench-trained prompts
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
             prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
             prompt = PROBLEM_PROMPT if name == "neurosymbolic" else prompt
@@ -625,6 +628,7 @@ def main() -> None:
                 f"| {wall['probe'] / wall['floor']:.2f}× | {ratio:.2f}× | ≤ {target}×: {verdict} |"
             )
             print(rows[-1], flush=True)
+        restore()
     table = "\n".join(rows)
     hooks_line = hook_context_cost(session)
     load = f"load average {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end"

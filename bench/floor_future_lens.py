@@ -11,31 +11,44 @@ before timing (``check``):
   product per horizon over every layer, ``bmm``), then ONE decode of all predicted rows (final
   norm, ``rows @ W_U`` in chunks of 256, logsumexp, top-k);
 - fixed / learned: the context's prefix (the generic prompt's tokens before its last, or BOS +
-  the soft prompt's vectors before its last) run ONCE into a KV cache, the cache repeated for
-  every (layer, position) cell, then ONE batched forward of the context's last position with each
-  cell's state written into its layer's output, and the N − 1 KV-cached greedy steps of all cells
-  together, each step with the top-k and logsumexp of every cell's logits. The probe runs the
-  whole context per cell (it cannot share the prefix across cells without a cache copy) and one
-  batch per layer; that is what the ratio measures.
+  the soft prompt's vectors before its last: one prefix per layer, run as one batch) run ONCE
+  into a KV cache, the cache repeated for every (layer, position) cell, then ONE batched forward
+  of the context's last position with each cell's state written into its layer's output, and the
+  N − 1 KV-cached greedy steps of all cells together, each step with the top-k and logsumexp of
+  every cell's logits. The probe does the same work through the session
+  (``continuation.causal_grid_topk``: hooks on the bridge, chunks of at most 512 cells). The
+  learned row's prompts are trained by the bench (``bench_home``: one AdamW step on 16 pydoc
+  examples per layer, in a throw-away ``LENSLAB_HOME``); their quality does not change the work.
 
-Measured (7 and 16 tokens, CPU): the fixed page runs 3.6-6.4× its floor. A cProfile of the probe
-(7 tokens, 26.4 s) puts 16.0 s in 76 unembedding products (0.21 s each: one per layer and greedy
-step on a few rows, each reading the whole 262k × 640 matrix, where the floor reads it 8 times)
-and 10 s in 1,368 block calls (18 per-layer batches × 4 steps, each re-running the context); the
-probe's time barely grows with the prompt (26 s at 7 tokens, 25 s at 16), the floor's does.
+Before the probe batched its cells, the fixed page ran 3.6-6.4× this floor: a cProfile (7 tokens,
+26.4 s) put 16.0 s in 76 unembedding products (one per layer and greedy step on a few rows, each
+reading the whole 262k × 640 matrix) and 10 s in re-running the context for each layer's batch.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from lenslab.models import ModelSession
+from lenslab.models.paths import lenslab_home
+from lenslab.probes import get_probe
+from lenslab.probes.future_lens.data import DataSettings, bos_id, build_dataset
 from lenslab.probes.future_lens.methods import Artefacts
-from lenslab.probes.future_lens.prompts import fixed_context_ids
+from lenslab.probes.future_lens.prompts import (
+    PromptTraining,
+    fixed_context_ids,
+    soft_prompt_path,
+    train_soft_prompt,
+)
 
 
 def _outputs(body: torch.nn.Module) -> tuple[list[Tensor], Callable[[], None]]:
@@ -113,6 +126,44 @@ def linear_floor(
     return f"prefill + greedy + {horizon} map bmm + decode", run, check
 
 
+# The learned row's prompts: trained by the bench in a throw-away home (quality is not the point,
+# the timed work is the same for any prompt): one AdamW step on 16 pydoc examples per layer.
+BENCH_DATA = DataSettings(source="pydoc", n_examples=32, prefix_tokens=8, min_prefix_tokens=4)
+BENCH_TRAINING = PromptTraining(epochs=1, batch_size=16, max_examples=16)
+
+
+def bench_home(session: ModelSession, row: str) -> Callable[[], None]:
+    """For ``future_lens[learned]``: a throw-away ``LENSLAB_HOME`` holding a bench-trained prompt per layer.
+
+    The home's ``models`` links to the real one; ``~/.cache/lenslab`` is never written. The probe
+    then loads its prompts from there as the page does. Returns the function that restores the
+    environment and deletes the home (a no-op for every other row).
+    """
+    if row != "future_lens[learned]":
+        return lambda: None
+    before = os.environ.get("LENSLAB_HOME")
+    home = Path(tempfile.mkdtemp(prefix="lenslab-bench-learned-"))
+    (home / "models").symlink_to(lenslab_home() / "models")
+    os.environ["LENSLAB_HOME"] = str(home)
+    config = get_probe("future_lens").default_config()
+    started = time.perf_counter()
+    data = build_dataset(session, BENCH_DATA)  # built once, in the throw-away home
+    for layer in session.check_layers(config.layers):
+        train_soft_prompt(session, data, layer, BENCH_TRAINING).save(
+            soft_prompt_path(session.model_id, layer)
+        )
+    print(f"bench-trained learned prompts in {time.perf_counter() - started:.1f} s ({home})", flush=True)
+
+    def restore() -> None:
+        if before is None:
+            os.environ.pop("LENSLAB_HOME", None)
+        else:
+            os.environ["LENSLAB_HOME"] = before
+        shutil.rmtree(home, ignore_errors=True)
+
+    return restore
+
+
 def causal_floor(
     session: ModelSession, hf: torch.nn.Module, tokens: Tensor, config: Any
 ) -> tuple[str, Callable[[], Tensor], Callable[[Any], None]]:
@@ -122,25 +173,38 @@ def causal_floor(
     layers = session.check_layers(config.layers)
     horizon, seq = config.horizon + 1, tokens.shape[1]
     body = hf.model
+    rows = len(layers) * seq
     if config.method == "fixed":
         context = fixed_context_ids(session).to(tokens.device)
         embedded = body.embed_tokens(context[None])  # the model's own (scaled) embeddings
-        kind = f"ctx prefix once + {len(layers) * seq} cells × {horizon} cached steps"
+        prefix, last_embed = embedded[:, :-1], embedded[:, -1:].expand(rows, -1, -1)
+        kind = f"ctx prefix once + {rows} cells × {horizon} cached steps"
     else:
         artefacts = Artefacts.saved(session)
         missing = artefacts.missing("learned", layers)
         if missing:
             raise ValueError(missing)
-        raise ValueError("the learned-prompt floor (one soft prompt per layer, batched) is not written")
-    prefix, last_embed = embedded[:, :-1], embedded[:, -1:]
-    rows = len(layers) * seq
+        with torch.inference_mode():
+            bos = body.embed_tokens(torch.tensor([[bos_id(session)]], device=tokens.device))
+            soft = torch.stack(
+                [
+                    artefacts.prompts[layer].vectors * float(artefacts.prompts[layer].meta["multiplier"])
+                    for layer in layers
+                ]
+            ).to(bos.dtype)  # [layer, n_prompt, d]: one prefix per layer's prompt
+            prefix = torch.cat([bos.expand(len(layers), -1, -1), soft[:, :-1]], 1)
+            last_embed = soft[:, -1:].repeat_interleave(seq, 0)
+        kind = (
+            f"bench-trained prompts (1 step, 16 ex.): {len(layers)} prefixes once + {rows} cells × "
+            f"{horizon} cached steps"
+        )
 
     def run() -> Tensor:
         with torch.inference_mode():
             states, _ = prefill_and_actual(hf, tokens, horizon)
             cells = {layer: states[layer][0] for layer in layers}  # [seq, d] per layer
             cache = hf(inputs_embeds=prefix, use_cache=True, logits_to_keep=1).past_key_values
-            cache.batch_repeat_interleave(rows)
+            cache.batch_repeat_interleave(rows // prefix.shape[0])
 
             def write(group: int, layer_states: Tensor) -> Callable[..., Tensor]:
                 def hook(_module: object, _args: object, output: Any) -> Any:
@@ -156,12 +220,7 @@ def causal_floor(
                 for group, layer in enumerate(layers)
             ]
             try:
-                out = hf(
-                    inputs_embeds=last_embed.expand(rows, -1, -1),
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=1,
-                )
+                out = hf(inputs_embeds=last_embed, past_key_values=cache, use_cache=True, logits_to_keep=1)
             finally:
                 for handle in handles:
                     handle.remove()

@@ -48,7 +48,8 @@ from lenslab.probes.future_lens.prompts import (
     PROTOCOLS,
     PromptTraining,
     SoftPrompt,
-    soft_prompt_path,
+    evaluation_prompt_path,
+    load_soft_prompt,
     train_soft_prompt,
 )
 from lenslab.probes.stats import bootstrap_by_group, format_interval
@@ -557,19 +558,29 @@ def learned_prompts(
     refit: bool,
     progress: Progress = NO_PROGRESS,
 ) -> dict[int, SoftPrompt]:
-    """The saved learned prompts of ``layers``, retrained where ``refit`` asks for it.
+    """The learned prompts an evaluation on ``data`` uses for ``layers``, retrained where ``refit`` asks.
 
-    With ``refit``, prompts fitted on a test document of ``data`` (or recording no training
-    documents) are retrained on its training split, with their old settings, and saved.
+    Per layer, a prompt fitted on ``data`` itself (on its training split) is used first: the
+    evaluation's own (:func:`evaluation_prompt_path`), then the page's (:func:`soft_prompt_path`).
+    Otherwise the page's prompt is used as it is (or, without one, the evaluation's). With
+    ``refit``, a chosen prompt fitted on a test document of ``data`` (or recording no training
+    documents) is retrained on its training split with its old settings and saved to the
+    evaluation's file: an evaluation never replaces the prompts the page's learned method reads.
     """
-    prompts = Artefacts.saved(session).prompts
-    stale = []
+    prompts: dict[int, SoftPrompt] = {}
     for layer in layers:
-        if layer in prompts:
-            try:
-                check_disjoint(prompts[layer].meta, data, f"the learned prompt of layer {layer}")
-            except ValueError:
-                stale.append(layer)
+        own = load_soft_prompt(session, layer, evaluation_prompt_path(session.model_id, layer))
+        page = load_soft_prompt(session, layer)
+        here = [p for p in (own, page) if p is not None and _fitted_on(p, data)]
+        chosen = here[0] if here else (page or own)
+        if chosen is not None:
+            prompts[layer] = chosen
+    stale = []
+    for layer, prompt in prompts.items():
+        try:
+            check_disjoint(prompt.meta, data, f"the learned prompt of layer {layer}")
+        except ValueError:
+            stale.append(layer)
     if refit:
         for i, layer in enumerate(stale):
             old = prompts[layer].meta.get("training", {})
@@ -581,8 +592,13 @@ def learned_prompts(
                 progress((i + fraction) / len(stale), message)
 
             prompts[layer] = train_soft_prompt(session, data, layer, training, step)
-            prompts[layer].save(soft_prompt_path(session.model_id, layer))
+            prompts[layer].save(evaluation_prompt_path(session.model_id, layer))
     return prompts
+
+
+def _fitted_on(prompt: SoftPrompt, data: FutureLensData) -> bool:
+    """Whether ``prompt`` was trained on ``data`` (its data key, with the provenance recorded)."""
+    return prompt.meta.get("data_key") == data.key and "provenance" in prompt.meta
 
 
 def bigram_training_pairs(

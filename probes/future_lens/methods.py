@@ -19,6 +19,7 @@ key) under ``artefacts_dir()/future_lens/<model>``; loading one for another mode
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ from torch import Tensor
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.future_lens.artefacts import check_disjoint
+from lenslab.probes.future_lens.continuation import SoftContext, causal_grid_topk
 from lenslab.probes.future_lens.data import FutureLensData
 from lenslab.probes.future_lens.linear import (
     LinearMaps,
@@ -34,6 +36,7 @@ from lenslab.probes.future_lens.linear import (
 )
 from lenslab.probes.future_lens.prompts import (
     DEFAULT_PROTOCOL,
+    FREE_RUNNING,
     PROTOCOLS,
     SoftPrompt,
     causal_logits,
@@ -43,6 +46,7 @@ from lenslab.probes.future_lens.prompts import (
     load_soft_prompt,
     trained_prompt_layers,
 )
+from lenslab.progress import NO_PROGRESS, Progress
 
 METHODS = ("direct", "linear", "fixed", "learned")
 
@@ -172,6 +176,59 @@ def grid_topk(
     ids = decoded.ids.reshape(shape).expand(-1, -1, horizon, -1).cpu()
     probs = decoded.probs.reshape(shape).expand(-1, -1, horizon, -1).cpu()
     return ids, probs
+
+
+def batched(method: str, protocol: str) -> bool:
+    """Whether the grid of ``method`` under ``protocol`` is computed for all layers at once.
+
+    Direct and linear: one decode of every cell (:func:`grid_topk`); fixed and learned when
+    free-running: one KV-cached continuation of every cell (:func:`causal_grid`). Teacher-forced
+    fixed / learned run layer by layer (:func:`method_topk`).
+    """
+    return method in BATCHED or (method in ("fixed", "learned") and protocol == FREE_RUNNING)
+
+
+def causal_grid(
+    session: ModelSession,
+    method: str,
+    layers: list[int],
+    states: dict[int, Float[Tensor, "seq d_model"]],
+    horizon: int,
+    artefacts: Artefacts,
+    k: int,
+    progress: Progress = NO_PROGRESS,
+    on_chunk: Callable[[Tensor, Tensor], None] | None = None,
+) -> tuple[Int[Tensor, "layer seq horizon k"], Float[Tensor, "layer seq horizon k"]]:
+    """Free-running top-k of every (layer, position) cell of fixed or learned in one continuation.
+
+    The same numbers as :func:`method_topk` layer by layer (``protocol="free-running"``), with
+    the context's prefix run once and every cell a row of one KV-cached batch
+    (:func:`~lenslab.probes.future_lens.continuation.causal_grid_topk`).
+    """
+    if method == "fixed":
+        return causal_grid_topk(
+            session,
+            layers,
+            states,
+            horizon,
+            k,
+            context_ids=fixed_context_ids(session),
+            progress=progress,
+            on_chunk=on_chunk,
+        )
+    if method != "learned":
+        raise ValueError(f"causal_grid continues fixed or learned, not {method!r}")
+    missing = artefacts.missing("learned", layers)
+    if missing:
+        raise ValueError(missing)
+    soft = {}
+    for layer in layers:
+        prompt = artefacts.prompts[layer]
+        multiplier = float(prompt.meta.get("multiplier", embedding_multiplier(session)))
+        soft[layer] = SoftContext(prompt.vectors, multiplier)
+    return causal_grid_topk(
+        session, layers, states, horizon, k, soft_prompts=soft, progress=progress, on_chunk=on_chunk
+    )
 
 
 def method_topk(

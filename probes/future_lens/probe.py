@@ -31,7 +31,15 @@ from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register, to_numpy
 from lenslab.probes.future_lens.data import HORIZONS, DataSettings, build_dataset
 from lenslab.probes.future_lens.linear import DEFAULT_RIDGE, ensure_linear
-from lenslab.probes.future_lens.methods import BATCHED, METHODS, Artefacts, grid_topk, method_topk
+from lenslab.probes.future_lens.methods import (
+    BATCHED,
+    METHODS,
+    Artefacts,
+    batched,
+    causal_grid,
+    grid_topk,
+    method_topk,
+)
 from lenslab.probes.future_lens.prompts import (
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -433,6 +441,23 @@ class FutureLens(Probe[FutureLensConfig, FutureLensResult]):
                 progress(0.5, f"{config.method}: decoding every cell")
                 grid_ids, grid_probs = grid_topk(
                     session, config.method, layers, states, horizon, artefacts, k
+                )
+            elif batched(config.method, config.protocol):
+
+                def grown(ids: Tensor, probs: Tensor) -> None:  # the grid grows a chunk of layers at a time
+                    if wants_partial(progress):
+                        show_partial(progress, "grid", result_of(ids, probs, actual).grid_figure())
+
+                grid_ids, grid_probs = causal_grid(
+                    session,
+                    config.method,
+                    layers,
+                    states,
+                    horizon,
+                    artefacts,
+                    k,
+                    lambda f, m="": progress(0.1 + 0.9 * f, f"{config.method}: {m}"),
+                    on_chunk=grown,
                 )
             else:
                 top_ids, top_probs = [], []

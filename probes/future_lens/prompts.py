@@ -39,7 +39,8 @@ from lenslab.progress import NO_PROGRESS, Progress
 
 FIXED_CONTEXT = 'Hello! Could you please tell me more about "'
 PROTOCOLS = ("free-running", "teacher-forced")  # how the intervened run reaches N ≥ 1
-DEFAULT_PROTOCOL = "free-running"  # the paper's
+FREE_RUNNING = "free-running"
+DEFAULT_PROTOCOL = FREE_RUNNING  # the paper's
 
 
 # ----------------------------------------------------------------------------- the transplant
@@ -192,9 +193,18 @@ def soft_prompt_path(model_id: str, layer: int) -> Path:
     return cache_dir(model_id) / f"soft_prompt_L{layer}.safetensors"
 
 
-def load_soft_prompt(session: ModelSession, layer: int) -> SoftPrompt | None:
-    """The saved soft prompt of this model for ``layer``, or None."""
-    path = soft_prompt_path(session.model_id, layer)
+def evaluation_prompt_path(model_id: str, layer: int) -> Path:
+    """Where an evaluation keeps a prompt for ``layer`` it retrained on its own data.
+
+    Apart from :func:`soft_prompt_path` so that evaluating on other data never replaces the
+    prompt the page's learned method reads.
+    """
+    return cache_dir(model_id) / f"soft_prompt_L{layer}_evaluation.safetensors"
+
+
+def load_soft_prompt(session: ModelSession, layer: int, path: Path | None = None) -> SoftPrompt | None:
+    """The saved soft prompt of this model for ``layer`` (the page's by default), or None."""
+    path = soft_prompt_path(session.model_id, layer) if path is None else path
     return SoftPrompt.load(path, session) if path.is_file() else None
 
 

@@ -515,7 +515,8 @@ def test_grid_on_other_families(tiny_any):
 
 
 def test_a_causal_grid_is_handed_over_a_layer_at_a_time(tiny_gemma):
-    """fixed runs one continuation per cell: the page shows the grid growing, the last one the final grid."""
+    """teacher-forced fixed runs layer by layer: the page shows the grid growing, the last one the
+    final grid; free-running fixed hands it over once per chunk of layers (one chunk here)."""
     seen: list[float] = []
     early: list[tuple[float, object]] = []
 
@@ -523,7 +524,7 @@ def test_a_causal_grid_is_handed_over_a_layer_at_a_time(tiny_gemma):
         seen.append(fraction)
 
     progress.partial = lambda name, figure: early.append((max(seen, default=0.0), name, figure))
-    config = FutureLensConfig(method="fixed", horizon=1)
+    config = FutureLensConfig(method="fixed", horizon=1, protocol="teacher-forced")
     result = FutureLens().run(tiny_gemma, "the fox", config, progress)
     assert [name for _, name, _ in early] == ["grid"] * tiny_gemma.n_layers
     rows = [list(figure.data[0].y) for _, _, figure in early]
@@ -539,6 +540,14 @@ def test_a_causal_grid_is_handed_over_a_layer_at_a_time(tiny_gemma):
     progress.partial = lambda name, figure: direct.append(name)
     FutureLens().run(tiny_gemma, "the fox", FutureLensConfig(method="direct", horizon=1), progress)
     assert direct == []  # one batched pass: the grid is whole when the run ends
+    early.clear()
+    progress.partial = lambda name, figure: early.append((max(seen, default=0.0), name, figure))
+    free = FutureLens().run(tiny_gemma, "the fox", FutureLensConfig(method="fixed", horizon=1), progress)
+    assert [name for _, name, _ in early] == ["grid"]  # every layer in one continuation
+    np.testing.assert_array_equal(
+        np.asarray(early[0][2].data[0].z, dtype=float),
+        np.asarray(free.figures()["grid"].data[0].z, dtype=float),
+    )
 
 
 # ------------------------------------------------------------------------------------ evaluation

@@ -24,6 +24,7 @@ from lenslab.probes.future_lens.probe import NO_MAP, FutureLens, FutureLensConfi
 from lenslab.probes.future_lens.prompts import (
     PromptTraining,
     SoftPrompt,
+    evaluation_prompt_path,
     soft_prompt_path,
     train_soft_prompt,
 )
@@ -116,7 +117,7 @@ def test_evaluation_refuses_a_saved_prompt_until_refit(tiny_gemma, corpus, lensl
         run_evaluation(session, config)
     result = run_evaluation(session, config.replace(refit=True))
     assert np.isfinite(result.top1("learned")).all()
-    retrained = SoftPrompt.load(soft_prompt_path(session.model_id, 1), session)
+    retrained = SoftPrompt.load(evaluation_prompt_path(session.model_id, 1), session)
     second = build_dataset(session, config.data_settings())
     assert retrained.meta["provenance"]["data_key"] == second.key
     assert retrained.meta["training"]["max_examples"] == 32  # the old settings are kept
@@ -124,6 +125,45 @@ def test_evaluation_refuses_a_saved_prompt_until_refit(tiny_gemma, corpus, lensl
     # the linear maps of the evaluation were fitted on its own training documents
     saved = json.loads(json.dumps(result.to_dict()["data"]["ridge_grid"]))
     assert saved == list(RIDGE_GRID)
+
+
+def test_an_evaluation_never_replaces_the_pages_prompt(tiny_gemma, corpus, lenslab_home):
+    """A refit on other data keeps the page's prompt file byte for byte and writes the evaluation's;
+    a later evaluation on that data reuses the evaluation's prompt, one on the page's data the page's."""
+    session = tiny_gemma
+    page_data = _data(session, corpus, seed=0)
+    prompt = train_soft_prompt(
+        session, page_data, 1, PromptTraining(epochs=1, batch_size=32, max_examples=32)
+    )
+    page_file = soft_prompt_path(session.model_id, 1)
+    prompt.save(page_file)
+    before = page_file.read_bytes()
+    config = FutureLensEvalConfig(
+        source=str(corpus),
+        n_examples=80,
+        prefix_tokens=10,
+        seed=1,
+        layers=(1,),
+        fixed_prompt=False,
+        k=5,
+        min_prefix_tokens=None,
+    )
+    first = run_evaluation(session, config.replace(refit=True))
+    assert page_file.read_bytes() == before  # the page's learned method reads what it read before
+    own_file = evaluation_prompt_path(session.model_id, 1)
+    own = own_file.read_bytes()
+    other = build_dataset(session, config.data_settings())
+    assert SoftPrompt.load(own_file, session).meta["data_key"] == other.key != page_data.key
+    # the same evaluation again: the evaluation's prompt fits its data, nothing is retrained
+    again = run_evaluation(session, config)
+    np.testing.assert_array_equal(again.top1("learned"), first.top1("learned"))
+    assert own_file.read_bytes() == own and page_file.read_bytes() == before
+    # on the page's own data the page's prompt is used, and no evaluation prompt is written
+    own_file.unlink()
+    page_config = config.replace(seed=0, refit=True)
+    assert build_dataset(session, page_config.data_settings()).key == page_data.key
+    run_evaluation(session, page_config)
+    assert not own_file.exists() and page_file.read_bytes() == before
 
 
 # ------------------------------------------------------------------------------- ridge selection
