@@ -239,8 +239,8 @@ def _evaluation_panel(session) -> None:
         "with a bigram baseline and 95% intervals from resampling whole test documents. The protocol "
         "says how fixed / learned reach N ≥ 1 (free-running: the intervened run's own tokens, the "
         "paper's; teacher-forced: the original tokens are fed). Collected hidden states and linear "
-        "maps are cached; maps fitted on other data than the page's are kept apart, so an evaluation "
-        "never replaces the maps the grid above reads."
+        "maps are cached; maps and learned prompts fitted on other data than the page's are kept "
+        "apart, so an evaluation never replaces the maps or prompts the grid above reads."
     )
     config = config_form(FutureLensEvalConfig, f"{KEY}:eval", session)
     run_hint("Future Lens evaluation")
