@@ -107,6 +107,7 @@ from transformers import AutoModelForCausalLM
 from bench.common import machine, write
 from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
+from bench.floor_jacobian_lens import jacobian_lens_floor
 from bench.floor_patch_lens import patch_lens_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
@@ -475,6 +476,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             return Floor(kind, run, check=check)
         if name == "vsa_readout":
             return vsa_readout_floor(tokens, config)
+        if name == "jacobian_lens":
+            kind, run, check = jacobian_lens_floor(session, hf, tokens, config)
+            return Floor(kind, run, check=check)
         if name == "logit_lens":
             return Floor("lens", lambda: lens(tokens, config.k))
         if name == "future_lens" and config.method == "direct":
