@@ -108,7 +108,9 @@ from bench.common import machine, write
 from bench.floor_future_lens import causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
 from bench.floor_jacobian_lens import jacobian_lens_floor
+from bench.floor_jacobian_tight import tight_jacobian_floor
 from bench.floor_patch_lens import patch_lens_floor
+from bench.floor_replications import FLOORED, replications_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
 from lenslab.probes import get_probe, registered_probes
@@ -129,6 +131,7 @@ SLOW = {
     "neurosymbolic",
     "sae_feature",
     "replications",
+    "replications[floored]",
     "future_lens[fixed]",
     "future_lens[learned]",
 }  # skipped by --quick
@@ -137,6 +140,7 @@ PROMPT_FREE = {
     "shared_neurons",
     "activation_patching",
     "replications",
+    "replications[floored]",
 }  # read their own data: run at one length only
 PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patching: the clean prompt
 TARGET = {
@@ -152,6 +156,8 @@ TARGET = {
 
 # Extra rows: a registered probe run with a non-default config, ``name[variant]`` (--probes names them).
 VARIANTS = {f"future_lens[{m}]": ("future_lens", {"method": m}) for m in ("linear", "fixed", "learned")}
+VARIANTS["jacobian[tight]"] = ("jacobian", {})  # the Jacobian page against its frozen linear map, bare
+VARIANTS["replications[floored]"] = ("replications", {"families": FLOORED})  # the families with a floor
 
 
 def split_row(row: str) -> tuple[str, dict[str, Any]]:
@@ -493,6 +499,10 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             return Floor(f"stop@{layer}", lambda: stopped(tokens, layer))
         if name == "sae_steering":
             return Floor("generate ×2", lambda: generate(tokens, config.n_new, 2))
+        if row == "jacobian[tight]":
+            result = get_probe(name).run(session, prompt, config)
+            kind, run, check = tight_jacobian_floor(session, hf, tokens, result, config)
+            return Floor(kind, run, check=check)
         if name == "jacobian":
             return Floor(*jacobian_floor_fn(tokens, get_probe(name).run(session, prompt, config), config))
         if name == "attention":
@@ -517,6 +527,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             )
         if name == "shared_neurons":
             return shared_neurons_floor(config)
+        if name == "replications":
+            kind, run, check, tight = replications_floor(session, hf, config, shared_neurons_floor)
+            return Floor(kind, run, tight=tight, check=check)
         return Floor("forward", lambda: forward(tokens), tight=False)
 
     def shared_neurons_floor(config: Any) -> Floor:
