@@ -68,6 +68,21 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 - ``stop@ℓ + 2 target forwards + 1 decode`` (patch lens, ``floor_patch_lens.py``): the source
   body up to the layer, the target's clean and patched forwards keeping every block's output and
   ONE batched decode of all 2 × layers × positions rows (logsumexp, top-k, tracked logit).
+- ``forward + decode + gap`` (J-lens, ``floor_jacobian_lens.py``): one forward keeping every
+  block's output (the gap layer's output a leaf requiring grad, so the later blocks record the
+  gap's graph in the same pass), the J-lens maps as one ``bmm`` over the layers, ONE decode of all
+  2 × layers × positions rows, and the gap's rows of this input's Jacobian as ONE batched
+  backward (``d_model`` one-hot cotangents at the last position, ``2 × d_model`` elsewhere);
+- ``frozen linear map`` (``jacobian[tight]``, ``floor_jacobian_tight.py``): the Jacobian page
+  against the detached network as bare tensor ops (frozen patterns, norm scales and gate
+  coefficients: each block a fixed linear operator built from the HF weights and one recording
+  forward), with the products of the HF-equivalent floor above: replay, detach check, the SVD's
+  J·V / Jᵀ·U blocks in the probe's schedule, the sweep's sketch and power rounds, the decodes;
+- ``replications``: the sum of its families' floors (``floor_replications.py``): the Jacobian
+  claims' phrases on the frozen map in float64, the shared-neurons floor, nothing for the two
+  families that read stored numbers; the Future Lens family's fixed-prompt evaluation has no
+  floor, so ``replications[floored]`` runs the other four families and the plain row is marked
+  not tight;
 
 A floor with a ``check`` is run against the probe's own output before timing (linear: the same
 top-k ids; patch lens: the same top-1 in ≥ 99.5 % of cells, as the probe ranks float32 softmax

@@ -334,8 +334,9 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
 def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> JacobianLensResult:
     """The J-lens read-out of the state, without the J-gap.
 
-    The gap needs this input's own Jacobian at the state: 2 × d_model backward rows through every
-    layer after it (≈ 1,300 on the embedded model, about a minute on a CPU), many times what every
+    The gap needs this input's own Jacobian at the state: d_model backward rows through every
+    layer after it at the last position, 2 × d_model elsewhere (640 to 1,280 on the embedded model,
+    tens of seconds on a CPU), many times what every
     other lens in the inspector costs together. The inspector answers at once and says where the
     gap is computed (the J-lens page, with gap layer and position set to this state).
     """
@@ -357,8 +358,8 @@ def _describe(result: JacobianLensResult, ref: StateRef) -> list[str]:
             )
     else:
         lines.append(
-            f"J-gap not computed here (2 × d_model backward rows, about a minute on a CPU): on the "
-            f"Jacobian lens page set gap layer {ref.layer} and gap position {ref.position}"
+            f"J-gap not computed here (d_model to 2 × d_model backward rows, tens of seconds on a CPU): "
+            f"on the Jacobian lens page set gap layer {ref.layer} and gap position {ref.position}"
         )
     lines.append(result.lens)
     return lines
