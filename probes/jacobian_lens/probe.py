@@ -31,6 +31,9 @@ from lenslab.progress import NO_PROGRESS, Progress
 QUICK_SPEC = FitSpec(seq_len=16, skip_first=4, min_prompts=1, max_prompts=1)
 """Windows of an in-probe quick fit (``auto_fit_prompts``), short enough for a CPU."""
 INSTANCES = ("same-position", "summed (reference term)")
+GAP_ROW_POSITIONS = 8192
+"""Cotangent rows × positions per backward pass of the J-gap: a short prompt's d_model rows in one
+pass (each pass replays the graph; fewer, wider passes cost less), ≲ 100 MB per activation."""
 
 
 @dataclass(frozen=True)
@@ -307,8 +310,14 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
         """
         layer = session.n_layers // 2 if config.gap_layer == -1 else session.check_layer(config.gap_layer)
         position = session.check_position(config.gap_position, int(tokens.shape[1]))
+        seq = int(tokens.shape[1])
         same, summed = instance_jacobians(
-            session, tokens, layer, position, progress=lambda f, m="": progress(0.7 + 0.3 * f, m)
+            session,
+            tokens,
+            layer,
+            position,
+            dim_batch=max(64, GAP_ROW_POSITIONS // seq),
+            progress=lambda f, m="": progress(0.7 + 0.3 * f, m),
         )
         mean = lens.jacobians[layer].double()
         if captured is not None and layer in captured:
