@@ -81,6 +81,21 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 - ``stop@ℓ + 2 target forwards + 1 decode`` (patch lens, ``floor_patch_lens.py``): the source
   body up to the layer, the target's clean and patched forwards keeping every block's output and
   ONE batched decode of all 2 × layers × positions rows (logsumexp, top-k, tracked logit).
+- ``forward + decode + gap`` (J-lens, ``floor_jacobian_lens.py``): one forward keeping every
+  block's output (the gap layer's output a leaf requiring grad, so the later blocks record the
+  gap's graph in the same pass), the J-lens maps as one ``bmm`` over the layers, ONE decode of all
+  2 × layers × positions rows, and the gap's rows of this input's Jacobian as ONE batched
+  backward (``d_model`` one-hot cotangents at the last position, ``2 × d_model`` elsewhere);
+- ``frozen linear map`` (``jacobian[tight]``, ``floor_jacobian_tight.py``): the Jacobian page
+  against the detached network as bare tensor ops (frozen patterns, norm scales and gate
+  coefficients: each block a fixed linear operator built from the HF weights and one recording
+  forward), with the products of the HF-equivalent floor above: replay, detach check, the SVD's
+  J·V / Jᵀ·U blocks in the probe's schedule, the sweep's sketch and power rounds, the decodes;
+- ``replications``: the sum of its families' floors (``floor_replications.py``): the Jacobian
+  claims' phrases on the frozen map in float64, the shared-neurons floor, nothing for the two
+  families that read stored numbers; the Future Lens family's fixed-prompt evaluation has no
+  floor, so ``replications[floored]`` runs the other four families and the plain row is marked
+  not tight;
 
 A floor with a ``check`` is run against the probe's own output before timing (linear: the same
 top-k ids; patch lens: the same top-1 in ≥ 99.5 % of cells, as the probe ranks float32 softmax
@@ -88,8 +103,7 @@ values and near-ties can swap; fixed: the same top-1 in ≥ 99 % of (layer, posi
 a swapped near-tie changes that cell's later greedy steps); a floor that computes something else
 raises instead of giving a row.
 
-Other pages (sae_feature, jacobian_lens, neurosymbolic, ...) are compared with one full forward,
-marked "generic floor". Times
+A page without a floor of its own is compared with one full forward, marked "generic floor". Times
 are the best of ``--repeat`` interleaved runs, both wall-clock and CPU (process) seconds: on a
 machine shared with other jobs the wall clock of a sub-second page moves by ±50 % between runs,
 the CPU seconds much less; the verdict uses the CPU ratio and the table shows both.
@@ -120,8 +134,11 @@ from transformers import AutoModelForCausalLM
 from bench.common import machine, write
 from bench.floor_future_lens import bench_home, causal_floor, linear_floor
 from bench.floor_future_lens_eval import eval_row
+from bench.floor_jacobian_lens import jacobian_lens_floor
+from bench.floor_jacobian_tight import tight_jacobian_floor
 from bench.floor_neurosymbolic import neurosymbolic_floor
 from bench.floor_patch_lens import patch_lens_floor
+from bench.floor_replications import FLOORED, replications_floor
 from bench.floor_sae_feature import first_visit_row, sae_feature_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
@@ -142,6 +159,7 @@ SLOW = {
     "shared_neurons",
     "sae_feature",
     "replications",
+    "replications[floored]",
     "future_lens[fixed]",
     "future_lens[learned]",
 }  # skipped by --quick
@@ -152,6 +170,7 @@ PROMPT_FREE = {
     "replications",
     "neurosymbolic",
     "sae_feature",
+    "replications[floored]",
 }  # read their own data: run at one length only
 PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patching: the clean prompt
 PROBLEM_PROMPT = "What is 48 * 7?"  # neurosymbolic: the page's default typed problem
@@ -168,6 +187,8 @@ TARGET = {
 
 # Extra rows: a registered probe run with a non-default config, ``name[variant]`` (--probes names them).
 VARIANTS = {f"future_lens[{m}]": ("future_lens", {"method": m}) for m in ("linear", "fixed", "learned")}
+VARIANTS["jacobian[tight]"] = ("jacobian", {})  # the Jacobian page against its frozen linear map, bare
+VARIANTS["replications[floored]"] = ("replications", {"families": FLOORED})  # the families with a floor
 
 
 def split_row(row: str) -> tuple[str, dict[str, Any]]:
@@ -498,6 +519,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         if name == "sae_feature":
             kind, run, check = sae_feature_floor(session, hf, config)
             return Floor(kind, run, check=check)
+        if name == "jacobian_lens":
+            kind, run, check = jacobian_lens_floor(session, hf, tokens, config)
+            return Floor(kind, run, check=check)
         if name == "logit_lens":
             return Floor("lens", lambda: lens(tokens, config.k))
         if name == "future_lens" and config.method == "direct":
@@ -512,6 +536,10 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             return Floor(f"stop@{layer}", lambda: stopped(tokens, layer))
         if name == "sae_steering":
             return Floor("generate ×2", lambda: generate(tokens, config.n_new, 2))
+        if row == "jacobian[tight]":
+            result = get_probe(name).run(session, prompt, config)
+            kind, run, check = tight_jacobian_floor(session, hf, tokens, result, config)
+            return Floor(kind, run, check=check)
         if name == "jacobian":
             return Floor(*jacobian_floor_fn(tokens, get_probe(name).run(session, prompt, config), config))
         if name == "attention":
@@ -536,6 +564,9 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
             )
         if name == "shared_neurons":
             return shared_neurons_floor(config)
+        if name == "replications":
+            kind, run, check, tight = replications_floor(session, hf, config, shared_neurons_floor)
+            return Floor(kind, run, tight=tight, check=check)
         return Floor("forward", lambda: forward(tokens), tight=False)
 
     def shared_neurons_floor(config: Any) -> Floor:

@@ -133,12 +133,15 @@ def instance_jacobians(
 
     Returns ``(same, summed)``: ``same = ∂h_final[t] / ∂h_l[t]`` (the same-position Jacobian) and
     ``summed = Σ_{p' ≥ t} ∂h_final[p'] / ∂h_l[t]`` (the reference estimator's term at ``t``, whose
-    average over positions and prompts is J̄). At the last position the two coincide.
+    average over positions and prompts is J̄). At the last position the two coincide (the sum has
+    one term), so there only the ``d_model`` same-position rows run and ``summed`` is their copy:
+    half the backward work of the ``2 × d_model`` rows any other position needs.
     """
     seq = int(tokens.shape[1])
     layer = session.check_layer(layer)
     position = session.check_position(position, seq)
     d = session.d_model
+    last = position == seq - 1
     same = torch.zeros(d, d, dtype=torch.float64)
     summed = torch.zeros(d, d, dtype=torch.float64)
     with residual_graph(session, tokens, first_layer=layer) as resid:
@@ -147,15 +150,18 @@ def instance_jacobians(
         for step, start in enumerate(starts):
             rows = min(dim_batch, d - start)
             index = torch.arange(rows, device=target.device)
-            cotangent = torch.zeros(2 * rows, *target.shape, dtype=target.dtype, device=target.device)
+            kinds = 1 if last else 2
+            cotangent = torch.zeros(kinds * rows, *target.shape, dtype=target.dtype, device=target.device)
             cotangent[index, 0, position, start + index] = 1.0
-            cotangent[
-                rows + index[:, None], 0, torch.arange(position, seq)[None, :], start + index[:, None]
-            ] = 1.0
+            if not last:
+                cotangent[
+                    rows + index[:, None], 0, torch.arange(position, seq)[None, :], start + index[:, None]
+                ] = 1.0
             (grad,) = torch.autograd.grad(
                 target, [source], cotangent, retain_graph=step < len(starts) - 1, is_grads_batched=True
             )
             same[start : start + rows] = grad[:rows, 0, position].double().cpu()
-            summed[start : start + rows] = grad[rows:, 0, position].double().cpu()
+            summed_rows = grad[:rows] if last else grad[rows:]  # the same rows at the last position
+            summed[start : start + rows] = summed_rows[:, 0, position].double().cpu()
             progress((step + 1) / len(starts), f"instance Jacobian rows {start + rows}/{d}")
     return same, summed

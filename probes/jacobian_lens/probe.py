@@ -31,6 +31,9 @@ from lenslab.progress import NO_PROGRESS, Progress
 QUICK_SPEC = FitSpec(seq_len=16, skip_first=4, min_prompts=1, max_prompts=1)
 """Windows of an in-probe quick fit (``auto_fit_prompts``), short enough for a CPU."""
 INSTANCES = ("same-position", "summed (reference term)")
+GAP_ROW_POSITIONS = 8192
+"""Cotangent rows × positions per backward pass of the J-gap: a short prompt's d_model rows in one
+pass (each pass replays the graph; fewer, wider passes cost less), ≲ 100 MB per activation."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,41 @@ class JacobianLensResult(Result):
         return figs
 
 
+DECODE_ROWS = 256
+"""Rows per unembedding product of :func:`decode_grids` (262k-token vocabularies: ~270 MB of logits)."""
+
+
+def decode_grids(
+    session: ModelSession,
+    lens: JacobianLens,
+    layers: list[int],
+    states: Float[torch.Tensor, "layer pos d_model"],
+    k: int,
+    progress: Progress = NO_PROGRESS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k probabilities and ids of both grids: ``(j_probs, j_ids, l_probs, l_ids)``, each [layer, pos, k].
+
+    The J-lens rows ``J̄_l h`` (one batched product over the layers) and the logit-lens rows ``h``
+    are decoded together, :data:`DECODE_ROWS` rows per unembedding product, instead of two
+    products per layer that each read the whole unembedding for a few rows. Each row's logits are
+    the same function of its state (final norm, unembedding, softmax) as decoding it alone.
+    """
+    with torch.inference_mode():
+        jac = lens.jacobians[layers].to(states.device, states.dtype)  # [layer, d, d]
+        transported = torch.bmm(states, jac.transpose(1, 2))  # J̄_l h for every state
+        rows = torch.cat([transported, states]).flatten(0, 1)  # [2 · layer · pos, d]
+        values, ids = [], []
+        for start in range(0, rows.shape[0], DECODE_ROWS):
+            logits = session.decode_resid(rows[start : start + DECODE_ROWS])
+            top = logits.float().softmax(-1).topk(k, dim=-1)
+            values.append(top.values)
+            ids.append(top.indices)
+            progress(min(start + DECODE_ROWS, rows.shape[0]) / rows.shape[0], "decoded the grids")
+        shape = (2, len(layers), states.shape[1], k)
+        probs, top_ids = torch.cat(values).reshape(shape), torch.cat(ids).reshape(shape)
+    return probs[0], top_ids[0], probs[1], top_ids[1]
+
+
 def convergence_figure(curve: np.ndarray, tol: float | None = None, smoothing: int = 10) -> go.Figure:
     """Relative change of the running mean per prompt (log scale), its moving mean and the tolerance."""
     x = np.arange(1, len(curve) + 1)
@@ -212,20 +250,14 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
         with session.lock:
             run = session.run(tokens, names)
             final_ids = run.logits[0].argmax(-1)
-            j_ids, j_probs, l_ids, l_probs = [], [], [], []
-            for i, layer in enumerate(layers):
-                h = run.activations[names[i]][0]
-                for logits, ids_out, probs_out in (
-                    (lens.logits(session, h, layer), j_ids, j_probs),
-                    (session.decode_resid(h), l_ids, l_probs),
-                ):
-                    values, ids = logits.float().softmax(-1).topk(config.k, dim=-1)
-                    ids_out.append(ids)
-                    probs_out.append(values)
-                progress(0.3 + 0.4 * (i + 1) / len(layers), f"decoded layer {layer}")
-        gap = self._gap(session, tokens, lens, config, progress) if config.gap else None
-        j_np = to_numpy(torch.stack(j_ids)).astype(np.int64)
-        l_np = to_numpy(torch.stack(l_ids)).astype(np.int64)
+            states = torch.stack([run.activations[name][0] for name in names])  # [layer, pos, d]
+            j_probs, j_ids, l_probs, l_ids = decode_grids(
+                session, lens, layers, states, config.k, lambda f, m="": progress(0.3 + 0.4 * f, m)
+            )
+        captured = dict(zip(layers, states, strict=True))
+        gap = self._gap(session, tokens, lens, config, progress, captured) if config.gap else None
+        j_np = to_numpy(j_ids).astype(np.int64)
+        l_np = to_numpy(l_ids).astype(np.int64)
         n = len(INSTANCES)
         gap_layer, gap_position, frob, top1, overlap, inst, mean_tokens = gap or (
             -1,
@@ -244,10 +276,10 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
             tokens=session.decode_each(tokens[0].tolist()),
             layers=np.asarray(layers, dtype=np.int64),
             jlens_ids=j_np,
-            jlens_probs=to_numpy(torch.stack(j_probs)).astype(np.float32),
+            jlens_probs=to_numpy(j_probs).astype(np.float32),
             jlens_tokens=[[session.decode_each(cell) for cell in row] for row in j_np.tolist()],
             logit_ids=l_np,
-            logit_probs=to_numpy(torch.stack(l_probs)).astype(np.float32),
+            logit_probs=to_numpy(l_probs).astype(np.float32),
             logit_tokens=[[session.decode_each(cell) for cell in row] for row in l_np.tolist()],
             final_ids=to_numpy(final_ids).astype(np.int64),
             final_tokens=session.decode_each(final_ids.tolist()),
@@ -269,17 +301,31 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
         lens: JacobianLens,
         config: JacobianLensConfig,
         progress: Progress,
+        captured: dict[int, torch.Tensor] | None = None,
     ) -> tuple[int, int, list[float], list[int], list[float], list[list[str]], list[str]]:
-        """(layer, position, rel. Frobenius, same top-1, top-k overlap, instance tokens, J̄ tokens)."""
+        """(layer, position, rel. Frobenius, same top-1, top-k overlap, instance tokens, J̄ tokens).
+
+        ``captured`` maps layers to the states ``[pos, d_model]`` the grids' forward already read;
+        the gap layer's state is taken from it when present (no second forward).
+        """
         layer = session.n_layers // 2 if config.gap_layer == -1 else session.check_layer(config.gap_layer)
         position = session.check_position(config.gap_position, int(tokens.shape[1]))
+        seq = int(tokens.shape[1])
         same, summed = instance_jacobians(
-            session, tokens, layer, position, progress=lambda f, m="": progress(0.7 + 0.3 * f, m)
+            session,
+            tokens,
+            layer,
+            position,
+            dim_batch=max(64, GAP_ROW_POSITIONS // seq),
+            progress=lambda f, m="": progress(0.7 + 0.3 * f, m),
         )
         mean = lens.jacobians[layer].double()
-        h = session.capture(tokens, [session.resid_name(layer)])[session.resid_name(layer)][
-            0, position
-        ].double()
+        if captured is not None and layer in captured:
+            h = captured[layer][position].double()
+        else:
+            h = session.capture(tokens, [session.resid_name(layer)])[session.resid_name(layer)][
+                0, position
+            ].double()
         mean_logits = session.decode_resid((mean @ h).to(session.dtype).to(session.device)).float()
         mean_top = mean_logits.topk(config.k).indices
         frob, top1, overlap, inst = [], [], [], []
@@ -297,8 +343,9 @@ class JacobianLensProbe(Probe[JacobianLensConfig, JacobianLensResult]):
 def _state_view(session: ModelSession, ref: StateRef, progress: Progress) -> JacobianLensResult:
     """The J-lens read-out of the state, without the J-gap.
 
-    The gap needs this input's own Jacobian at the state: 2 × d_model backward rows through every
-    layer after it (≈ 1,300 on the embedded model, about a minute on a CPU), many times what every
+    The gap needs this input's own Jacobian at the state: d_model backward rows through every
+    layer after it at the last position, 2 × d_model elsewhere (640 to 1,280 on the embedded model,
+    tens of seconds on a CPU), many times what every
     other lens in the inspector costs together. The inspector answers at once and says where the
     gap is computed (the J-lens page, with gap layer and position set to this state).
     """
@@ -320,8 +367,8 @@ def _describe(result: JacobianLensResult, ref: StateRef) -> list[str]:
             )
     else:
         lines.append(
-            f"J-gap not computed here (2 × d_model backward rows, about a minute on a CPU): on the "
-            f"Jacobian lens page set gap layer {ref.layer} and gap position {ref.position}"
+            f"J-gap not computed here (d_model to 2 × d_model backward rows, tens of seconds on a CPU): "
+            f"on the Jacobian lens page set gap layer {ref.layer} and gap position {ref.position}"
         )
     lines.append(result.lens)
     return lines

@@ -84,6 +84,21 @@ def test_instance_jacobians_match_brute_force(tiny_gemma):
     torch.testing.assert_close(summed.float(), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_instance_jacobians_at_the_last_position_match_brute_force(tiny_gemma):
+    """At the last position only the same-position rows run; both results are still the true ones."""
+    session = tiny_gemma
+    tokens = session.tokenize(TEXTS[3])[:, :9]
+    layer, position = 0, tokens.shape[1] - 1
+    same, summed = instance_jacobians(session, tokens, layer, position, dim_batch=7)
+    full = torch.autograd.functional.jacobian(
+        _final_of(session, tokens, layer), _base_resid(session, tokens, layer)
+    )[0, :, :, 0]
+    expected = full[position, :, position, :]
+    assert not torch.allclose(expected, torch.eye(session.d_model), atol=1e-3)  # not trivially I
+    torch.testing.assert_close(same.float(), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(summed.float(), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_merge_of_shards_equals_fit_on_all(tiny_gemma):
     whole = fit_shard(tiny_gemma, [0, 1, 2, 3, 4], SPEC, texts=TEXTS)
     a = fit_shard(tiny_gemma, [0, 2, 3], SPEC, texts=TEXTS)

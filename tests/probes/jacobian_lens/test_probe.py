@@ -50,6 +50,33 @@ def test_gap_is_zero_when_the_mean_is_the_instance(tiny_gemma, lenslab_home):
     assert result.gap_rel_frobenius[1] > 1e-4
 
 
+def test_grids_equal_each_cell_decoded_alone(tiny_gemma, lenslab_home, monkeypatch):
+    """The batched decode (rows split across products) gives each cell's own top-k: J̄_l h and h."""
+    from lenslab.probes.jacobian_lens import probe as module
+
+    monkeypatch.setattr(module, "DECODE_ROWS", 7)  # several products, rows of a layer split
+    d, n = tiny_gemma.d_model, tiny_gemma.n_layers
+    jac = torch.randn(n, d, d, generator=torch.Generator().manual_seed(0)) / d**0.5
+    JacobianLens(tiny_gemma.model_id, jac, np.zeros(0), {"n_prompts": 0}).save()
+    prompt = TEXTS[1]
+    config = JacobianLensConfig(k=4, layers=(n - 1, 0), gap=False)
+    result = get_probe("jacobian_lens").run(tiny_gemma, prompt, config)
+    tokens = tiny_gemma.tokenize(prompt)
+    assert result.layers.tolist() == [0, n - 1]
+    names = [tiny_gemma.resid_name(layer) for layer in result.layers.tolist()]
+    captured = tiny_gemma.capture(tokens, names)
+    for i, (layer, name) in enumerate(zip(result.layers.tolist(), names, strict=True)):
+        for pos in range(tokens.shape[1]):
+            h = captured[name][0, pos]
+            for ids, probs, row in (
+                (result.jlens_ids, result.jlens_probs, jac[layer] @ h),
+                (result.logit_ids, result.logit_probs, h),
+            ):
+                top = tiny_gemma.decode_resid(row).float().softmax(-1).topk(config.k)
+                assert ids[i, pos].tolist() == top.indices.tolist()
+                np.testing.assert_allclose(probs[i, pos], top.values.numpy(), rtol=1e-5, atol=1e-7)
+
+
 def test_evaluation_identity_lens_equals_logit_lens(tiny_gemma):
     d, n = tiny_gemma.d_model, tiny_gemma.n_layers
     eye = JacobianLens("tiny", torch.eye(d).repeat(n, 1, 1), np.zeros(0), {"n_prompts": 0})
