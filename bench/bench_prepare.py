@@ -12,7 +12,8 @@ Future Lens validation, Jacobian lens provenance), so speed is never bought with
 
     python bench/bench_prepare.py --baseline 30942cc --repeat 1
 
-writes ``bench/results/prepare.md`` and rebuilds ``bench/RESULTS.md``.
+writes ``bench/results/prepare.md`` (``prepare_<family>.md`` with ``--only``) and rebuilds
+``bench/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -222,7 +223,8 @@ def main() -> None:
     for family in sorted({k for rs in runs.values() for k in rs[0]["quality"]}):
         cells = [runs[name][0]["quality"].get(family, "–") for name in ("baseline", "current")]
         lines.append(f"| {family} | {cells[0]} | {cells[1]} |")
-    write("prepare", "\n".join(lines))
+    # one family alone gets its own section: it never replaces the whole-prepare table
+    write("prepare" if args.only is None else f"prepare_{args.only}", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -282,6 +282,62 @@ def _validation_scores(
     return int(np.argmin(scores)), scores
 
 
+def ridge_path_predictions(
+    x: Float[Tensor, "n d"],
+    ys: list[Float[Tensor, "n d_out"]],
+    ridges: tuple[float, ...],
+    x_new: Float[Tensor, "m d"],
+    *,
+    toward_identity: bool,
+) -> list[list[Float[Tensor, "m d_out"]]]:
+    """Predictions for ``x_new`` of every map :func:`ridge_paths` would fit: ``out[target][ridge]``.
+
+    What choosing a ridge on validation rows needs. With n < d the maps are never formed: by the
+    kernel form of :func:`_dual_ridge_paths`, x_new W = (x_new Xᵀ U)(Λ + λI)⁻¹ Uᵀ(Y − X) (+ x_new
+    toward the identity), an m×n by n×d product per ridge instead of a d×n by n×d one to form W
+    and an m×d by d×d one to apply it (about ten times fewer operations for a page's
+    evaluation data). The predictions equal ``(x_new − x_mean) @ W + y_mean`` of the formed maps
+    to float32 rounding (computed in float64, returned as float32).
+    """
+    if any(r <= 0 or not math.isfinite(r) for r in ridges):
+        raise ValueError(f"every ridge of a path must be a finite number > 0, got {ridges}")
+    if x.shape[0] >= x.shape[1]:  # primal form: the d×d maps are the cheaper route
+        return [
+            [(x_new.float() - x_mean) @ weight + y_mean for weight, x_mean, y_mean in path]
+            for path in ridge_paths(x, ys, ridges, toward_identity=toward_identity)
+        ]
+    if toward_identity and any(x.shape[1] != y.shape[1] for y in ys):
+        raise ValueError("shrinking toward the identity needs d_in == d_out")
+    x64 = x.double()
+    x_mean = x64.mean(0)
+    xc = x64 - x_mean
+    new_c = x_new.double() - x_mean
+    kernel = xc @ xc.T
+    values, vectors = torch.linalg.eigh(kernel)
+    values = values.clamp_min(0)
+    scale = torch.trace(kernel) / xc.shape[1]
+    reach = (new_c @ xc.T) @ vectors  # [m, n]: x_new Xᵀ U
+    out = []
+    for y in ys:
+        y64 = y.double()
+        y_mean = y64.mean(0)
+        target = y64 - y_mean
+        projected = vectors.T @ (target - xc if toward_identity else target)
+        base = new_c + y_mean if toward_identity else y_mean
+        out.append([((reach / (values + ridge * scale)) @ projected + base).float() for ridge in ridges])
+    return out
+
+
+def _prediction_scores(
+    predictions: list[Tensor], y_val: Tensor, transform: Callable[[Tensor], Tensor] | None
+) -> tuple[int, list[float]]:
+    """:func:`_validation_scores` from predictions already made (:func:`ridge_path_predictions`)."""
+    transform = transform or (lambda t: t)
+    target = transform(y_val.float())
+    scores = [float((transform(pred) - target).pow(2).mean()) for pred in predictions]
+    return int(np.argmin(scores)), scores
+
+
 def fit_linear_maps(
     session: ModelSession,
     data: FutureLensData,
@@ -323,15 +379,16 @@ def fit_linear_maps(
         value = ridge if ridge is not None else grid[len(grid) // 2]
         chosen_n = [value] * HORIZONS
         if select:  # one eigendecomposition of the fit rows serves every horizon and ridge
-            paths = ridge_paths(
+            predictions = ridge_path_predictions(
                 x_fit,
                 [torch.as_tensor(data.final[fit_rows, n], device=device) for n in range(HORIZONS)],
                 grid,
+                x_val,
                 toward_identity=toward_identity,
             )
-            for n, path in enumerate(paths):
+            for n, predicted in enumerate(predictions):
                 y_val = torch.as_tensor(data.final[val_rows, n], device=device)
-                best, mse = _validation_scores(path, x_val, y_val, final_norm)
+                best, mse = _prediction_scores(predicted, y_val, final_norm)
                 chosen_n[n] = grid[best]
                 scores_n.append(mse)
         ys = [torch.as_tensor(data.final[train, n], device=device) for n in range(HORIZONS)]

@@ -195,6 +195,7 @@ def evaluate_sae(
     batch_size: int = 8,
     position_stride: int = 2,
     progress: Progress = NO_PROGRESS,
+    forward_batches: int = 4,
 ) -> HeldOutEvaluation:
     """L0, MSE, explained variance and CE clean / spliced / zero- / mean-ablated on ``windows``.
 
@@ -207,6 +208,11 @@ def evaluate_sae(
     starts with BOS at position 0, so everything after the hook is the same function of the
     position alone in every window: one forward of one window gives the ablated logits of all
     windows (:func:`ablated_logprobs`); only the clean and spliced passes run per batch.
+
+    Each forward covers ``forward_batches`` batches of ``batch_size`` windows (32 windows of 64
+    tokens per forward took about half the CPU time of 8 on Gemma 3 270M, with bit-identical
+    hidden states); the full-vocabulary log-probabilities are still taken one ``batch_size``
+    batch at a time, so their memory stays that of one batch.
     """
     tokens = as_tensor(windows, session)
     positions = torch.arange(1, tokens.shape[1] - 1, position_stride, device=session.device)
@@ -214,8 +220,11 @@ def evaluate_sae(
     ce_docs = windows.documents[:, to_numpy(positions + 1)].reshape(-1)
     acts, l0, sq_err = [], [], []
     ce: dict[str, list[np.ndarray]] = {name: [] for name in CE_VARIANTS}
-    batches = [tokens[i : i + batch_size] for i in range(0, len(tokens), batch_size)]
-    n_forwards, done = 2 * len(batches) + 2, 0
+    if forward_batches < 1:
+        raise ValueError(f"forward_batches must be at least 1, got {forward_batches}")
+    width = batch_size * forward_batches
+    groups = [tokens[i : i + width] for i in range(0, len(tokens), width)]  # one forward each
+    n_forwards, done = 2 * len(groups) + 2, 0
 
     def step(message: str) -> None:
         nonlocal done
@@ -228,23 +237,27 @@ def evaluate_sae(
             picked = logprobs.gather(-1, batch[:, positions + 1, None])[..., 0]
         return to_numpy(-picked.double()).reshape(-1)
 
-    for batch in batches:  # clean pass: activations and clean CE in one forward
-        out = session.capture(batch, [loaded.hook_name, hooknames.FINAL_NORM])
-        act = out[loaded.hook_name][:, 1:].float()
-        with torch.inference_mode():
-            feats = loaded.encode(act)
-            recon = loaded.decode(feats).float()
-        l0.append(to_numpy((feats > 0).sum(-1).double()).reshape(-1))
-        sq_err.append(to_numpy(((recon - act) ** 2).sum(-1).double()).reshape(-1))
-        acts.append(act.reshape(-1, act.shape[-1]))
-        ce["ce_clean"].append(nll(batch, out[hooknames.FINAL_NORM]))
+    for group in groups:  # clean pass: activations and clean CE in one forward
+        out = session.capture(group, [loaded.hook_name, hooknames.FINAL_NORM])
+        for first in range(0, len(group), batch_size):
+            rows = slice(first, first + batch_size)
+            act = out[loaded.hook_name][rows, 1:].float()
+            with torch.inference_mode():
+                feats = loaded.encode(act)
+                recon = loaded.decode(feats).float()
+            l0.append(to_numpy((feats > 0).sum(-1).double()).reshape(-1))
+            sq_err.append(to_numpy(((recon - act) ** 2).sum(-1).double()).reshape(-1))
+            acts.append(act.reshape(-1, act.shape[-1]))
+            ce["ce_clean"].append(nll(group[rows], out[hooknames.FINAL_NORM][rows]))
         step("clean")
     flat = torch.cat(acts)
     mean = flat.mean(0) if mean_activation is None else mean_activation.float().to(flat.device)
     splice = [(loaded.hook_name, splice_hook(loaded))]
-    for batch in batches:
-        hidden = session.capture(batch, [hooknames.FINAL_NORM], hooks=splice)
-        ce["ce_sae"].append(nll(batch, hidden[hooknames.FINAL_NORM]))
+    for group in groups:
+        hidden = session.capture(group, [hooknames.FINAL_NORM], hooks=splice)[hooknames.FINAL_NORM]
+        for first in range(0, len(group), batch_size):
+            rows = slice(first, first + batch_size)
+            ce["ce_sae"].append(nll(group[rows], hidden[rows]))
         step("sae")
     targets = tokens[:, positions + 1]  # [window, position]
     rows = torch.arange(len(positions), device=tokens.device)[None, :]

@@ -17,6 +17,7 @@ from lenslab.probes.future_lens.linear import (
     fit_linear_map,
     fit_linear_maps,
     linear_path,
+    ridge_path_predictions,
     validation_split,
 )
 from lenslab.probes.future_lens.methods import Artefacts
@@ -231,6 +232,28 @@ def test_ridge_is_chosen_on_validation_documents_not_on_the_test_split(tiny_gemm
     # a fixed ridge skips the selection
     fixed = fit_linear_maps(session, data, layers=[0], ridge=0.3)
     assert fixed.meta["ridge_chosen"] == [[0.3] * HORIZONS] and fixed.meta["ridge_grid"] == []
+
+
+@pytest.mark.parametrize("n_rows", [30, 90])  # fewer rows than inputs (kernel form) and more
+@pytest.mark.parametrize("toward_identity", [True, False])
+def test_path_predictions_equal_the_formed_maps(n_rows, toward_identity):
+    """Validation predictions made without forming the maps equal those of every formed map."""
+    gen = torch.Generator().manual_seed(2)
+    x = 40 * torch.randn(n_rows, 48, generator=gen) + 5  # residual-like scale and offset
+    ys = [
+        x @ torch.randn(48, 48, generator=gen) / 7 + torch.randn(n_rows, 48, generator=gen) for _ in range(2)
+    ]
+    x_new = 40 * torch.randn(11, 48, generator=gen) + 5
+    ridges = (0.01, 0.3, 3.0)
+    made = ridge_path_predictions(x, ys, ridges, x_new, toward_identity=toward_identity)
+    for y, per_ridge in zip(ys, made, strict=True):
+        for ridge, predicted in zip(ridges, per_ridge, strict=True):
+            weight, x_mean, y_mean = fit_linear_map(x, y, ridge, toward_identity=toward_identity)
+            expected = (x_new - x_mean) @ weight + y_mean
+            assert predicted.dtype == torch.float32 and predicted.shape == expected.shape
+            assert torch.allclose(predicted, expected, rtol=1e-4, atol=1e-3 * float(expected.abs().mean()))
+    with pytest.raises(ValueError, match="finite number > 0"):
+        ridge_path_predictions(x, ys, (0.0,), x_new, toward_identity=toward_identity)
 
 
 def test_choose_ridge_and_path_match_the_single_fit():

@@ -484,6 +484,18 @@ def test_zero_and_mean_reconstructions_recover_nothing(tiny_gemma, corpus_file):
     assert est["ce_sae"] == est["ce_mean_ablation"] and est["ce_recovered_mean"] == 0.0
 
 
+def test_evaluation_same_with_wider_forwards(tiny_gemma, sae_dir, corpus_file):
+    """Forwards over several batches give exactly the figures of one forward per batch."""
+    loaded = load_sae(tiny_gemma, str(sae_dir))
+    windows = _held_out(tiny_gemma, corpus_file)  # 6 windows: forwards of 4 and 2 below
+    one = evaluate_sae(tiny_gemma, loaded, windows, batch_size=2, forward_batches=1)
+    wide = evaluate_sae(tiny_gemma, loaded, windows, batch_size=2, forward_batches=2)
+    assert wide.estimates == one.estimates and wide.intervals == one.intervals
+    assert (wide.n_tokens, wide.n_ce_positions) == (one.n_tokens, one.n_ce_positions)
+    with pytest.raises(ValueError, match="forward_batches"):
+        evaluate_sae(tiny_gemma, loaded, windows, forward_batches=0)
+
+
 def test_evaluation_equals_an_independent_computation(tiny_gemma, sae_dir, corpus_file):
     loaded = load_sae(tiny_gemma, str(sae_dir))
     windows = _held_out(tiny_gemma, corpus_file)
