@@ -14,6 +14,7 @@ import sys
 import textwrap
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -31,8 +32,6 @@ XSS = '<script>window.__xss=1</script>"><img src=x onerror="window.__xss=2"><svg
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 def test_report_html_runs_no_script_from_prompts_or_titles(tiny_gemma, tmp_path):
     """Every registered probe that runs on the tiny model renders the hostile prompt as inert text."""
-    from playwright.sync_api import sync_playwright
-
     from lenslab.probes import get_probe
 
     results = []
@@ -46,6 +45,18 @@ def test_report_html_runs_no_script_from_prompts_or_titles(tiny_gemma, tmp_path)
     path = Report(results, meta).save(tmp_path / "xss")
     html = (path / "report.html").read_text(encoding="utf-8")
     assert "<script>window.__xss" not in html and "<img src=x" not in html and "<svg onload" not in html
+    # Playwright's sync API refuses a thread whose asyncio loop is running, and a test earlier in
+    # the same process may leave one set (pytest-xdist runs modules in any order): its own thread.
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(_open_and_check, path).result()
+    STATS.add("xss_blocked", len(results))
+    STATS.add("reports_checked")
+
+
+def _open_and_check(path) -> None:
+    """Open the saved report in Chromium: no script of the prompt runs, the prompt shows as text."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)
         try:
@@ -67,8 +78,6 @@ def test_report_html_runs_no_script_from_prompts_or_titles(tiny_gemma, tmp_path)
                 raise
         finally:
             browser.close()
-    STATS.add("xss_blocked", len(results))
-    STATS.add("reports_checked")
 
 
 # ------------------------------------------------------------------------------------ no pickle
