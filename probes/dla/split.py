@@ -140,10 +140,12 @@ class LogitDirection:
 def logit_direction(session: ModelSession, target: int, contrast: int | None = None) -> LogitDirection:
     """The direction whose dot product with the final hidden state is the pre-soft-cap logit (difference)."""
     head = session.output_embedding()
-    weight = head.weight.detach().to(torch.float64)  # [vocab, d_model]
+    weight = head.weight.detach()  # [vocab, d_model]; only the rows read go to float64, not all 262k
     bias = getattr(head, "bias", None)
     bias = None if bias is None else bias.detach()
-    direction = weight[target] - (weight[contrast] if contrast is not None else 0.0)
+    direction = weight[target].to(torch.float64)
+    if contrast is not None:
+        direction = direction - weight[contrast].to(torch.float64)
     constant = 0.0
     if bias is not None:
         constant = float(bias[target]) - (float(bias[contrast]) if contrast is not None else 0.0)
