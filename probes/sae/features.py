@@ -24,6 +24,7 @@ from __future__ import annotations
 import html
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -223,10 +224,15 @@ class SAEFeatures(Probe[SAEFeaturesConfig, SAEFeaturesResult]):
             with torch.inference_mode():
                 feats = loaded.encode(act)
                 recon = loaded.decode(feats)
-            progress(0.5, "CE with the SAE spliced in")
-            logits_sae = session.logits(tokens, [(loaded.hook_name, splice_hook(loaded))])
-            progress(0.75, "CE with the activation zeroed")
-            logits_zero = session.logits(tokens, [(loaded.hook_name, zero_hook())])
+            progress(0.5, "CE with the SAE spliced in and with the activation zeroed")
+            splice, zero = splice_hook(loaded), zero_hook()
+
+            def counterfactuals(activation: torch.Tensor, hook: Any) -> torch.Tensor:
+                """Row 0 with the SAE spliced in, row 1 zeroed: one forward serves both CEs."""
+                return torch.cat([splice(activation[:1], hook), zero(activation[1:], hook)])
+
+            both = session.logits(tokens.expand(2, -1), [(loaded.hook_name, counterfactuals)])
+            logits_sae, logits_zero = both[:1], both[1:]
         seconds = time.perf_counter() - started
         ce = [_mean_ce(logits, tokens) for logits in (run.logits, logits_sae, logits_zero)]
         body, body_recon = act[1:], recon[1:]

@@ -37,7 +37,7 @@ from lenslab.probes.sae.evaluation import (
     splice_hook,
     zero_hook,
 )
-from lenslab.probes.sae.features import SAEFeatureConfig, SAEFeaturesConfig
+from lenslab.probes.sae.features import SAEFeatureConfig, SAEFeaturesConfig, _mean_ce
 from lenslab.probes.sae.loading import LoadedSAE, check_fits, load_sae, trained_dir
 from lenslab.probes.sae.steering import SAESteeringConfig, steering_hook
 from lenslab.probes.sae.training import SAETrainingConfig, ensure_trained, train_sae
@@ -288,10 +288,24 @@ def test_per_prompt_probe_on_tiny_model(tiny_gemma, sae_dir):
     constant = dataclasses.replace(result, l0=np.array([0, 4, 4, 4], dtype=np.float32))
     varying = dataclasses.replace(result, l0=np.array([0, 4, 2, 3], dtype=np.float32))
     assert "l0" not in constant.figures() and "l0" in varying.figures()
+
     assert varying.summary()["mean L0"] == pytest.approx(3.0)
     again = Result.from_dict(result.to_dict())
     np.testing.assert_array_equal(again.heatmap, result.heatmap)
     assert again.config == result.config
+
+
+def test_per_prompt_ces_equal_one_forward_per_counterfactual(tiny_gemma, sae_dir):
+    """The spliced and zeroed CEs come from one forward of both rows; each equals a run of its own."""
+    config = SAEFeaturesConfig(sae=str(sae_dir), k=3, n_heatmap=10)
+    prompt = "features per token"
+    result = get_probe("sae_features").run(tiny_gemma, prompt, config)
+    loaded = load_sae(tiny_gemma, config.sae)
+    tokens = tiny_gemma.tokenize(prompt)
+    for value, hook in ((result.ce_sae, splice_hook(loaded)), (result.ce_zero, zero_hook())):
+        alone = _mean_ce(tiny_gemma.logits(tokens, [(loaded.hook_name, hook)]), tokens)
+        assert value == pytest.approx(alone, rel=1e-5, abs=1e-6)
+    assert result.ce_sae != pytest.approx(result.ce_zero, rel=1e-3)  # the two rows differ
 
 
 def test_feature_probe_on_tiny_model(tiny_gemma, sae_dir, corpus_file, lenslab_home):
