@@ -190,20 +190,10 @@ def neurosymbolic_floor(
                 and answer is not None
                 and confidence[r] >= gate
             )
+            readout = (operations, first, second, op_top2[:, 0], confidence)
             if not fired:  # the system abstains: the merge writes nothing
                 baseline = continue_greedy(out.past_key_values, argmax, None)
-                return FloorOutput(
-                    operations,
-                    first,
-                    second,
-                    op_top2[:, 0],
-                    confidence,
-                    False,
-                    baseline,
-                    baseline,
-                    baseline_ce,
-                    baseline_ce,
-                )
+                return FloorOutput(*readout, False, baseline, baseline, baseline_ce, baseline_ce)
             assert answer is not None
             merge = artefact.decoder(book.answer_step_vectors(answer)).float()  # [steps, d]
             cache = out.past_key_values
@@ -233,18 +223,7 @@ def neurosymbolic_floor(
             merged = continue_greedy(
                 merged_out.past_key_values, merged_logprobs.argmax(-1).tolist(), merge_hook
             )
-            return FloorOutput(
-                operations,
-                first,
-                second,
-                op_top2[:, 0],
-                confidence,
-                True,
-                baseline,
-                merged,
-                baseline_ce,
-                merged_ce,
-            )
+            return FloorOutput(*readout, True, baseline, merged, baseline_ce, merged_ce)
 
     def check(result: Any) -> None:
         """The probe's per-layer read-out, gate, answers and CEs equal the floor's."""
