@@ -18,7 +18,7 @@ import streamlit as st
 import torch
 
 from lenslab.analyses.report import Report, default_report_name, report_meta, resolve_in
-from lenslab.app import userfiles
+from lenslab.app import heap, userfiles
 from lenslab.app.plain import md, show_invalid
 from lenslab.models import DEFAULT_MODEL, ModelSession, available_offline, guards
 from lenslab.models.paths import reports_dir
@@ -31,9 +31,11 @@ OTHER = "other (HF id or local folder)…"
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, Cancelled)
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
+@st.cache_resource(show_spinner=False, max_entries=2, on_release=heap.released)
 def _shared_session(name: str, device: str, dtype: str) -> ModelSession:
-    return ModelSession.load(name, device=device, dtype=dtype)
+    loaded = ModelSession.load(name, device=device, dtype=dtype)
+    heap.settle()  # the model lives as long as the server: out of every later full collection
+    return loaded
 
 
 _PAGES: dict[str, Any] = {}
@@ -132,6 +134,7 @@ def memory_line() -> str:
 def session() -> ModelSession | None:
     """The shared ModelSession for the sidebar's choice, loading it (once) with a status box."""
     ss = st.session_state
+    heap.settle_if_released()  # a model the cache dropped is collected once, here
     if ss.get("model_refused"):
         show_invalid([ss["model_refused"]])
         return None
