@@ -26,6 +26,7 @@ from lenslab.probes.jacobian_lens.artefacts import JacobianLens
 from lenslab.probes.jacobian_lens.estimator import instance_jacobians
 from lenslab.probes.jacobian_lens.fit import FitSpec, fit_shard, training_documents
 from lenslab.probes.plotting import cell_state, label, token_grid
+from lenslab.probes.stats import Interval, bootstrap_by_group
 from lenslab.progress import NO_PROGRESS, Progress
 
 QUICK_SPEC = FitSpec(seq_len=16, skip_first=4, min_prompts=1, max_prompts=1)
@@ -94,11 +95,9 @@ class JacobianLensResult(Result):
 
     def summary(self) -> dict[str, object]:
         """Top-1 agreement of each lens with the model's final prediction, and the J-gap."""
-        j_agree = float((self.jlens_ids[:, :, 0] == self.final_ids[None]).mean())
-        l_agree = float((self.logit_ids[:, :, 0] == self.final_ids[None]).mean())
         out: dict[str, object] = {
-            "J-lens top-1 = final prediction (this prompt, all cells)": round(j_agree, 4),
-            "logit lens top-1 = final prediction (this prompt, all cells)": round(l_agree, 4),
+            "J-lens top-1 = final prediction (all cells of this prompt)": self._agreement_text(self.jlens_ids),
+            "logit lens top-1 = final prediction (all cells of this prompt)": self._agreement_text(self.logit_ids),
             "lens": self.lens,
         }
         if self.gap_layer >= 0:
@@ -108,6 +107,21 @@ class JacobianLensResult(Result):
                     f"{self.gap_topk_overlap[i]:.2f}, same top-1: {'yes' if self.gap_top1_agree[i] else 'no'}"
                 )
         return out
+
+    def agreement(self, ids: Int[np.ndarray, "layer pos k"]) -> Interval:
+        """Share of grid cells whose top-1 is the model's final prediction at that position.
+
+        The interval resamples whole positions: the cells of one position share its context and
+        target across layers, so they are not independent trials (a Wilson interval over cells
+        would be too narrow). ``n`` is the number of positions.
+        """
+        same = (ids[:, :, 0] == self.final_ids[None]).T.astype(np.float64)  # [pos, layer]
+        return bootstrap_by_group(same, np.arange(len(same)), unit="positions")
+
+    def _agreement_text(self, ids: Int[np.ndarray, "layer pos k"]) -> str:
+        rate = self.agreement(ids)
+        cells = ids.shape[0] * ids.shape[1]
+        return f"{rate.text(percent=True)} of {cells} cells; 95% interval: {rate.method} (n = {rate.n})"
 
     def state_at(self, figure: str, point: dict[str, object]) -> tuple[int, int] | None:
         """A cell of either grid is the state (layer, position)."""

@@ -140,3 +140,22 @@ def test_inspector_view_reads_the_state_and_leaves_the_gap_to_the_page(tiny_gemm
     assert result.jlens_tokens == direct.jlens_tokens  # the same read-out as the page's
     lines = view.describe(result, ref)
     assert any("gap layer 1 and gap position 4" in line for line in lines)
+
+
+def test_summary_agreement_is_the_cell_share_with_an_interval_over_positions(tiny_gemma, lenslab_home):
+    """The summary's rate equals a hand count of cells; its interval resamples whole positions."""
+    d, n = tiny_gemma.d_model, tiny_gemma.n_layers
+    jac = torch.randn(n, d, d, generator=torch.Generator().manual_seed(1)) / d**0.5
+    JacobianLens(tiny_gemma.model_id, jac, np.zeros(0), {"n_prompts": 0}).save()
+    result = get_probe("jacobian_lens").run(tiny_gemma, TEXTS[0], JacobianLensConfig(k=3, gap=False))
+    n_layers, n_pos = result.logit_ids.shape[:2]
+    hand = sum(
+        int(result.logit_ids[i, p, 0] == result.final_ids[p]) for i in range(n_layers) for p in range(n_pos)
+    )
+    rate = result.agreement(result.logit_ids)
+    assert rate.estimate == pytest.approx(hand / (n_layers * n_pos))
+    assert rate.n == n_pos and rate.method == "bootstrap over positions"
+    assert rate.low <= rate.estimate <= rate.high
+    text = result.summary()["logit lens top-1 = final prediction (all cells of this prompt)"]
+    assert f"of {n_layers * n_pos} cells" in text and f"n = {n_pos}" in text
+    assert rate.text(percent=True) in text
