@@ -95,9 +95,10 @@ class JacobianLensResult(Result):
 
     def summary(self) -> dict[str, object]:
         """Top-1 agreement of each lens with the model's final prediction, and the J-gap."""
+        what = "top-1 = final prediction (all cells of this prompt)"
         out: dict[str, object] = {
-            "J-lens top-1 = final prediction (all cells of this prompt)": self._agreement_text(self.jlens_ids),
-            "logit lens top-1 = final prediction (all cells of this prompt)": self._agreement_text(self.logit_ids),
+            f"J-lens {what}": self._agreement_text(self.jlens_ids),
+            f"logit lens {what}": self._agreement_text(self.logit_ids),
             "lens": self.lens,
         }
         if self.gap_layer >= 0:
