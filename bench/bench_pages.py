@@ -105,7 +105,9 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 A floor with a ``check`` is run against the probe's own output before timing (linear: the same
 top-k ids; patch lens: the same top-1 in ≥ 99.5 % of cells, as the probe ranks float32 softmax
 values and near-ties can swap; fixed: the same top-1 in ≥ 99 % of (layer, position, N) cells, as
-a swapped near-tie changes that cell's later greedy steps); a floor that computes something else
+a swapped near-tie changes that cell's later greedy steps; the Future Lens evaluation, also inside
+``replications``: equal labels, ridges and direct / linear hits, maps and states to 1e-3, and the
+prompt interventions' hits equal in ≥ 99 % of the cells); a floor that computes something else
 raises instead of giving a row.
 
 A page without a floor of its own is compared with one full forward, marked "generic floor". Times
