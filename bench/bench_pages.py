@@ -51,11 +51,16 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
 - ``clean + corrupted + patched`` (activation patching): the two forwards and one forward up to
   the final norm per patched cell, batched as the probe batches them (its own clean/corrupted
   pair, at one length);
-- ``collect + ridge fits + decode`` (Future Lens evaluation, ``floor_future_lens_eval.py``): at
-  the tests' fast config (direct + linear), the probe timed on a first visit (a fresh home: it
-  collects and fits) against the KV-cached greedy collection, the linear maps' ridge selection
-  and refit as batched solves, and one batched decode of the evaluated rows; checked against the
-  probe's own numbers before timing.
+- ``collect + ridge fits + decode + fixed`` (Future Lens evaluation, ``floor_future_lens_eval.py``):
+  at the tests' fast config with the fixed prompt on (direct + linear + fixed, free-running), the
+  probe timed on a first visit (a fresh home: it collects and fits, and has no learned prompt)
+  against the KV-cached greedy collection, the evaluated layers' ridge selection and refit as
+  batched solves, one batched decode of the direct and linear rows, and the prompt intervention:
+  the context's prefix once into a KV cache, every evaluated layer's test states transplanted at
+  its last position in one batch (chunks of whole layers, ≤ 512 rows) and the N − 1 cached greedy
+  steps of all rows together (teacher-forced: the original tokens fed in the same forward), top-k
+  of the read positions only; learned the same with each layer's soft prompt, where one is
+  saved. Checked against the probe's own numbers before timing.
 
 - ``future_lens[linear]``, ``future_lens[fixed]`` (extra rows: the Future Lens page with that
   method; ``floor_future_lens.py``): the prefill with every block's output and the KV cache, its
@@ -91,16 +96,18 @@ in the same run (interleaved, best of ``--repeat``, so load changes hit both ali
   coefficients: each block a fixed linear operator built from the HF weights and one recording
   forward), with the products of the HF-equivalent floor above: replay, detach check, the SVD's
   J·V / Jᵀ·U blocks in the probe's schedule, the sweep's sketch and power rounds, the decodes;
-- ``replications``: the sum of its families' floors (``floor_replications.py``): the Jacobian
-  claims' phrases on the frozen map in float64, the shared-neurons floor, nothing for the two
-  families that read stored numbers; the Future Lens family's fixed-prompt evaluation has no
-  floor, so ``replications[floored]`` runs the other four families and the plain row is marked
-  not tight;
+- ``replications``: the sum of its families' floors (``floor_replications.py``), tight over all
+  five: the Future Lens evaluation's floor at the quick config (collection, maps, decode and the
+  fixed prompt's intervention; the probe runs in a home whose Future Lens artefacts start empty,
+  so that family collects and fits on every run), the Jacobian claims' phrases on the frozen map
+  in float64, the shared-neurons floor, nothing for the two families that read stored numbers;
 
 A floor with a ``check`` is run against the probe's own output before timing (linear: the same
 top-k ids; patch lens: the same top-1 in ≥ 99.5 % of cells, as the probe ranks float32 softmax
 values and near-ties can swap; fixed: the same top-1 in ≥ 99 % of (layer, position, N) cells, as
-a swapped near-tie changes that cell's later greedy steps); a floor that computes something else
+a swapped near-tie changes that cell's later greedy steps; the Future Lens evaluation, also inside
+``replications``: equal labels, ridges and direct / linear hits, maps and states to 1e-3, and the
+prompt interventions' hits equal in ≥ 99 % of the cells); a floor that computes something else
 raises instead of giving a row.
 
 A page without a floor of its own is compared with one full forward, marked "generic floor". Times
@@ -118,6 +125,7 @@ does not overwrite the full table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -138,7 +146,7 @@ from bench.floor_jacobian_lens import jacobian_lens_floor
 from bench.floor_jacobian_tight import tight_jacobian_floor
 from bench.floor_neurosymbolic import neurosymbolic_floor
 from bench.floor_patch_lens import patch_lens_floor
-from bench.floor_replications import FLOORED, replications_floor
+from bench.floor_replications import PROBE_HOME, replications_floor
 from bench.floor_sae_feature import first_visit_row, sae_feature_floor
 from lenslab.models import ModelSession, hooknames
 from lenslab.models.loading import embedded_dir
@@ -159,7 +167,6 @@ SLOW = {
     "shared_neurons",
     "sae_feature",
     "replications",
-    "replications[floored]",
     "future_lens[fixed]",
     "future_lens[learned]",
 }  # skipped by --quick
@@ -170,7 +177,6 @@ PROMPT_FREE = {
     "replications",
     "neurosymbolic",
     "sae_feature",
-    "replications[floored]",
 }  # read their own data: run at one length only
 PAIR_PROMPT = "The Eiffel Tower is located in the city of"  # activation patching: the clean prompt
 PROBLEM_PROMPT = "What is 48 * 7?"  # neurosymbolic: the page's default typed problem
@@ -188,7 +194,10 @@ TARGET = {
 # Extra rows: a registered probe run with a non-default config, ``name[variant]`` (--probes names them).
 VARIANTS = {f"future_lens[{m}]": ("future_lens", {"method": m}) for m in ("linear", "fixed", "learned")}
 VARIANTS["jacobian[tight]"] = ("jacobian", {})  # the Jacobian page against its frozen linear map, bare
-VARIANTS["replications[floored]"] = ("replications", {"families": FLOORED})  # the families with a floor
+
+# Where a probe runs in the bench when not in the current home: the replications' Future Lens family
+# collects and fits on every run, as its floor does (``floor_replications.py``).
+PROBE_HOMES: dict[str, Callable[[], Any]] = {"replications": PROBE_HOME}
 
 
 def split_row(row: str) -> tuple[str, dict[str, Any]]:
@@ -565,8 +574,8 @@ def build_floors(session: ModelSession, hf: torch.nn.Module) -> Callable[[str, s
         if name == "shared_neurons":
             return shared_neurons_floor(config)
         if name == "replications":
-            kind, run, check, tight = replications_floor(session, hf, config, shared_neurons_floor)
-            return Floor(kind, run, tight=tight, check=check)
+            kind, run, check = replications_floor(session, hf, config, shared_neurons_floor)
+            return Floor(kind, run, check=check)
         return Floor("forward", lambda: forward(tokens), tight=False)
 
     def shared_neurons_floor(config: Any) -> Floor:
@@ -620,7 +629,7 @@ def main() -> None:
         if args.quick and name in SLOW:
             continue
         if name == "future_lens_eval":  # its own floor, timed cold at the tests' fast config
-            row, note = eval_row(session, hf, fast_config(name), 1)
+            row, note = eval_row(session, hf, fast_config(name).replace(fixed_prompt=True), 1)
             rows.append(row)
             notes.append(note)
             print(row, flush=True)
@@ -634,6 +643,12 @@ def main() -> None:
         probe = get_probe(probe_name)
         config = probe.default_config().replace(**overrides)
         restore = bench_home(session, name)  # future_lens[learned]: bench-trained prompts
+        home = PROBE_HOMES.get(name, contextlib.nullcontext)  # replications: Future Lens as on a first visit
+
+        def run_probe(prompt: str, probe: Any = probe, config: Any = config, home: Any = home) -> Any:
+            with home():
+                return probe.run(session, prompt, config)
+
         for n_tokens in lengths[:1] if name in PROMPT_FREE else lengths:
             prompt = PAIR_PROMPT if name == "activation_patching" else prompt_of(session, n_tokens)
             prompt = PROBLEM_PROMPT if name == "neurosymbolic" else prompt
@@ -641,9 +656,9 @@ def main() -> None:
             try:
                 floor = floors(name, prompt)
                 if floor.check is not None:  # the floor computes what the probe shows, or no row
-                    floor.check(probe.run(session, prompt, config))
+                    floor.check(run_probe(prompt))
                 wall, cpu = measure(
-                    {"probe": lambda p=probe, pr=prompt, c=config: p.run(session, pr, c), "floor": floor.run},
+                    {"probe": lambda pr=prompt: run_probe(pr), "floor": floor.run},
                     repeat=repeat,
                     warm=floor.check is None or name not in SLOW,  # the check ran both once
                 )

@@ -3,6 +3,15 @@
 Each family re-measures its paper's claim with its own probe or reads numbers stored with an
 artefact; the floor adds, family by family, the bare tensor work those measurements need:
 
+- ``future_lens``: the Future Lens evaluation's floor (``floor_future_lens_eval.py``) at the
+  family's config (``probes.replications.future_lens.config(mode)``; quick: 96 examples, 7 layers,
+  direct + linear + the fixed prompt, free-running): the KV-cached greedy collection, the ridge
+  selection and refit of the evaluated layers' maps, the batched decode of direct and linear, and
+  the fixed prompt's intervention (the context's prefix once into a KV cache, every layer's test
+  states transplanted in one batch, the cached greedy steps). The bench runs the probe in a home
+  whose Future Lens artefacts start empty (``fresh_future_lens``), so the family collects and fits
+  on every run, as on a first visit; with no saved learned prompt there, learned is skipped by
+  the probe and by the floor alike;
 - ``jacobian``: for each of the quick mode's phrases, the detached Jacobian's frozen linear map
   in float64 on a float64 copy of the plain HF model (``floor_jacobian_tight.py``: the recording
   forward, the contribution replay, the detach check, the SVD's products in the probe's own block
@@ -11,14 +20,13 @@ artefact; the floor adds, family by family, the bare tensor work those measureme
 - ``shared_neurons``: the shared-neurons page's floor at the family's config (one batched forward
   of every scored prompt, then per ablation condition one batched forward of the held-out prompts);
 - ``sae`` and ``neurosymbolic``: they read the held-out evaluations stored with the prepared
-  artefacts; no model work, so nothing in the floor;
-- ``future_lens``: its evaluation runs the fixed-prompt intervention, which has no floor here
-  (``floor_future_lens_eval.py`` covers direct + linear only). The ``replications[floored]`` row
-  therefore runs the other four families; the plain ``replications`` row (all five) gets the same
-  floor marked not tight.
+  artefacts; no model work, so nothing in the floor.
 
-The check compares the probe's result with what the floor covered: the same phrases (n) for the
-Jacobian claims, and the tight floor's own operator checks on every phrase.
+Every family has its floor, so the row is a tight floor over all five. The check compares the
+probe's result with what the floor covered: the same phrases (n) for the Jacobian claims, the
+tight floor's own operator checks on every phrase, and for Future Lens the evaluation floor's
+check (``check_floor``: labels, states, maps, ridges and every cell's hits against a cold run of
+the evaluation at the family's config).
 """
 
 from __future__ import annotations
@@ -30,12 +38,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bench.floor_future_lens_eval import EvalFloor, check_floor, fresh_future_lens
 from bench.floor_jacobian_tight import tight_jacobian_floor
 from lenslab.models import ModelSession
 from lenslab.probes import get_probe
 
-FLOORED = ("jacobian", "sae", "shared_neurons", "neurosymbolic")
-"""The families the floor covers (``sae`` and ``neurosymbolic`` with no work: they read stored numbers)."""
+PROBE_HOME = fresh_future_lens
+"""Where the bench runs the replications probe: Future Lens artefacts empty, the others stored."""
 
 
 def replications_floor(
@@ -43,14 +52,24 @@ def replications_floor(
     hf: torch.nn.Module,
     config: Any,
     shared_neurons_floor: Callable[[Any], Any],
-) -> tuple[str, Callable[[], None], Callable[[Any], None], bool]:
-    """(kind, run, check, tight) of the replications floor at the probe's ``config``."""
-    from lenslab.probes.replications import jacobian, shared_neurons
+) -> tuple[str, Callable[[], None], Callable[[Any], None]]:
+    """(kind, run, check) of the replications floor at the probe's ``config``."""
+    from lenslab.probes.replications import future_lens, jacobian, shared_neurons
 
     families = config.family_list()
     runs: list[Callable[[], None]] = []
     checks: list[Callable[[Any], None]] = []
     parts: list[str] = []
+    if "future_lens" in families:
+        with fresh_future_lens():  # the learned prompts the floor loads are the probe's: none
+            eval_floor = EvalFloor(session, hf, future_lens.config(config.mode))
+        runs.append(eval_floor.run)
+        parts.append(f"future_lens: {eval_floor.kind()}")
+
+        def eval_check(_result: Any) -> None:
+            print(f"future_lens family: {check_floor(eval_floor, get_probe('future_lens_eval'))}", flush=True)
+
+        checks.append(eval_check)
     if "jacobian" in families:
         hf64 = copy.deepcopy(hf).to(torch.float64)
         session64 = session.converted(torch.float64)
@@ -80,9 +99,6 @@ def replications_floor(
     stored = [f for f in ("sae", "neurosymbolic") if f in families]
     if stored:
         parts.append(f"{' + '.join(stored)}: stored numbers, no model work")
-    missing = [f for f in families if f not in FLOORED]
-    if missing:
-        parts.append(f"no floor: {', '.join(missing)}")
 
     def run_all() -> None:
         for run in runs:
@@ -92,4 +108,4 @@ def replications_floor(
         for check in checks:
             check(result)
 
-    return "; ".join(parts), run_all, check_all, not missing
+    return "; ".join(parts), run_all, check_all

@@ -24,10 +24,12 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
 from plotly.subplots import make_subplots
+from torch import Tensor
 
 from lenslab.models.session import ModelSession
 from lenslab.probes.base import Config, Probe, Result, register
 from lenslab.probes.future_lens.artefacts import check_disjoint
+from lenslab.probes.future_lens.continuation import MAX_ROWS
 from lenslab.probes.future_lens.data import (
     HORIZONS,
     DataSettings,
@@ -42,7 +44,14 @@ from lenslab.probes.future_lens.linear import (
     ensure_linear,
     evaluation_linear_path,
 )
-from lenslab.probes.future_lens.methods import Artefacts, method_topk
+from lenslab.probes.future_lens.methods import (
+    BATCHED,
+    Artefacts,
+    batched,
+    causal_grid,
+    grid_topk,
+    method_topk,
+)
 from lenslab.probes.future_lens.prompts import (
     DEFAULT_PROTOCOL,
     PROTOCOLS,
@@ -497,30 +506,40 @@ def evaluate(
     all_hits = np.zeros((len(methods), len(layers), len(test), HORIZONS, len(ks)), dtype=bool)
     notes: list[str] = []
     teacher = torch.as_tensor(data.labels[test, : HORIZONS - 1], device=session.device)
-    jobs = [(m, i) for m in range(len(methods)) for i in range(len(layers))]
     with session.lock:
-        for done, (m, i) in enumerate(jobs):
-            method, layer = methods[m], layers[i]
-            missing = artefacts.missing(method, [layer])
-            if missing:
-                notes.append(f"{method} L{layer}: {missing}")
+        for m, method in enumerate(methods):
+            ran = []  # the layers this method has its artefacts for; the others get a note
+            for i, layer in enumerate(layers):
+                missing = artefacts.missing(method, [layer])
+                if missing:
+                    notes.append(f"{method} L{layer}: {missing}")
+                else:
+                    ran.append(i)
+            if not ran:
                 continue
-            states = torch.as_tensor(data.resid[test, layer], device=session.device)
-            top_ids, _ = method_topk(
+            states = {
+                layers[i]: torch.as_tensor(data.resid[test, layers[i]], device=session.device) for i in ran
+            }
+
+            def step(fraction: float, message: str = "", m: int = m) -> None:
+                progress((m + fraction) / len(methods), message)
+
+            top_ids = layers_topk(
                 session,
                 method,
-                layer,
+                [layers[i] for i in ran],
                 states,
-                HORIZONS,
                 artefacts,
                 max(ks),
                 protocol=protocol,
                 teacher=teacher if protocol == "teacher-forced" else None,
+                progress=step,
             )
-            hits = hits_at_ks(top_ids.numpy(), labels, ks)
-            all_hits[m, i] = hits
-            precision[m, i], precision_ci[m, i] = document_intervals(hits, docs, seed)
-            progress((done + 1) / len(jobs), f"evaluated {method} at layer {layer}")
+            for j, i in enumerate(ran):
+                hits = hits_at_ks(top_ids[j].numpy(), labels, ks)
+                all_hits[m, i] = hits
+                precision[m, i], precision_ci[m, i] = document_intervals(hits, docs, seed)
+            progress((m + 1) / len(methods), f"evaluated {method} at layers {[layers[i] for i in ran]}")
     current, following = bigram_training_pairs(session, data)
     bigram_ids = bigram_top_ids(current, following, data.current_ids[test], max(ks))
     bigram_hits = hits_at_ks(bigram_ids, labels, ks)
@@ -537,6 +556,50 @@ def evaluate(
         bigram_hits=bigram_hits,
         doc_ids=docs,
     )
+
+
+def layers_topk(
+    session: ModelSession,
+    method: str,
+    layers: list[int],
+    states: dict[int, Float[Tensor, "example d_model"]],
+    artefacts: Artefacts,
+    k: int,
+    *,
+    protocol: str = DEFAULT_PROTOCOL,
+    teacher: Int[Tensor, "example fed"] | None = None,
+    progress: Progress = NO_PROGRESS,
+) -> Int[Tensor, "layer example horizon k"]:
+    """Top-k ids (CPU) of every layer's test states by ``method``, all layers batched where possible.
+
+    The same numbers as :func:`~lenslab.probes.future_lens.methods.method_topk` layer by layer, with
+    the work shared across layers as the Future Lens page's grid shares it: direct and linear decode
+    every layer's rows in one chunked product (``grid_topk``); fixed and learned free-running run
+    every layer's rows as one KV-cached continuation (``causal_grid``: the fixed context's prefix
+    once, each layer's learned prefix once), in blocks of at most ``MAX_ROWS`` examples. Teacher-forced
+    fixed / learned stay layer by layer (``method_topk``).
+    """
+    if method in BATCHED:
+        return grid_topk(session, method, layers, states, HORIZONS, artefacts, k)[0]
+    if batched(method, protocol):
+        n = next(iter(states.values())).shape[0]
+        blocks = []
+        for start in range(0, n, MAX_ROWS):
+            part = {layer: rows[start : start + MAX_ROWS] for layer, rows in states.items()}
+
+            def step(fraction: float, message: str = "", start: int = start) -> None:
+                progress((start + fraction * min(MAX_ROWS, n - start)) / n, message)
+
+            blocks.append(causal_grid(session, method, layers, part, HORIZONS, artefacts, k, step)[0])
+        return torch.cat(blocks, 1)
+    per_layer = []
+    for i, layer in enumerate(layers):
+        ids, _ = method_topk(
+            session, method, layer, states[layer], HORIZONS, artefacts, k, protocol=protocol, teacher=teacher
+        )
+        per_layer.append(ids)
+        progress((i + 1) / len(layers), f"{method} at layer {layer}")
+    return torch.stack(per_layer)
 
 
 def _check_positions(linear: LinearMaps | None, data: FutureLensData) -> None:
