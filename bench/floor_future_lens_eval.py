@@ -61,13 +61,10 @@ from lenslab.probes.future_lens.prompts import SoftPrompt, embedding_multiplier,
 
 
 @contextlib.contextmanager
-def cold_home() -> Iterator[Path]:
-    """A fresh LENSLAB_HOME (models linked, no artefacts): the probe collects and fits as on a
-    first visit, and the shared artefacts are never read or written."""
+def _home(prefix: str) -> Iterator[Path]:
+    """A new empty folder as LENSLAB_HOME for the block; the previous home and nothing of it after."""
     before = os.environ.get("LENSLAB_HOME")
-    models = lenslab_home() / "models"
-    folder = Path(tempfile.mkdtemp(prefix="lenslab-cold-"))
-    (folder / "models").symlink_to(models, target_is_directory=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["LENSLAB_HOME"] = str(folder)
     try:
         yield folder
@@ -80,6 +77,16 @@ def cold_home() -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def cold_home() -> Iterator[Path]:
+    """A fresh LENSLAB_HOME (models linked, no artefacts): the probe collects and fits as on a
+    first visit, and the shared artefacts are never read or written."""
+    models = lenslab_home() / "models"
+    with _home("lenslab-cold-") as folder:
+        (folder / "models").symlink_to(models, target_is_directory=True)
+        yield folder
+
+
+@contextlib.contextmanager
 def fresh_future_lens() -> Iterator[Path]:
     """A fresh LENSLAB_HOME whose only missing artefacts are the Future Lens ones.
 
@@ -88,24 +95,15 @@ def fresh_future_lens() -> Iterator[Path]:
     collects and fits as on a first visit (the replications row: its other families keep their stored
     artefacts). The shared Future Lens artefacts are never read or written.
     """
-    before = os.environ.get("LENSLAB_HOME")
     home = lenslab_home()
-    folder = Path(tempfile.mkdtemp(prefix="lenslab-fresh-fl-"))
-    (folder / "models").symlink_to(home / "models", target_is_directory=True)
-    (folder / "artefacts").mkdir()
-    if (home / "artefacts").is_dir():
-        for entry in (home / "artefacts").iterdir():
-            if entry.name != "future_lens":
-                (folder / "artefacts" / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
-    os.environ["LENSLAB_HOME"] = str(folder)
-    try:
+    with _home("lenslab-fresh-fl-") as folder:
+        (folder / "models").symlink_to(home / "models", target_is_directory=True)
+        (folder / "artefacts").mkdir()
+        if (home / "artefacts").is_dir():
+            for entry in (home / "artefacts").iterdir():
+                if entry.name != "future_lens":
+                    (folder / "artefacts" / entry.name).symlink_to(entry.resolve(), target_is_directory=True)
         yield folder
-    finally:
-        if before is None:
-            os.environ.pop("LENSLAB_HOME", None)
-        else:
-            os.environ["LENSLAB_HOME"] = before
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dataclass
